@@ -1,0 +1,6 @@
+"""llama-operator: LlamaFinetune and LlamaEndpoint resources reconciled into Amazon SageMaker."""
+
+__version__ = "0.1.0"
+
+GROUP = "llamaops.dev"
+VERSION = "v1alpha1"
