@@ -11,7 +11,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from llama_operator.paths import REPO_ROOT
 DAILYDIALOG_ZIP_ENV = "LLAMA_OPERATOR_DAILYDIALOG_ZIP"
 
 
