@@ -1,6 +1,9 @@
 """Suite-wide settings. Each test folder keeps its own fixtures in its own conftest.py."""
 
 import os
+import socket
+
+import pytest
 
 # Nothing in the suite may reach a real AWS account: every client gets dummy credentials unless a
 # test's own fixture points it at the local services.
@@ -9,3 +12,10 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
