@@ -1,0 +1,338 @@
+"""SageMaker's control-plane operations over the service's state: validate as SageMaker does,
+record, and hand the work to training jobs or endpoints."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from llama_operator.local import endpoints as ep
+from llama_operator.local import names, training
+from llama_operator.local.context import Context
+from llama_operator.local.errors import (AwsError, ResourceInUse, ResourceLimitExceeded, ResourceNotFound,
+                                         UnknownOperation, ValidationError)
+
+MAX_TAGS = 50
+
+
+class SageMaker:
+    def __init__(self, ctx: Context, jobs: training.TrainingJobs, endpoints: ep.Endpoints):
+        self.ctx, self.jobs, self.endpoints = ctx, jobs, endpoints
+
+    def call(self, operation: str, params: dict) -> dict:
+        handler = getattr(self, f"op_{operation}", None)
+        if handler is None:
+            raise UnknownOperation(f"Operation {operation} is not supported by the local SageMaker service.")
+        return handler(params or {})
+
+    # helpers -------------------------------------------------------------------------------
+    def _arn(self, kind, name):
+        return names.arn(kind, name, self.ctx.region)
+
+    def _get(self, kind: str, name: str, missing: AwsError) -> dict:
+        record = self.ctx.store.get(kind, name)
+        if record is None:
+            raise missing
+        return record
+
+    def _new(self, kind: str, name: str, describe: dict, tags) -> dict:
+        record = {"name": name, "describe": describe, "tags": list(tags or [])}
+        self.ctx.store.put(kind, record)
+        return record
+
+    def _check_tags(self, tags) -> None:
+        if tags and len(tags) > MAX_TAGS:
+            raise ValidationError(f"1 validation error detected: Value at 'tags' failed to satisfy constraint: "
+                                  f"Member must have length less than or equal to {MAX_TAGS}")
+
+    def _check_capacity(self, instance_type: str, count: int, in_use: int, usage: str) -> None:
+        if in_use + count > self.ctx.max_instances:
+            raise ResourceLimitExceeded(
+                f"The account-level service limit '{instance_type} for {usage}' is {self.ctx.max_instances} "
+                f"Instances, with current utilization of {in_use} Instances and a request delta of {count} "
+                "Instances. Please use AWS Service Quotas to request an increase for this quota. If AWS "
+                "Service Quotas is not available, contact AWS support to request an increase for this quota.")
+
+    @staticmethod
+    def _page(items: list[dict], params: dict, key: str) -> dict:
+        start = int(params.get("NextToken") or 0)
+        size = int(params.get("MaxResults") or 100)
+        out = {key: items[start:start + size]}
+        if start + size < len(items):
+            out["NextToken"] = str(start + size)
+        return out
+
+    @staticmethod
+    def _filter_sort(items: list[dict], params: dict, name_key: str, status_key: str | None,
+                     status_param: str = "StatusEquals") -> list[dict]:
+        if params.get("NameContains"):
+            items = [i for i in items if params["NameContains"] in i[name_key]]
+        if status_key and params.get(status_param):
+            items = [i for i in items if i.get(status_key) == params[status_param]]
+        for bound, cmp in (("CreationTimeAfter", lambda a, b: a > b), ("CreationTimeBefore", lambda a, b: a < b),
+                           ("LastModifiedTimeAfter", lambda a, b: a > b),
+                           ("LastModifiedTimeBefore", lambda a, b: a < b)):
+            if params.get(bound) is not None:
+                field = "CreationTime" if bound.startswith("Creation") else "LastModifiedTime"
+                items = [i for i in items if cmp(i.get(field, 0), float(params[bound]))]
+        sort_by = params.get("SortBy", "CreationTime")
+        field = {"Name": name_key, "CreationTime": "CreationTime", "Status": status_key}.get(sort_by, "CreationTime")
+        reverse = params.get("SortOrder", "Descending") == "Descending"
+        return sorted(items, key=lambda i: (i.get(field) or 0) if field != name_key else i[name_key], reverse=reverse)
+
+    # training jobs -------------------------------------------------------------------------
+    def op_CreateTrainingJob(self, p: dict) -> dict:
+        name = names.validate_name("training-job", p.get("TrainingJobName"))
+        self._check_tags(p.get("Tags"))
+        rc = p.get("ResourceConfig", {})
+        count = int(rc.get("InstanceCount", 1))
+        if count < 1:
+            raise ValidationError("ResourceConfig.InstanceCount must be at least 1.")
+        if not p.get("OutputDataConfig", {}).get("S3OutputPath", "").startswith("s3://"):
+            raise ValidationError("OutputDataConfig.S3OutputPath must be an s3:// URI, "
+                                  "e.g. s3://my-bucket/training-output.")
+        with self.ctx.store.lock:
+            if self.ctx.store.get("training-job", name) is not None:
+                raise ResourceInUse(
+                    "Training job names must be unique within an AWS account and region, and a training job "
+                    f"with this name already exists ({self._arn('training-job', name)})")
+            self._check_capacity(rc.get("InstanceType", "ml.m5.xlarge"), count, self.jobs.running_instances(),
+                                 "training job usage")
+            now = time.time()
+            describe = {k: copy.deepcopy(v) for k, v in p.items() if k not in ("Tags",)}
+            describe.update({
+                "TrainingJobArn": self._arn("training-job", name),
+                "TrainingJobStatus": "InProgress",
+                "SecondaryStatus": "Starting",
+                "SecondaryStatusTransitions": [{"Status": "Starting", "StartTime": now,
+                                                "StatusMessage": "Launching requested ML instances"}],
+                "ModelArtifacts": {"S3ModelArtifacts": ""},
+                "CreationTime": now,
+                "LastModifiedTime": now,
+            })
+            describe.setdefault("StoppingCondition", {"MaxRuntimeInSeconds": 86400})
+            describe.setdefault("EnableNetworkIsolation", False)
+            describe.setdefault("EnableInterContainerTrafficEncryption", False)
+            describe.setdefault("EnableManagedSpotTraining", False)
+            self._new("training-job", name, describe, p.get("Tags"))
+        self.ctx.emit("training-job", name, copy.deepcopy(describe))
+        self.jobs.start(name)
+        return {"TrainingJobArn": describe["TrainingJobArn"]}
+
+    def op_DescribeTrainingJob(self, p: dict) -> dict:
+        record = self._get("training-job", p.get("TrainingJobName", ""),
+                           ResourceNotFound("Requested resource not found."))
+        d = copy.deepcopy(record["describe"])
+        if not d.get("ModelArtifacts", {}).get("S3ModelArtifacts"):
+            d.pop("ModelArtifacts", None)
+            d["ModelArtifacts"] = {"S3ModelArtifacts": ""}
+        return d
+
+    def op_StopTrainingJob(self, p: dict) -> dict:
+        name = p.get("TrainingJobName", "")
+        record = self._get("training-job", name, ResourceNotFound("Requested resource not found."))
+        status = record["describe"]["TrainingJobStatus"]
+        if status != "InProgress":
+            raise ValidationError(f"The request was rejected because the training job is in status {status}.")
+        training._Job(self.ctx, name).transition("Stopping", "Stopping", "Stopping the training job")
+        self.jobs.stop(name)
+        return {}
+
+    def op_ListTrainingJobs(self, p: dict) -> dict:
+        items = []
+        for r in self.ctx.store.all("training-job"):
+            d = r["describe"]
+            s = {k: d[k] for k in ("TrainingJobName", "TrainingJobArn", "CreationTime", "TrainingEndTime",
+                                   "LastModifiedTime", "TrainingJobStatus", "SecondaryStatus") if k in d}
+            items.append(s)
+        items = self._filter_sort(items, p, "TrainingJobName", "TrainingJobStatus")
+        return self._page(items, p, "TrainingJobSummaries")
+
+    # models --------------------------------------------------------------------------------
+    def op_CreateModel(self, p: dict) -> dict:
+        name = names.validate_name("model", p.get("ModelName"))
+        self._check_tags(p.get("Tags"))
+        containers = ([p["PrimaryContainer"]] if p.get("PrimaryContainer") else []) + list(p.get("Containers") or [])
+        if not containers:
+            raise ValidationError("Either PrimaryContainer or Containers must be specified for a model.")
+        for c in containers:
+            if not c.get("Image"):
+                raise ValidationError("PrimaryContainer.Image is required: the inference image URI, "
+                                      "e.g. an LMI (djl-inference) image.")
+        with self.ctx.store.lock:
+            if self.ctx.store.get("model", name) is not None:
+                raise ValidationError(f"Cannot create already existing model \"{self._arn('model', name)}\".")
+            describe = {k: copy.deepcopy(v) for k, v in p.items() if k != "Tags"}
+            describe.update({"ModelArn": self._arn("model", name), "CreationTime": time.time()})
+            self._new("model", name, describe, p.get("Tags"))
+        return {"ModelArn": describe["ModelArn"]}
+
+    def op_DescribeModel(self, p: dict) -> dict:
+        name = p.get("ModelName", "")
+        return copy.deepcopy(self._get("model", name, ValidationError(
+            f"Could not find model \"{self._arn('model', name)}\"."))["describe"])
+
+    def op_DeleteModel(self, p: dict) -> dict:
+        name = p.get("ModelName", "")
+        self._get("model", name, ValidationError(f"Could not find model \"{self._arn('model', name)}\"."))
+        self.ctx.store.delete("model", name)
+        return {}
+
+    def op_ListModels(self, p: dict) -> dict:
+        items = [{"ModelName": r["describe"]["ModelName"], "ModelArn": r["describe"]["ModelArn"],
+                  "CreationTime": r["describe"]["CreationTime"]} for r in self.ctx.store.all("model")]
+        items = self._filter_sort(items, p, "ModelName", None)
+        return self._page(items, p, "Models")
+
+    # endpoint configs ----------------------------------------------------------------------
+    def op_CreateEndpointConfig(self, p: dict) -> dict:
+        name = names.validate_name("endpoint-config", p.get("EndpointConfigName"))
+        self._check_tags(p.get("Tags"))
+        variants = p.get("ProductionVariants") or []
+        if not variants:
+            raise ValidationError("ProductionVariants must hold at least one variant.")
+        seen = set()
+        for v in variants:
+            names.validate_name("model", v.get("ModelName"))
+            if v.get("VariantName") in seen:
+                raise ValidationError(f"Variant name {v.get('VariantName')} is used more than once.")
+            seen.add(v.get("VariantName"))
+            if self.ctx.store.get("model", v["ModelName"]) is None:
+                raise ValidationError(f"Could not find model \"{self._arn('model', v['ModelName'])}\".")
+        with self.ctx.store.lock:
+            if self.ctx.store.get("endpoint-config", name) is not None:
+                raise ValidationError("Cannot create already existing endpoint configuration "
+                                      f"\"{self._arn('endpoint-config', name)}\".")
+            describe = {k: copy.deepcopy(v) for k, v in p.items() if k != "Tags"}
+            describe.update({"EndpointConfigArn": self._arn("endpoint-config", name), "CreationTime": time.time()})
+            self._new("endpoint-config", name, describe, p.get("Tags"))
+        return {"EndpointConfigArn": describe["EndpointConfigArn"]}
+
+    def op_DescribeEndpointConfig(self, p: dict) -> dict:
+        name = p.get("EndpointConfigName", "")
+        return copy.deepcopy(self._get("endpoint-config", name, ValidationError(
+            f"Could not find endpoint configuration \"{self._arn('endpoint-config', name)}\"."))["describe"])
+
+    def op_DeleteEndpointConfig(self, p: dict) -> dict:
+        name = p.get("EndpointConfigName", "")
+        self._get("endpoint-config", name, ValidationError(
+            f"Could not find endpoint configuration \"{self._arn('endpoint-config', name)}\"."))
+        self.ctx.store.delete("endpoint-config", name)
+        return {}
+
+    def op_ListEndpointConfigs(self, p: dict) -> dict:
+        items = [{"EndpointConfigName": r["describe"]["EndpointConfigName"],
+                  "EndpointConfigArn": r["describe"]["EndpointConfigArn"],
+                  "CreationTime": r["describe"]["CreationTime"]} for r in self.ctx.store.all("endpoint-config")]
+        items = self._filter_sort(items, p, "EndpointConfigName", None)
+        return self._page(items, p, "EndpointConfigs")
+
+    # endpoints -----------------------------------------------------------------------------
+    def _config_instances(self, config_name: str) -> tuple[str, int]:
+        config = self.ctx.store.get("endpoint-config", config_name)
+        pvs = config["describe"]["ProductionVariants"]
+        return pvs[0].get("InstanceType", "ml.m5.xlarge"), sum(int(v.get("InitialInstanceCount", 1)) for v in pvs)
+
+    def _endpoint_instances(self) -> int:
+        total = 0
+        for r in self.ctx.store.all("endpoint"):
+            config = self.ctx.store.get("endpoint-config", r["describe"]["EndpointConfigName"])
+            if config and r["describe"]["EndpointStatus"] not in ("Failed", "Deleting"):
+                total += sum(int(v.get("InitialInstanceCount", 1)) for v in config["describe"]["ProductionVariants"])
+        return total
+
+    def op_CreateEndpoint(self, p: dict) -> dict:
+        name = names.validate_name("endpoint", p.get("EndpointName"))
+        self._check_tags(p.get("Tags"))
+        config_name = p.get("EndpointConfigName", "")
+        with self.ctx.store.lock:
+            if self.ctx.store.get("endpoint", name) is not None:
+                raise ValidationError(f"Cannot create already existing endpoint \"{self._arn('endpoint', name)}\".")
+            if self.ctx.store.get("endpoint-config", config_name) is None:
+                raise ValidationError("Could not find endpoint configuration "
+                                      f"\"{self._arn('endpoint-config', config_name)}\".")
+            itype, count = self._config_instances(config_name)
+            self._check_capacity(itype, count, self._endpoint_instances(), "endpoint usage")
+            now = time.time()
+            describe = {"EndpointName": name, "EndpointArn": self._arn("endpoint", name),
+                        "EndpointConfigName": config_name, "EndpointStatus": "Creating",
+                        "CreationTime": now, "LastModifiedTime": now}
+            self._new("endpoint", name, describe, p.get("Tags"))
+        self.ctx.emit("endpoint", name, copy.deepcopy(describe))
+        self.endpoints.create(name)
+        return {"EndpointArn": describe["EndpointArn"]}
+
+    def _endpoint(self, name: str) -> dict:
+        return self._get("endpoint", name, ValidationError(
+            f"Could not find endpoint \"{self._arn('endpoint', name)}\"."))
+
+    def op_DescribeEndpoint(self, p: dict) -> dict:
+        return copy.deepcopy(self._endpoint(p.get("EndpointName", ""))["describe"])
+
+    def op_UpdateEndpoint(self, p: dict) -> dict:
+        name = p.get("EndpointName", "")
+        config_name = p.get("EndpointConfigName", "")
+        with self.ctx.store.lock:
+            record = self._endpoint(name)
+            status = record["describe"]["EndpointStatus"]
+            if status != "InService":
+                raise ValidationError(f"Cannot update in-progress endpoint \"{self._arn('endpoint', name)}\"."
+                                      if status in ("Creating", "Updating", "SystemUpdating", "Deleting")
+                                      else f"Cannot update endpoint \"{self._arn('endpoint', name)}\" "
+                                           f"in status {status}; delete and re-create it.")
+            if self.ctx.store.get("endpoint-config", config_name) is None:
+                raise ValidationError("Could not find endpoint configuration "
+                                      f"\"{self._arn('endpoint-config', config_name)}\".")
+        self.endpoints._set(name, "Updating", FailureReason=None)
+        self.endpoints.update(name, config_name)
+        return {"EndpointArn": record["describe"]["EndpointArn"]}
+
+    def op_DeleteEndpoint(self, p: dict) -> dict:
+        name = p.get("EndpointName", "")
+        with self.ctx.store.lock:
+            record = self._endpoint(name)
+            if record["describe"]["EndpointStatus"] == "Deleting":
+                return {}
+        self.endpoints._set(name, "Deleting")
+        self.endpoints.delete(name)
+        return {}
+
+    def op_ListEndpoints(self, p: dict) -> dict:
+        items = [{k: r["describe"][k] for k in ("EndpointName", "EndpointArn", "CreationTime",
+                                                 "LastModifiedTime", "EndpointStatus")}
+                 for r in self.ctx.store.all("endpoint")]
+        items = self._filter_sort(items, p, "EndpointName", "EndpointStatus")
+        return self._page(items, p, "Endpoints")
+
+    # tags ----------------------------------------------------------------------------------
+    def _by_arn(self, arn: str) -> tuple[str, dict]:
+        parsed = names.parse_arn(arn)
+        if parsed:
+            kind, lname = parsed
+            for r in self.ctx.store.all(kind):
+                if r["name"].lower() == lname:
+                    return kind, r
+        raise ValidationError(f"Resource {arn} does not exist.") if not parsed else \
+            ResourceNotFound(f"Resource {arn} does not exist.")
+
+    def op_AddTags(self, p: dict) -> dict:
+        with self.ctx.store.lock:
+            kind, record = self._by_arn(p.get("ResourceArn", ""))
+            tags = {t["Key"]: t["Value"] for t in record.get("tags", [])}
+            tags.update({t["Key"]: t.get("Value", "") for t in p.get("Tags", [])})
+            self._check_tags(list(tags))
+            record["tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
+            self.ctx.store.put(kind, record)
+        return {"Tags": record["tags"]}
+
+    def op_ListTags(self, p: dict) -> dict:
+        _, record = self._by_arn(p.get("ResourceArn", ""))
+        return self._page(list(record.get("tags", [])), p, "Tags")
+
+    def op_DeleteTags(self, p: dict) -> dict:
+        with self.ctx.store.lock:
+            kind, record = self._by_arn(p.get("ResourceArn", ""))
+            drop = set(p.get("TagKeys", []))
+            record["tags"] = [t for t in record.get("tags", []) if t["Key"] not in drop]
+            self.ctx.store.put(kind, record)
+        return {}

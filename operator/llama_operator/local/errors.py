@@ -1,0 +1,47 @@
+"""SageMaker's error shapes. botocore reads the code from `__type` (JSON protocol) or the
+`x-amzn-ErrorType` header (REST-JSON, the runtime), so both are always sent."""
+
+from __future__ import annotations
+
+
+class AwsError(Exception):
+    status = 400
+    code = "ValidationException"
+
+    def __init__(self, message: str, *, extra: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra or {}
+
+    def body(self) -> dict:
+        return {"__type": self.code, "message": self.message, "Message": self.message, **self.extra}
+
+
+class ValidationError(AwsError):
+    code = "ValidationException"
+
+
+class ResourceNotFound(AwsError):
+    code = "ResourceNotFound"
+
+
+class ResourceInUse(AwsError):
+    code = "ResourceInUse"
+
+
+class ResourceLimitExceeded(AwsError):
+    code = "ResourceLimitExceeded"
+
+
+class UnknownOperation(AwsError):
+    code = "UnknownOperationException"
+
+
+class ModelError(AwsError):
+    status = 424
+    code = "ModelError"
+
+
+class InternalFailure(AwsError):
+    status = 500
+    code = "InternalFailure"

@@ -1,0 +1,209 @@
+"""`llama-operator local-sagemaker`: SageMaker and SageMaker Runtime on one port, moto's S3 and SQS
+on another, state on disk. Prints `export NAME=value` lines, then `# ready`; logs go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from llama_operator.local import endpoints as ep
+from llama_operator.local import training
+from llama_operator.local.api import SageMaker
+from llama_operator.local.context import Context
+from llama_operator.local.errors import AwsError, InternalFailure, ModelError
+from llama_operator.local.events import EventSink
+from llama_operator.local.store import Store
+
+log = logging.getLogger("llama_operator.local")
+
+DUMMY_KEY_ID = "local"
+DUMMY_SECRET = "local-secret"
+_INVOKE_PATH = re.compile(r"^/endpoints/([^/]+)/invocations$")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="llama-operator local-sagemaker", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    p.add_argument("--port", type=int, default=0, help="SageMaker and SageMaker Runtime port (0: a free one)")
+    p.add_argument("--moto-port", type=int, default=0, help="moto's S3 and SQS port (0: a free one)")
+    p.add_argument("--state-dir", required=True, type=Path, help="where jobs, models and endpoints are kept")
+    p.add_argument("--region", default="us-east-1")
+    p.add_argument("--events-queue", default="llama-operator-events",
+                   help="SQS queue that receives the EventBridge-shaped state-change events")
+    p.add_argument("--container", action="append", default=[], metavar="REGEX=COMMAND",
+                   help="serve images matching REGEX with COMMAND ({python}, {workloads} are filled in); "
+                        "repeatable, checked before the built-in LMI entry")
+    p.add_argument("--max-instances", type=int, default=8,
+                   help="instances that may run at once per kind of usage (ResourceLimitExceeded above it)")
+    args = p.parse_args(argv)
+    try:
+        args.container = [ep.parse_container_flag(c) for c in args.container]
+    except (ValueError, re.error) as exc:
+        p.error(str(exc))
+    return args
+
+
+class Service:
+    def __init__(self, args: argparse.Namespace):
+        from moto.server import ThreadedMotoServer  # heavy: imported only when serving
+
+        self.args = args
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        self.moto = ThreadedMotoServer(ip_address=args.host, port=args.moto_port, verbose=False)
+        self.moto.start()
+        moto_host, moto_port = self.moto.get_host_and_port()
+        moto_url = f"http://{moto_host}:{moto_port}"
+        self.http = ThreadingHTTPServer((args.host, args.port), _Handler)
+        self.http.daemon_threads = True
+        self.http.service = self
+        host, port = self.http.server_address[:2]
+        url = f"http://{host}:{port}"
+        self.child_env = {
+            "AWS_ENDPOINT_URL_SAGEMAKER": url,
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": url,
+            "AWS_ENDPOINT_URL_S3": moto_url,
+            "AWS_ENDPOINT_URL_SQS": moto_url,
+            "AWS_ACCESS_KEY_ID": DUMMY_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
+            "AWS_DEFAULT_REGION": args.region,
+        }
+        # The service's own boto3 clients (S3 downloads, SQS events) use the same variables.
+        os.environ.update(self.child_env)
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        os.environ.pop("AWS_PROFILE", None)
+        import boto3
+
+        sqs = boto3.client("sqs", region_name=args.region)
+        queue_url = sqs.create_queue(QueueName=args.events_queue)["QueueUrl"]
+        self.env = {**self.child_env, "LLAMA_OPERATOR_EVENTS_QUEUE_URL": queue_url}
+        self.ctx = Context(
+            region=args.region, state_dir=args.state_dir, store=Store(args.state_dir),
+            sink=EventSink(sqs, queue_url), child_env=dict(self.env),
+            s3_factory=lambda: boto3.client("s3", region_name=args.region), max_instances=args.max_instances,
+        )
+        self.jobs = training.TrainingJobs(self.ctx)
+        self.endpoints = ep.Endpoints(self.ctx, args.container)
+        self.api = SageMaker(self.ctx, self.jobs, self.endpoints)
+        self.jobs.recover()
+        self.endpoints.recover()
+
+    def serve(self) -> None:
+        threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
+        for key, value in self.env.items():
+            print(f"export {key}={value}")  # the keys are fixed dummies, never real credentials
+        print("# ready", flush=True)
+        log.info("local SageMaker on %s, S3/SQS (moto) on %s, state in %s",
+                 self.env["AWS_ENDPOINT_URL_SAGEMAKER"], self.env["AWS_ENDPOINT_URL_S3"], self.args.state_dir)
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        self.endpoints.shutdown()
+        self.ctx.sink.flush(5)
+        self.http.shutdown()
+        self.moto.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "LocalSageMaker"
+
+    def log_message(self, fmt, *args):
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _read(self) -> bytes:
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, err: AwsError, json_type: str) -> None:
+        body = json.dumps(err.body()).encode()
+        self._send(err.status, body, {"Content-Type": json_type, "x-amzn-ErrorType": err.code,
+                                      "x-amzn-RequestId": "local"})
+
+    def do_GET(self):
+        if self.path in ("/", "/ping", "/health"):
+            self._send(200, b"{}", {"Content-Type": "application/json"})
+        else:
+            self._send(404, b"{}", {"Content-Type": "application/json"})
+
+    def do_POST(self):
+        service: Service = self.server.service
+        body = self._read()
+        path = urlparse(self.path).path
+        m = _INVOKE_PATH.match(path)
+        if m:
+            return self._invoke(service, unquote(m.group(1)), body)
+        target = self.headers.get("X-Amz-Target", "")
+        json_type = "application/x-amz-json-1.1"
+        if not target.startswith("SageMaker."):
+            return self._error(AwsError(f"Unknown target {target!r}"), json_type)
+        try:
+            params = json.loads(body or b"{}")
+            result = service.api.call(target.split(".", 1)[1], params)
+            self._send(200, json.dumps(result).encode(), {"Content-Type": json_type, "x-amzn-RequestId": "local"})
+        except AwsError as err:
+            self._error(err, json_type)
+        except Exception as exc:
+            log.exception("%s failed", target)
+            self._error(InternalFailure(f"{type(exc).__name__}: {exc}"), json_type)
+
+    def _invoke(self, service: Service, name: str, body: bytes) -> None:
+        forward = {"Content-Type": self.headers.get("Content-Type", "application/octet-stream")}
+        if self.headers.get("Accept"):
+            forward["Accept"] = self.headers["Accept"]
+        custom = self.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+        if custom:
+            forward["X-Amzn-SageMaker-Custom-Attributes"] = custom
+        try:
+            variant, headers, data = service.endpoints.invoke(
+                name, body, forward, self.headers.get("X-Amzn-SageMaker-Target-Variant"))
+        except AwsError as err:
+            return self._error(err, "application/json")
+        except Exception as exc:
+            log.exception("invoke %s failed", name)
+            return self._error(ModelError(f"{type(exc).__name__}: {exc}"), "application/json")
+        out = {"Content-Type": _header(headers, "Content-Type") or "application/octet-stream",
+               "x-Amzn-Invoked-Production-Variant": variant}
+        attrs = _header(headers, "X-Amzn-SageMaker-Custom-Attributes")
+        if attrs:
+            out["X-Amzn-SageMaker-Custom-Attributes"] = attrs
+        self._send(200, data, out)
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    for k, v in headers.items():
+        if k.lower() == name.lower():
+            return v
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = Service(args)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    service.serve()
+    while not done.wait(0.5):
+        pass
+    log.info("shutting down: stopping jobs' and endpoints' processes")
+    service.close()
+    return 0
