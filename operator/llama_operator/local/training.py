@@ -334,6 +334,8 @@ class _Run:
                    "TRAINING_JOB_NAME": self.name,
                    "TRAINING_JOB_ARN": d["TrainingJobArn"],
                    "PYTHONUNBUFFERED": "1"}
+            # The toolkit finds torchrun on PATH: the one installed beside this interpreter.
+            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
             with open(logs / f"algo-{i + 1}.log", "ab") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "sagemaker_training.cli.train"],
