@@ -1,5 +1,5 @@
 """A tiny model server that follows SageMaker's inference container contract, for tests: answers
-GET /ping (or refuses it when ECHO_FAIL_PING=1), and POST /invocations by echoing the request with
+GET /ping (or, with ECHO_FAIL_PING=1, dies before it ever answers, as a model that fails to load does), and POST /invocations by echoing the request with
 the model file's content, or by failing with the status the request asks for."""
 
 import json
@@ -30,9 +30,6 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path != "/ping":
             return self._reply(404, b"{}")
-        if os.environ.get("ECHO_FAIL_PING") == "1":
-            print("echo-server: model failed to load: ping refused on purpose", file=sys.stderr, flush=True)
-            return self._reply(500, b'{"status": "unhealthy"}')
         self._reply(200, b'{"status": "healthy"}')
 
     def do_POST(self):
@@ -54,6 +51,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    if os.environ.get("ECHO_FAIL_PING") == "1":
+        print("echo-server: model failed to load: ping refused on purpose", file=sys.stderr, flush=True)
+        sys.exit(1)
     port = int(os.environ["SAGEMAKER_BIND_TO_PORT"])
     print(f"echo-server: listening on {port}", file=sys.stderr, flush=True)
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()

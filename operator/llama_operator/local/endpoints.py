@@ -216,8 +216,10 @@ class Endpoints:
             if status == "Deleting":
                 self.delete(record["name"])
             elif status in ("InService", "Creating", "Updating", "SystemUpdating"):
-                if status != "InService":
-                    self._set(record["name"], "Creating" if status == "Creating" else "InService")
+                # Its servers died with the service: SystemUpdating (SageMaker's status for
+                # platform-side work) until they answer again. An update in flight is lost; the
+                # endpoint comes back on the config it was serving.
+                self._set(record["name"], "Creating" if status == "Creating" else "SystemUpdating")
                 self.create(record["name"], reuse_model_data=True)
 
     def shutdown(self) -> None:

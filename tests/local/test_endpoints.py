@@ -1,0 +1,157 @@
+"""Endpoints serve through local model-server processes (the test echo server, registered with
+--container), reached only through boto3's SageMaker and SageMaker Runtime clients."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from conftest import BUCKET, ECHO_IMAGE, ROLE, unique, wait_endpoint
+
+
+def _model(sm, s3, name: str, text: str, **env) -> None:
+    import io
+    import tarfile
+
+    data = text.encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("model.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    s3.put_object(Bucket=BUCKET, Key=f"models/{name}/model.tar.gz", Body=buf.getvalue())
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": ECHO_IMAGE, "ModelDataUrl": f"s3://{BUCKET}/models/{name}/model.tar.gz", "Environment": env})
+
+
+def _config(sm, name: str, model: str, count: int = 1, health_timeout: int | None = None) -> None:
+    variant = {"VariantName": "AllTraffic", "ModelName": model, "InstanceType": "ml.g5.2xlarge",
+               "InitialInstanceCount": count}
+    if health_timeout:
+        variant["ContainerStartupHealthCheckTimeoutInSeconds"] = health_timeout
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant])
+
+
+def _invoke(rt, endpoint: str, payload: dict) -> dict:
+    resp = rt.invoke_endpoint(EndpointName=endpoint, Body=json.dumps(payload), ContentType="application/json",
+                              Accept="application/json")
+    return json.loads(resp["Body"].read())
+
+
+@pytest.fixture(scope="module")
+def rt(stack):
+    return stack.client("sagemaker-runtime")
+
+
+def test_create_invoke_update_delete(sm, s3, rt, events):
+    base = unique("ep")
+    _model(sm, s3, f"{base}-m1", "weights-one", ECHO_VERSION="v1")
+    _config(sm, f"{base}-c1", f"{base}-m1", count=2)
+    arn = sm.create_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c1")["EndpointArn"]
+    assert sm.describe_endpoint(EndpointName=base)["EndpointStatus"] in ("Creating", "InService")
+    d = wait_endpoint(sm, base)
+    assert d["EndpointStatus"] == "InService", d.get("FailureReason")
+    assert d["ProductionVariants"][0]["CurrentInstanceCount"] == 2
+    assert d["ProductionVariants"][0]["DeployedImages"][0]["SpecifiedImage"] == ECHO_IMAGE
+
+    resp = rt.invoke_endpoint(EndpointName=base, Body=b'{"inputs": "hi"}', ContentType="application/json",
+                              Accept="application/json", CustomAttributes="trace=1")
+    out = json.loads(resp["Body"].read())
+    assert out["echo"] == {"inputs": "hi"} and out["model"] == "weights-one" and out["version"] == "v1"
+    assert out["accept"] == "application/json"
+    assert resp["ContentType"] == "application/json"
+    assert resp["InvokedProductionVariant"] == "AllTraffic"
+    assert resp["CustomAttributes"] == "echoed=trace=1"
+
+    with pytest.raises(rt.exceptions.ModelError) as err:
+        _invoke(rt, base, {"fail": 422})
+    assert err.value.response["OriginalStatusCode"] == 422
+    assert "asked to fail" in err.value.response["OriginalMessage"]
+    assert err.value.response["LogStreamArn"].endswith(f"/aws/sagemaker/Endpoints/{base}")
+
+    # Blue/green update while invocations keep flowing: none may fail.
+    _model(sm, s3, f"{base}-m2", "weights-two", ECHO_VERSION="v2")
+    _config(sm, f"{base}-c2", f"{base}-m2")
+    failures, versions, stop = [], set(), threading.Event()
+
+    def keep_invoking():
+        while not stop.is_set():
+            try:
+                versions.add(_invoke(rt, base, {"inputs": "again"})["version"])
+            except Exception as exc:  # recorded, asserted below
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=keep_invoking) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        while "v1" not in versions and not failures:
+            stop.wait(0.05)
+        sm.update_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c2")
+        assert sm.describe_endpoint(EndpointName=base)["EndpointStatus"] in ("Updating", "InService")
+        d = wait_endpoint(sm, base)
+        while d["EndpointConfigName"] != f"{base}-c2" and d["EndpointStatus"] != "Failed":
+            d = wait_endpoint(sm, base)
+        while "v2" not in versions and not failures:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert failures == []
+    assert d["EndpointConfigName"] == f"{base}-c2" and "FailureReason" not in d
+    assert _invoke(rt, base, {"x": 1})["model"] == "weights-two"
+    assert versions == {"v1", "v2"}  # traffic went to both configs, and not one call failed
+
+    sm.delete_endpoint(EndpointName=base)
+    with pytest.raises(sm.exceptions.ClientError) as err:
+        for _ in range(100):
+            sm.describe_endpoint(EndpointName=base)
+            import time
+            time.sleep(0.1)
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(sm.exceptions.ClientError) as err:
+        _invoke(rt, base, {"x": 1})
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+
+    got = events.for_arn(arn, until=lambda e: e["detail"]["EndpointStatus"] == "Deleting")
+    assert [e["detail"]["EndpointStatus"] for e in got] == ["Creating", "InService", "Updating", "InService", "Deleting"]
+    assert got[0]["detail-type"] == "SageMaker Endpoint State Change"
+    assert got[3]["detail"]["EndpointConfigName"] == f"{base}-c2"
+
+
+def test_failed_update_keeps_serving_old_config(sm, s3, rt):
+    base = unique("epfu")
+    _model(sm, s3, f"{base}-good", "good")
+    _config(sm, f"{base}-c1", f"{base}-good")
+    sm.create_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c1")
+    assert wait_endpoint(sm, base)["EndpointStatus"] == "InService"
+
+    _model(sm, s3, f"{base}-bad", "bad", ECHO_FAIL_PING="1")
+    _config(sm, f"{base}-c2", f"{base}-bad", health_timeout=60)
+    sm.update_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c2")
+    d = wait_endpoint(sm, base, until=("InService", "Failed"))
+    while d["EndpointStatus"] == "InService" and "FailureReason" not in d:
+        d = wait_endpoint(sm, base)
+    assert d["EndpointStatus"] == "InService"
+    assert d["EndpointConfigName"] == f"{base}-c1"
+    assert "ping health check" in d["FailureReason"]
+    assert "ping refused on purpose" in d["FailureReason"]
+    assert _invoke(rt, base, {"q": 1})["model"] == "good"
+    sm.delete_endpoint(EndpointName=base)
+
+
+def test_unhealthy_container_fails_the_endpoint(sm, s3):
+    base = unique("epbad")
+    _model(sm, s3, f"{base}-m", "bad", ECHO_FAIL_PING="1")
+    _config(sm, f"{base}-c", f"{base}-m", health_timeout=60)
+    sm.create_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c")
+    d = wait_endpoint(sm, base)
+    assert d["EndpointStatus"] == "Failed"
+    assert "ping refused on purpose" in d["FailureReason"]
+    with pytest.raises(sm.exceptions.ClientError) as err:
+        sm.update_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    sm.delete_endpoint(EndpointName=base)

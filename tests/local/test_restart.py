@@ -1,0 +1,45 @@
+"""State survives a restart of the service: objects are still there, a running job is reported lost
+(as SageMaker does on host loss), and an InService endpoint serves again."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import BUCKET, ECHO_IMAGE, ROLE, source_tar, training_request, unique, wait_endpoint, wait_job
+
+
+def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
+    done, running = unique("done"), unique("running")
+    src = source_tar(s3, {"train.py": "print('ok')\n"}, f"src/{done}/sourcedir.tar.gz")
+    sm.create_training_job(**training_request(done, src))
+    assert wait_job(sm, done)["TrainingJobStatus"] == "Completed"
+    slow = source_tar(s3, {"train.py": "import time\nprint('busy', flush=True)\ntime.sleep(120)\n"},
+                      f"src/{running}/sourcedir.tar.gz")
+    running_arn = sm.create_training_job(**training_request(running, slow))["TrainingJobArn"]
+    while sm.describe_training_job(TrainingJobName=running)["SecondaryStatus"] != "Training":
+        time.sleep(0.2)
+
+    sm.create_model(ModelName="keeper", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": ECHO_IMAGE})
+    sm.create_endpoint_config(EndpointConfigName="keeper", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "keeper", "InstanceType": "ml.g5.2xlarge", "InitialInstanceCount": 1}])
+    sm.create_endpoint(EndpointName="keeper", EndpointConfigName="keeper")
+    assert wait_endpoint(sm, "keeper")["EndpointStatus"] == "InService"
+    events.for_arn(running_arn)  # read what was sent before the restart
+
+    stack.restart()
+    sm2, rt = stack.client("sagemaker"), stack.client("sagemaker-runtime")
+    events.sqs = stack.client("sqs")
+
+    assert sm2.describe_training_job(TrainingJobName=done)["TrainingJobStatus"] == "Completed"
+    lost = sm2.describe_training_job(TrainingJobName=running)
+    assert lost["TrainingJobStatus"] == "Failed"
+    assert lost["FailureReason"].startswith("host lost: the local SageMaker service restarted")
+    got = events.for_arn(running_arn, until=lambda e: e["detail"]["TrainingJobStatus"] == "Failed")
+    assert got[-1]["detail"]["TrainingJobStatus"] == "Failed"
+
+    assert sm2.describe_model(ModelName="keeper")["ModelName"] == "keeper"
+    assert wait_endpoint(sm2, "keeper")["EndpointStatus"] == "InService"
+    out = json.loads(rt.invoke_endpoint(EndpointName="keeper", Body=b"{}", ContentType="application/json")["Body"].read())
+    assert out["echo"] == {}
+    sm2.delete_endpoint(EndpointName="keeper")
