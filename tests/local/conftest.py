@@ -33,9 +33,28 @@ def stack(tmp_path_factory):
         yield s
 
 
+def validated(client):
+    """The client, checking every successful response against botocore's output shape (required
+    members, types, lengths), so a reply SageMaker would never send fails the test."""
+    from botocore.validate import ParamValidator
+
+    def check(http_response, parsed, model, **_):
+        if http_response.status_code >= 300 or model.output_shape is None:
+            return
+        body = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
+        payload = model.output_shape.serialization.get("payload")
+        if payload:  # the raw body (a stream) stands for itself
+            body[payload] = b""
+        report = ParamValidator().validate(body, model.output_shape)
+        assert not report.has_errors(), f"{model.name} response breaks the service model:\n{report.generate_report()}"
+
+    client.meta.events.register("after-call.*.*", check)
+    return client
+
+
 @pytest.fixture(scope="module")
 def sm(stack):
-    return stack.client("sagemaker")
+    return validated(stack.client("sagemaker"))
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ class Handler(BaseHTTPRequestHandler):
             "echo": request,
             "model": (MODEL_DIR / "model.txt").read_text() if (MODEL_DIR / "model.txt").exists() else None,
             "version": VERSION,
+            "pid": os.getpid(),
             "content_type": self.headers.get("Content-Type"),
             "accept": self.headers.get("Accept"),
         }

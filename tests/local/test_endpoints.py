@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from conftest import BUCKET, ECHO_IMAGE, ROLE, unique, wait_endpoint
+from conftest import BUCKET, ECHO_IMAGE, ROLE, unique, validated, wait_endpoint
 
 
 def _model(sm, s3, name: str, text: str, **env) -> None:
@@ -42,7 +42,7 @@ def _invoke(rt, endpoint: str, payload: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def rt(stack):
-    return stack.client("sagemaker-runtime")
+    return validated(stack.client("sagemaker-runtime"))
 
 
 def test_create_invoke_update_delete(sm, s3, rt, events):

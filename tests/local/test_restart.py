@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 
-from conftest import BUCKET, ECHO_IMAGE, ROLE, source_tar, training_request, unique, wait_endpoint, wait_job
+from conftest import (ECHO_IMAGE, ROLE, source_tar, training_request, unique, validated, wait_endpoint,
+                      wait_job)
 
 
 def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
@@ -14,7 +17,7 @@ def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
     src = source_tar(s3, {"train.py": "print('ok')\n"}, f"src/{done}/sourcedir.tar.gz")
     sm.create_training_job(**training_request(done, src))
     assert wait_job(sm, done)["TrainingJobStatus"] == "Completed"
-    slow = source_tar(s3, {"train.py": "import time\nprint('busy', flush=True)\ntime.sleep(120)\n"},
+    slow = source_tar(s3, {"train.py": "import os, time\nprint('busy pid', os.getpid(), flush=True)\ntime.sleep(120)\n"},
                       f"src/{running}/sourcedir.tar.gz")
     running_arn = sm.create_training_job(**training_request(running, slow))["TrainingJobArn"]
     while sm.describe_training_job(TrainingJobName=running)["SecondaryStatus"] != "Training":
@@ -25,10 +28,19 @@ def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
         "VariantName": "AllTraffic", "ModelName": "keeper", "InstanceType": "ml.g5.2xlarge", "InitialInstanceCount": 1}])
     sm.create_endpoint(EndpointName="keeper", EndpointConfigName="keeper")
     assert wait_endpoint(sm, "keeper")["EndpointStatus"] == "InService"
+    rt_before = validated(stack.client("sagemaker-runtime"))
+    server_pid = json.loads(rt_before.invoke_endpoint(EndpointName="keeper", Body=b"{}",
+                                                      ContentType="application/json")["Body"].read())["pid"]
+    log = stack.state_dir / "training-jobs" / running / "logs" / "algo-1.log"
+    while "busy pid" not in log.read_text():
+        time.sleep(0.2)
+    job_pid = int(re.search(r"busy pid (\d+)", log.read_text()).group(1))
     events.for_arn(running_arn)  # read what was sent before the restart
 
     stack.restart()
-    sm2, rt = stack.client("sagemaker"), stack.client("sagemaker-runtime")
+    for pid in (job_pid, server_pid):  # the old service took its workloads down with it
+        assert not _alive(pid), f"process {pid} outlived the service"
+    sm2, rt = validated(stack.client("sagemaker")), validated(stack.client("sagemaker-runtime"))
     events.sqs = stack.client("sqs")
 
     assert sm2.describe_training_job(TrainingJobName=done)["TrainingJobStatus"] == "Completed"
@@ -43,3 +55,12 @@ def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
     out = json.loads(rt.invoke_endpoint(EndpointName="keeper", Body=b"{}", ContentType="application/json")["Body"].read())
     assert out["echo"] == {}
     sm2.delete_endpoint(EndpointName="keeper")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
+        return f.read().split(")")[-1].split()[0] != "Z"

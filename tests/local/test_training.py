@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -114,8 +116,12 @@ def test_failed_job_reports_failure_reason(sm, s3, events, stack):
     got = events.for_arn(arn, until=lambda e: e["detail"]["TrainingJobStatus"] == "Failed")
     assert _statuses(got)[-1] == ("Failed", "Failed")
     assert "tokenizer missing" in got[-1]["detail"]["FailureReason"]
-    log = (stack.state_dir / "training-jobs" / name / "logs" / "algo-1.log").read_text()
-    assert "about to fail" in log
+    logs = subprocess.run([sys.executable, "-m", "llama_operator", "logs", name, "--state-dir", str(stack.state_dir)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "==> algo-1 <==" in logs and "about to fail" in logs
+    missing = subprocess.run([sys.executable, "-m", "llama_operator", "logs", "no-such-job", "--state-dir",
+                              str(stack.state_dir)], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no logs for training job 'no-such-job'" in missing.stderr
 
 
 def test_stop_training_job(sm, s3, events):
