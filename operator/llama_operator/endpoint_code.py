@@ -1,0 +1,83 @@
+"""The endpoint's code prefix: the LMI artifacts (serving.properties, and model.py for our
+batching engine) rendered by `workloads/serve/lmi.py` and uploaded to S3 under a key named by
+their content, so re-applies and restarts upload nothing new and two endpoints with the same
+settings share one prefix.
+
+The model itself is not copied: `option.model_id` points at the model's own S3 prefix and the
+serving container pulls it at start (SageMaker downloads only this small prefix as model data)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping
+
+from llama_operator.paths import workloads_dir
+
+
+def _lmi_module() -> ModuleType:
+    # workloads/ is shipped beside the package, not inside it (it runs in SageMaker's images),
+    # so its renderer is loaded from the file rather than imported as a package.
+    path = Path(workloads_dir()) / "serve" / "lmi.py"
+    name = "_llama_operator_workloads_serve_lmi"
+    cached = sys.modules.get(name)
+    if cached is not None and getattr(cached, "__file__", None) == str(path):
+        return cached
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the serving workload ships with the operator "
+                                "(set LLAMA_OPERATOR_WORKLOADS_DIR to the folder holding serve/lmi.py)")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def render(engine: str, model_s3_uri: str, settings: Mapping[str, Any]) -> dict[str, str]:
+    """{filename: text} of the LMI artifacts for this model and engine."""
+    files = _lmi_module().render_artifacts(engine, model_s3_uri, dict(settings))
+    if not files:
+        raise ValueError(f"render_artifacts({engine!r}) produced no files")
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def content_hash(files: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name].encode()
+        h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+    return h.hexdigest()
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3:// URI (expected s3://bucket/prefix/)")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket (expected s3://bucket/prefix/)")
+    return bucket, key
+
+
+def code_prefix(base_s3_uri: str, files: Mapping[str, str]) -> str:
+    """s3://bucket/<base prefix>/endpoint-code/<sha256>/ for these files."""
+    base = base_s3_uri.rstrip("/")
+    return f"{base}/endpoint-code/{content_hash(files)[:32]}/"
+
+
+def upload(s3, base_s3_uri: str, files: Mapping[str, str]) -> str:
+    """Upload the files under their content-addressed prefix unless every one is already there
+    with the same size; returns the prefix URI (with a trailing slash)."""
+    prefix_uri = code_prefix(base_s3_uri, files)
+    bucket, prefix = split_s3(prefix_uri)
+    present: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            present[obj["Key"]] = obj["Size"]
+    for name, text in sorted(files.items()):
+        data = text.encode()
+        if present.get(prefix + name) != len(data):
+            s3.put_object(Bucket=bucket, Key=prefix + name, Body=data)
+    return prefix_uri

@@ -1,0 +1,267 @@
+"""LlamaEndpoint status from what SageMaker says about the endpoint (pure: no I/O).
+
+The same function takes a DescribeEndpoint response (the polling fallback) or the `detail` of a
+"SageMaker Endpoint State Change" event (the main path): both carry the Describe fields, events with
+timestamps in epoch milliseconds. Events arrive at least once and possibly out of order, so every
+observation carries SageMaker's LastModifiedTime and one older than the last one applied is dropped:
+status never moves backwards.
+
+Phases (the CRD's): Pending, WaitingForModel, Creating, InService, Updating, Degraded, Failed, Deleting.
+Degraded means "serving, but not what the spec asks": an update failed or was rolled back and the
+previous model and configuration keep serving.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Mapping
+
+PHASES = ("Pending", "WaitingForModel", "Creating", "InService", "Updating", "Degraded", "Failed", "Deleting")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Failed", "WaitingForModel", "Synced")
+
+# SageMaker EndpointStatus values (botocore's enum) that mean "the endpoint is still moving".
+_MOVING = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
+
+
+def invocation_url(region: str, endpoint_name: str) -> str:
+    return f"https://runtime.sagemaker.{region}.amazonaws.com/endpoints/{endpoint_name}/invocations"
+
+
+def region_of(arn: str) -> str | None:
+    parts = (arn or "").split(":")
+    return parts[3] if len(parts) > 4 and parts[3] else None
+
+
+# ---- time ------------------------------------------------------------------------------------
+
+def to_epoch(value: Any) -> float | None:
+    """SageMaker's timestamp as epoch seconds: a datetime (boto3), epoch millis (EventBridge
+    detail), epoch seconds, or an ISO-8601 string (what we keep in status)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        # EventBridge writes millis; 1e11 seconds is the year 5138, so anything larger is millis.
+        return float(value) / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    raise TypeError(f"not a timestamp: {value!r}")
+
+
+def iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    return iso(dt.datetime.now(dt.timezone.utc).timestamp())
+
+
+# ---- conditions ------------------------------------------------------------------------------
+
+def set_condition(conditions: list[Mapping[str, Any]] | None, type_: str, status: bool, reason: str,
+                  message: str, *, generation: int | None, now: str) -> list[dict]:
+    """Conditions with one of them set, Kubernetes-style: lastTransitionTime changes only when
+    the condition's status flips."""
+    out: list[dict] = []
+    found = False
+    value = "True" if status else "False"
+    for c in conditions or []:
+        c = dict(c)
+        if c.get("type") == type_:
+            found = True
+            if c.get("status") != value:
+                c["lastTransitionTime"] = now
+            c.update(status=value, reason=reason, message=message)
+            if generation is not None:
+                c["observedGeneration"] = generation
+        out.append(c)
+    if not found:
+        c = {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": now}
+        if generation is not None:
+            c["observedGeneration"] = generation
+        out.append(c)
+    return out
+
+
+def conditions_for(phase: str, reason: str, message: str, previous: list[Mapping[str, Any]] | None, *,
+                   generation: int | None, now: str) -> list[dict]:
+    """The full condition set for a phase: exactly one story told by Ready / Progressing /
+    Degraded / Failed / WaitingForModel."""
+    # During a blue/green update and after a rolled-back one the old fleet keeps answering.
+    ready = phase in ("InService", "Degraded", "Updating")
+    truth = {
+        "Ready": ready,
+        "Progressing": phase in ("Pending", "WaitingForModel", "Creating", "Updating", "Deleting"),
+        "Degraded": phase == "Degraded",
+        "Failed": phase == "Failed",
+        "WaitingForModel": phase == "WaitingForModel",
+    }
+    conds = list(previous or [])
+    for type_, value in truth.items():
+        if not value and not any(c.get("type") == type_ for c in conds) and type_ in ("Degraded", "WaitingForModel"):
+            continue  # absent says as much as False for the occasional ones; keep the list short
+        if value:
+            conds = set_condition(conds, type_, True, reason, message, generation=generation, now=now)
+        else:
+            conds = set_condition(conds, type_, False, reason, _false_message(type_, phase),
+                                  generation=generation, now=now)
+    return conds
+
+
+def _false_message(type_: str, phase: str) -> str:
+    return f"{type_} is False while the endpoint is {phase}"
+
+
+# ---- SageMaker -> status ---------------------------------------------------------------------
+
+def phase_of(endpoint_status: str, serving_config: str | None, desired_config: str | None,
+             failure_reason: str | None) -> tuple[str, str]:
+    """(phase, condition reason) for a SageMaker EndpointStatus.
+
+    InService on a configuration other than the desired one is Degraded when SageMaker reports a
+    failure (a failed blue/green update rolls back and keeps the old fleet serving) and Updating
+    otherwise (our UpdateEndpoint has not been seen yet)."""
+    on_desired = desired_config is None or serving_config == desired_config
+    if endpoint_status == "InService":
+        if on_desired:
+            return "InService", "EndpointInService"
+        return ("Degraded", "UpdateFailed") if failure_reason else ("Updating", "UpdatePending")
+    if endpoint_status == "SystemUpdating":
+        return ("InService", "SystemUpdating") if on_desired else ("Updating", "SystemUpdating")
+    if endpoint_status == "Creating":
+        return "Creating", "Creating"
+    if endpoint_status == "Updating":
+        return "Updating", "Updating"
+    if endpoint_status == "RollingBack":
+        return "Degraded", "RollingBack"
+    if endpoint_status == "Deleting":
+        return "Deleting", "Deleting"
+    if endpoint_status == "OutOfService":
+        return "Degraded", "OutOfService"
+    if endpoint_status == "UpdateRollbackFailed":
+        return "Failed", "UpdateRollbackFailed"
+    if endpoint_status == "Failed":
+        return "Failed", "EndpointFailed"
+    return "Pending", endpoint_status or "Unknown"
+
+
+def _message(phase: str, reason: str, name: str, serving: str | None, desired: str | None,
+             failure: str | None) -> str:
+    if phase == "InService":
+        return f"endpoint {name} is serving configuration {serving}"
+    if phase == "Creating":
+        return f"SageMaker is creating endpoint {name} (configuration {serving})"
+    if phase == "Updating":
+        return f"SageMaker is moving endpoint {name} from {serving} to {desired} (blue/green)"
+    if phase == "Degraded":
+        why = failure or f"SageMaker reports the endpoint {reason}"
+        return f"update to {desired} did not complete; {serving} keeps serving: {why}"
+    if phase == "Failed":
+        return f"endpoint {name} failed: {failure or reason}"
+    if phase == "Deleting":
+        return f"SageMaker is deleting endpoint {name}"
+    return f"endpoint {name}: {reason}"
+
+
+def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, desired_config: str | None = None,
+            desired_model: str | None = None, generation: int | None = None,
+            now: str | None = None) -> dict:
+    """The status patch for one observation of the endpoint, or {} when it is stale (older than
+    what status already reflects) or changes nothing.
+
+    `describe`: DescribeEndpoint output or an event's detail. `desired_config` / `desired_model`:
+    the names the current spec hash gives (None: whatever serves is what is wanted)."""
+    status = dict(status or {})
+    seen_at = to_epoch(describe.get("LastModifiedTime"))
+    last = to_epoch(status.get("lastEventTime"))
+    if seen_at is not None and last is not None and seen_at < last:
+        return {}
+    sm_status = describe.get("EndpointStatus", "")
+    serving = describe.get("EndpointConfigName")
+    failure = describe.get("FailureReason") or None
+    name = describe.get("EndpointName") or status.get("endpointName")
+    phase, reason = phase_of(sm_status, serving, desired_config, failure)
+    now = now or now_iso()
+
+    patch: dict[str, Any] = {"phase": phase, "endpointName": name}
+    arn = describe.get("EndpointArn")
+    if arn:
+        patch["endpointArn"] = arn
+        region = region_of(arn)
+        if region and name:
+            patch["invocationUrl"] = invocation_url(region, name)
+    if serving:
+        patch["endpointConfigName"] = serving
+        if desired_config is not None and serving == desired_config and desired_model:
+            patch["modelName"] = desired_model
+    if phase in ("Degraded", "Failed"):
+        patch["failureReason"] = failure or _message(phase, reason, name, serving, desired_config, failure)
+    elif phase == "InService":
+        patch["failureReason"] = None  # a merge patch with null removes the field
+    if seen_at is not None:
+        patch["lastEventTime"] = iso(seen_at)
+    message = _message(phase, reason, name, serving, desired_config, failure)
+    patch["conditions"] = conditions_for(phase, reason, message, status.get("conditions"),
+                                         generation=generation, now=now)
+    if _unchanged(patch, status):
+        return {}
+    return patch
+
+
+def _unchanged(patch: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    for key, value in patch.items():
+        if key == "lastEventTime":
+            continue
+        if key == "conditions":
+            strip = lambda cs: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []]
+            if strip(value) != strip(status.get("conditions")):
+                return False
+        elif status.get(key) != value:
+            return False
+    return True
+
+
+def gone(status: Mapping[str, Any] | None, *, generation: int | None = None, now: str | None = None) -> dict:
+    """Status when SageMaker no longer knows the endpoint we recorded (deleted outside the operator):
+    back to Pending so the next reconcile creates it again."""
+    status = dict(status or {})
+    now = now or now_iso()
+    msg = f"endpoint {status.get('endpointName')} no longer exists in SageMaker; it will be created again"
+    return {"phase": "Pending", "endpointArn": None, "invocationUrl": None, "endpointConfigName": None,
+            "modelName": None,
+            "conditions": conditions_for("Pending", "EndpointMissing", msg, status.get("conditions"),
+                                         generation=generation, now=now)}
+
+
+def local_phase(phase: str, reason: str, message: str, status: Mapping[str, Any] | None, *,
+                generation: int | None = None, now: str | None = None, **fields: Any) -> dict:
+    """A patch for a phase the operator decides itself (Pending, WaitingForModel, Failed on bad
+    input, Deleting), with its conditions."""
+    assert phase in PHASES, phase
+    status = dict(status or {})
+    now = now or now_iso()
+    patch: dict[str, Any] = {"phase": phase, **fields}
+    if phase == "Failed":
+        patch["failureReason"] = message
+    patch["conditions"] = conditions_for(phase, reason, message, status.get("conditions"),
+                                         generation=generation, now=now)
+    return patch
+
+
+def transition_event(old_phase: str | None, patch: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Kubernetes Event a status change deserves, or None."""
+    new = patch.get("phase")
+    if not new or new == old_phase:
+        return None
+    cond = next((c for c in patch.get("conditions", []) if c.get("status") == "True"
+                 and c.get("type") in ("Failed", "Degraded", "WaitingForModel", "Ready", "Progressing")), None)
+    message = patch.get("failureReason") if new in ("Failed", "Degraded") else (cond or {}).get("message", "")
+    kind = "Warning" if new in ("Failed", "Degraded") else "Normal"
+    return kind, new, message or new
+
+
+def is_settled(describe: Mapping[str, Any]) -> bool:
+    return describe.get("EndpointStatus") not in _MOVING

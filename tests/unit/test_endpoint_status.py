@@ -1,0 +1,194 @@
+"""LlamaEndpoint status from DescribeEndpoint output and endpoint state-change event details."""
+
+import datetime as dt
+
+import pytest
+
+from llama_operator import endpoint_status as es
+
+ARN = "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/lep-demo-abc"
+NOW = "2026-11-24T10:00:00.000Z"
+BASE = 1_795_000_000.0  # realistic epoch seconds: millis and seconds must not be confused
+
+
+def describe(status, config="cfg-new", t=1000.0, reason=None, **extra):
+    d = {"EndpointName": "lep-demo-abc", "EndpointArn": ARN, "EndpointConfigName": config,
+         "EndpointStatus": status, "LastModifiedTime": dt.datetime.fromtimestamp(BASE + t, dt.timezone.utc),
+         "CreationTime": dt.datetime.fromtimestamp(900, dt.timezone.utc)}
+    if reason:
+        d["FailureReason"] = reason
+    d.update(extra)
+    return d
+
+
+def event_detail(status, config="cfg-new", t=1000.0, reason=None):
+    d = describe(status, config, reason=reason)
+    d["LastModifiedTime"] = int((BASE + t) * 1000)  # EventBridge: epoch millis
+    d["CreationTime"] = 900_000
+    return d
+
+
+def cond(patch, type_):
+    return next(c for c in patch["conditions"] if c["type"] == type_)
+
+
+def apply(status, patch):
+    out = dict(status)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def test_in_service_on_desired_config_sets_name_arn_url_and_ready():
+    p = es.observe(describe("InService"), {}, desired_config="cfg-new", desired_model="m-new", generation=3, now=NOW)
+    assert p["phase"] == "InService"
+    assert p["endpointName"] == "lep-demo-abc" and p["endpointArn"] == ARN
+    assert p["invocationUrl"] == ("https://runtime.sagemaker.eu-west-1.amazonaws.com/endpoints/"
+                                  "lep-demo-abc/invocations")
+    assert p["endpointConfigName"] == "cfg-new" and p["modelName"] == "m-new"
+    ready = cond(p, "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == 3 and ready["lastTransitionTime"] == NOW
+    assert cond(p, "Progressing")["status"] == "False"
+    assert cond(p, "Failed")["status"] == "False"
+
+
+def test_creating_is_progressing_not_ready():
+    p = es.observe(describe("Creating"), {}, desired_config="cfg-new", now=NOW)
+    assert p["phase"] == "Creating"
+    assert cond(p, "Progressing")["status"] == "True"
+    assert cond(p, "Ready")["status"] == "False"
+
+
+def test_event_detail_in_millis_equals_describe():
+    a = es.observe(describe("InService", t=1234.5), {}, desired_config="cfg-new", now=NOW)
+    b = es.observe(event_detail("InService", t=1234.5), {}, desired_config="cfg-new", now=NOW)
+    assert a == b
+    assert a["lastEventTime"] == es.iso(BASE + 1234.5) and a["lastEventTime"].endswith(".500Z")
+
+
+def test_failed_update_rolled_back_is_degraded_with_sagemakers_reason_and_old_names_kept():
+    status = {"phase": "Updating", "endpointConfigName": "cfg-old", "modelName": "m-old",
+              "lastEventTime": es.iso(BASE + 1000)}
+    reason = "Failed to update endpoint: The primary container for production variant AllTraffic did not pass the ping health check."
+    p = es.observe(describe("InService", config="cfg-old", t=1100, reason=reason), status,
+                   desired_config="cfg-new", desired_model="m-new", now=NOW)
+    assert p["phase"] == "Degraded"
+    assert p["failureReason"] == reason
+    assert p["endpointConfigName"] == "cfg-old"
+    assert "modelName" not in p  # the old model keeps serving; status still names it
+    assert cond(p, "Degraded")["status"] == "True" and reason in cond(p, "Degraded")["message"]
+    assert cond(p, "Ready")["status"] == "True"  # the old fleet still answers
+
+
+def test_success_after_degraded_clears_failure_reason():
+    status = {"phase": "Degraded", "failureReason": "x", "endpointConfigName": "cfg-old",
+              "lastEventTime": es.iso(BASE + 1000),
+              "conditions": [{"type": "Degraded", "status": "True", "reason": "UpdateFailed", "message": "x",
+                              "lastTransitionTime": "2026-11-24T09:00:00.000Z"}]}
+    p = es.observe(describe("InService", config="cfg-new", t=1200), status, desired_config="cfg-new",
+                   desired_model="m-new", now=NOW)
+    assert p["phase"] == "InService" and p["failureReason"] is None and p["modelName"] == "m-new"
+    degraded = cond(p, "Degraded")
+    assert degraded["status"] == "False" and degraded["lastTransitionTime"] == NOW
+
+
+def test_in_service_on_old_config_without_failure_means_update_pending():
+    p = es.observe(describe("InService", config="cfg-old"), {}, desired_config="cfg-new", now=NOW)
+    assert p["phase"] == "Updating"
+
+
+@pytest.mark.parametrize("sm,phase", [("Updating", "Updating"), ("SystemUpdating", "InService"),
+                                      ("RollingBack", "Degraded"), ("OutOfService", "Degraded"),
+                                      ("Deleting", "Deleting"), ("Failed", "Failed"),
+                                      ("UpdateRollbackFailed", "Failed")])
+def test_every_sagemaker_status_maps_to_a_crd_phase(sm, phase):
+    p = es.observe(describe(sm, reason="boom" if sm != "Updating" else None), {}, desired_config="cfg-new", now=NOW)
+    assert p["phase"] == phase
+    assert p["phase"] in es.PHASES
+    if phase in ("Failed", "Degraded"):
+        assert p["failureReason"]
+
+
+def test_create_failure_reports_reason():
+    reason = "The primary container for production variant AllTraffic did not pass the ping health check."
+    p = es.observe(describe("Failed", reason=reason), {}, desired_config="cfg-new", now=NOW)
+    assert p["phase"] == "Failed" and p["failureReason"] == reason
+    assert cond(p, "Failed")["status"] == "True" and cond(p, "Ready")["status"] == "False"
+
+
+def test_late_event_never_moves_status_backwards():
+    status = {}
+    for d in [event_detail("Creating", t=100), event_detail("InService", t=200)]:
+        status = apply(status, es.observe(d, status, desired_config="cfg-new", now=NOW))
+    assert status["phase"] == "InService"
+    # the Creating event delivered again, late
+    assert es.observe(event_detail("Creating", t=100), status, desired_config="cfg-new", now=NOW) == {}
+    assert status["phase"] == "InService"
+
+
+def test_duplicate_event_changes_nothing():
+    status = apply({}, es.observe(event_detail("InService", t=200), {}, desired_config="cfg-new", now=NOW))
+    assert es.observe(event_detail("InService", t=200), status, desired_config="cfg-new",
+                      now="2026-11-24T11:00:00.000Z") == {}
+
+
+def test_out_of_order_update_events_end_in_the_newest_state():
+    events = [event_detail("Creating", "cfg-old", 100), event_detail("InService", "cfg-old", 200),
+              event_detail("Updating", "cfg-old", 300), event_detail("InService", "cfg-new", 400)]
+    status = {}
+    for d in [events[0], events[3], events[2], events[1]]:  # shuffled delivery
+        status = apply(status, es.observe(d, status, desired_config="cfg-new", desired_model="m-new", now=NOW))
+    assert status["phase"] == "InService" and status["endpointConfigName"] == "cfg-new"
+    assert status["modelName"] == "m-new"
+
+
+def test_condition_transition_time_kept_while_status_unchanged():
+    s1 = apply({}, es.observe(describe("Updating", t=100), {}, desired_config="cfg-new", now=NOW))
+    later = "2026-11-24T10:05:00.000Z"
+    s2 = apply(s1, es.observe(describe("InService", config="cfg-old", t=150), s1, desired_config="cfg-new",
+                              now=later))
+    assert cond(s2, "Ready")["lastTransitionTime"] == NOW  # was True, is True
+
+
+def test_local_phase_waiting_for_model():
+    p = es.local_phase("WaitingForModel", "FinetuneNotCompleted", "waiting for LlamaFinetune tiny (InProgress)",
+                       {}, generation=1, now=NOW)
+    assert p["phase"] == "WaitingForModel"
+    w = cond(p, "WaitingForModel")
+    assert w["status"] == "True" and "tiny" in w["message"]
+    assert cond(p, "Ready")["status"] == "False"
+    # once the model is there the condition flips to False, it does not linger as True
+    p2 = es.observe(describe("Creating"), apply({}, p), desired_config="cfg-new", now=NOW)
+    assert cond(p2, "WaitingForModel")["status"] == "False"
+
+
+def test_local_failed_phase_carries_message_as_failure_reason():
+    p = es.local_phase("Failed", "FinetuneFailed", "LlamaFinetune tiny failed: OOM", {}, now=NOW)
+    assert p["failureReason"] == "LlamaFinetune tiny failed: OOM"
+    with pytest.raises(AssertionError):
+        es.local_phase("Exploded", "x", "y", {})
+
+
+def test_transition_event():
+    assert es.transition_event("Creating", {"phase": "Creating"}) is None
+    kind, reason, msg = es.transition_event("Updating", es.observe(
+        describe("InService", config="cfg-old", reason="ping failed"), {}, desired_config="cfg-new", now=NOW))
+    assert (kind, reason) == ("Warning", "Degraded") and msg == "ping failed"
+    kind, reason, _ = es.transition_event("Creating", es.observe(describe("InService"), {}, now=NOW))
+    assert (kind, reason) == ("Normal", "InService")
+
+
+def test_gone_resets_to_pending():
+    p = es.gone({"endpointName": "lep-demo-abc", "phase": "InService"}, now=NOW)
+    assert p["phase"] == "Pending" and p["endpointArn"] is None
+    assert "no longer exists" in cond(p, "Progressing")["message"]
+
+
+def test_to_epoch_forms():
+    t = dt.datetime(2026, 11, 24, 10, 0, 0, tzinfo=dt.timezone.utc)
+    assert es.to_epoch(t) == es.to_epoch(int(t.timestamp() * 1000)) == es.to_epoch(t.timestamp()) \
+        == es.to_epoch("2026-11-24T10:00:00Z")
+    assert es.to_epoch(None) is None
