@@ -73,6 +73,7 @@ def test_completed_job_uploads_artifact_reports_metric_and_events(sm, s3, events
             "S3DataDistributionType": "FullyReplicated"}}}],
         CheckpointConfig={"S3Uri": f"s3://{BUCKET}/checkpoints/{name}"},
         Environment={"MY_SETTING": "on"},
+        Tags=[{"Key": "llamaops.dev/owner", "Value": "default/chat"}],
     )
     req["AlgorithmSpecification"]["MetricDefinitions"] = [{"Name": "train:loss", "Regex": r"loss=([0-9.]+)"}]
     arn = sm.create_training_job(**req)["TrainingJobArn"]
@@ -99,6 +100,7 @@ def test_completed_job_uploads_artifact_reports_metric_and_events(sm, s3, events
     assert last["detail-type"] == "SageMaker Training Job State Change"
     assert last["region"] == "us-east-1"
     assert last["detail"]["TrainingJobName"] == name
+    assert last["detail"]["Tags"] == {"llamaops.dev/owner": "default/chat"}
     assert isinstance(last["detail"]["CreationTime"], int)
     assert abs(last["detail"]["CreationTime"] / 1000 - d["CreationTime"].timestamp()) < 1
 
@@ -151,18 +153,21 @@ def test_max_runtime_is_enforced(sm, s3):
 
 
 def test_two_instances_form_one_torch_distributed_group(sm, s3, stack):
-    name = unique("ddp")
-    src = source_tar(s3, {"train.py": ALL_REDUCE}, f"src/{name}/sourcedir.tar.gz")
-    sm.create_training_job(**training_request(name, src, instances=2,
-                                              hyperparameters={"sagemaker_torch_distributed_enabled": True}))
-    d = wait_job(sm, name, timeout=180)
-    logs = [(stack.state_dir / "training-jobs" / name / "logs" / f"algo-{i}.log").read_text() for i in (1, 2)]
-    assert d["TrainingJobStatus"] == "Completed", (d.get("FailureReason"), logs[0][-3000:])
-    assert "torchrun" in logs[0] or "torch.distributed.run" in logs[0]
-    assert "rank=0 world=2 sum=3.0" in logs[0]
-    assert "rank=1 world=2 sum=3.0" in logs[1]
-    assert _tar_members(s3, d["ModelArtifacts"]["S3ModelArtifacts"])["allreduce.txt"] == b"2 3.0"
-    assert d["BillableTimeInSeconds"] == 2 * d["TrainingTimeInSeconds"]
+    # Two 2-host jobs at once: each must form its own group (no shared master address or port).
+    jobs = [unique("ddp"), unique("ddp")]
+    for name in jobs:
+        src = source_tar(s3, {"train.py": ALL_REDUCE}, f"src/{name}/sourcedir.tar.gz")
+        sm.create_training_job(**training_request(name, src, instances=2,
+                                                  hyperparameters={"sagemaker_torch_distributed_enabled": True}))
+    for name in jobs:
+        d = wait_job(sm, name, timeout=240)
+        logs = [(stack.state_dir / "training-jobs" / name / "logs" / f"algo-{i}.log").read_text() for i in (1, 2)]
+        assert d["TrainingJobStatus"] == "Completed", (d.get("FailureReason"), logs[0][-3000:])
+        assert "torch.distributed.run" in logs[0] or "torchrun" in logs[0]
+        assert "rank=0 world=2 sum=3.0" in logs[0]
+        assert "rank=1 world=2 sum=3.0" in logs[1]
+        assert _tar_members(s3, d["ModelArtifacts"]["S3ModelArtifacts"])["allreduce.txt"] == b"2 3.0"
+        assert d["BillableTimeInSeconds"] == 2 * d["TrainingTimeInSeconds"]
 
 
 def test_list_training_jobs_filters_by_status(sm, s3):

@@ -30,5 +30,10 @@ class Context:
         return client
 
     def emit(self, kind: str, name: str, detail: dict) -> None:
-        if self.sink is not None:
-            self.sink.emit(events.envelope(kind, names.arn(kind, name, self.region), detail, self.region))
+        if self.sink is None:
+            return
+        # EventBridge carries the resource's tags in the detail, which lets a consumer map an
+        # event back to what created it.
+        record = self.store.get(kind, name) or {}
+        detail = {**detail, "Tags": {t["Key"]: t["Value"] for t in record.get("tags", [])}}
+        self.sink.emit(events.envelope(kind, names.arn(kind, name, self.region), detail, self.region))

@@ -133,6 +133,9 @@ class Endpoints:
             d = record["describe"]
             changed = d.get("EndpointStatus") != status or "FailureReason" in fields
             d["EndpointStatus"] = status
+            if fields.get("FailureReason"):
+                reason = fields["FailureReason"]
+                fields["FailureReason"] = reason if len(reason) <= 1024 else reason[:1021] + "..."
             for k, v in fields.items():
                 if v is None:
                     d.pop(k, None)

@@ -4,10 +4,19 @@ user's entry point, through torchrun when `sagemaker_torch_distributed_enabled` 
 
 from __future__ import annotations
 
-from sagemaker_training import entry_point, environment, runner
+import os
+
+from sagemaker_training import entry_point, environment, runner, torch_distributed
+
+# The toolkit's torchrun master port is a constant (7777), and torch's rendezvous store listens on
+# every local address, so two local multi-host jobs would collide on it; the service gives each
+# job a port of its own.
+MASTER_PORT_ENV = "LLAMA_OPERATOR_MASTER_PORT"
 
 
 def main() -> None:
+    if os.environ.get(MASTER_PORT_ENV):
+        torch_distributed.MASTER_PORT = os.environ[MASTER_PORT_ENV]
     env = environment.Environment()
     params = env.additional_framework_parameters
     runner_type = (

@@ -322,7 +322,11 @@ class _Run:
         return base
 
     def _spawn(self, hosts: list[str], bases: list[Path]) -> None:
+        from llama_operator.local.endpoints import free_port
+        from llama_operator.local.framework import MASTER_PORT_ENV
+
         d = self.job.describe
+        master_port = str(free_port(hosts[0]))
         logs = self.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for i, base in enumerate(bases):
@@ -332,6 +336,7 @@ class _Run:
                    "S3_ENDPOINT_URL": self.ctx.child_env.get("AWS_ENDPOINT_URL_S3", ""),
                    "AWS_REGION": self.ctx.region,
                    "TRAINING_JOB_NAME": self.name,
+                   MASTER_PORT_ENV: master_port,
                    "TRAINING_JOB_ARN": d["TrainingJobArn"],
                    "PYTHONUNBUFFERED": "1"}
             # The toolkit finds torchrun on PATH: the one installed beside this interpreter.
