@@ -176,10 +176,20 @@ class Endpoints:
         except DeployFailed as exc:
             self._set(name, "Failed", FailureReason=str(exc))
             return
+        if not self._still_wanted(name, dep):
+            return
         with self._lock:
             self.active[name] = dep
         config = self.ctx.store.get("endpoint-config", config_name)
         self._set(name, "InService", ProductionVariants=self._variants_status(config, dep))
+
+    def _still_wanted(self, name: str, dep: Deployment) -> bool:
+        """False (and the new servers stopped) when the endpoint was deleted while they started."""
+        record = self.ctx.store.get(KIND, name)
+        if record is None or record["describe"]["EndpointStatus"] == "Deleting" or self._closing:
+            dep.stop()
+            return False
+        return True
 
     def update(self, name: str, new_config: str) -> None:
         threading.Thread(target=self._update, args=(name, new_config), daemon=True,
@@ -191,6 +201,8 @@ class Endpoints:
         except DeployFailed as exc:
             # SageMaker rolls back: the endpoint keeps serving the old config and reports why.
             self._set(name, "InService", FailureReason=f"Failed to update endpoint: {exc}")
+            return
+        if not self._still_wanted(name, dep):
             return
         with self._lock:
             old = self.active.get(name)

@@ -116,7 +116,7 @@ class Emulator(kmock.KubernetesEmulator):
         is_write = request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE) or (
             method == "PUT" and request.name)
         try:
-            if request.action == enums.action.LIST:
+            if request.action == enums.action.LIST and request.resource.plural:
                 return aiohttp.web.json_response(await self._list(request))
             if not is_write:
                 return await super()._handle(request)
