@@ -1,0 +1,465 @@
+"""Server-side batching for a Llama-family causal LM: plain Python, torch and transformers.
+
+Concurrent requests are queued; a worker thread admits them into a fixed set of slots (rows of a
+preallocated KV cache) and runs one decode step for all active slots at a time, so a request that
+arrives while others are generating joins at the next step (rolling batch). Each slot keeps its
+own positions, so a prompt's result does not depend on what it was batched with: greedy output in
+a batch equals the same prompt alone.
+
+Why not `generate()`: with a static cache it spent 5 ms a step at batch 32 on an H100, mostly in
+Python, and `torch.compile(mode="reduce-overhead")` over it broke. So the engine owns the loop:
+an eager prefill writes the prompt's keys and values into its slot, then every decode step is one
+CUDA-graph replay (captured lazily per (batch-size bucket, attention-length bucket, sampling)),
+with the next token and positions fed back on the device. On the CPU the same step runs eagerly.
+The weights are the model's own modules (norms, projections, MLP); only attention and the cache
+are ours."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from request_params import GenerationParams, RequestError
+
+log = logging.getLogger("batching_engine")
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+LENGTH_BUCKET = 128   # attention reads the cache up to the next multiple of this
+SLACK = 2             # slots past max_len: a finished row may run one more step before it is seen
+
+
+@dataclass
+class GenerationResult:
+    text: str | None
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str          # "eos", "length" or "stop"
+    latency_s: float
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: GenerationParams
+    future: Future
+    prompt_text: str | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    generated: list[int] = field(default_factory=list)
+    slot: int = -1
+    pos: int = 0                # host mirror of the slot's next cache position
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class BatchingEngine:
+    """`submit()` from any thread; results come back on `concurrent.futures.Future`s."""
+
+    def __init__(self, model, tokenizer=None, *, max_batch_size: int = 32, max_wait_ms: float = 10.0,
+                 max_len: int | None = None, use_cuda_graphs: bool | None = None,
+                 default_max_new_tokens: int = 64):
+        cfg = model.config
+        if getattr(cfg, "model_type", "llama") not in ("llama", "mistral"):
+            raise ValueError(f"model_type {cfg.model_type!r} is not a Llama-family model")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_len = int(max_len or min(getattr(cfg, "max_position_embeddings", 2048), 4096))
+        self.default_max_new_tokens = default_max_new_tokens
+        self.use_graphs = (self.device.type == "cuda") if use_cuda_graphs is None else use_cuda_graphs
+
+        inner = model.model
+        self._embed, self._layers, self._norm, self._head = inner.embed_tokens, inner.layers, inner.norm, model.lm_head
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.scale = self.head_dim ** -0.5
+
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = eos if eos is not None else cfg.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            ids.add(tokenizer.eos_token_id)
+        self.eos_ids = frozenset(ids)
+
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.n_slots = max_batch_size
+        dev, n_layers = self.device, len(self._layers)
+        cache_len = self.max_len + SLACK
+        shape = (n_layers, self.n_slots, self.n_kv, cache_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
+        positions = torch.arange(cache_len, device=dev)
+        cos, sin = inner.rotary_emb(self.k_cache[0, 0, 0], positions[None])
+        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        self.slot_index = positions
+
+        # Decode-step state, read and advanced on the device by each (captured) step.
+        self.tokens = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
+        self.active = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
+        self.temperature = torch.ones(self.n_slots, dtype=torch.float32, device=dev)
+        self.top_p = torch.ones(self.n_slots, dtype=torch.float32, device=dev)
+        self.sample = torch.zeros(self.n_slots, dtype=torch.bool, device=dev)
+        self.next_tokens = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
+        pin = dev.type == "cuda"
+        self._host_tokens = [torch.zeros(self.n_slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self._pool = None
+
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._slots: list[_Request | None] = [None] * self.n_slots
+        self._stopping = False
+        self.stats = {"steps": 0, "prefills": 0, "graphs": 0}
+        self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- client side
+    def submit(self, prompt: str | None = None, params: GenerationParams | None = None, *,
+               input_ids: list[int] | None = None) -> Future:
+        """Queue one request. Raises `RequestError` at once for a request that cannot run, so
+        it never joins (or breaks) a batch."""
+        params = params or GenerationParams(max_new_tokens=self.default_max_new_tokens)
+        if input_ids is None:
+            if self.tokenizer is None:
+                raise RequestError("inputs", "this engine has no tokenizer; send input_ids")
+            if not isinstance(prompt, str) or not prompt:
+                raise RequestError("inputs", "must be a non-empty string")
+            input_ids = self.tokenizer(prompt)["input_ids"]
+        if not input_ids:
+            raise RequestError("inputs", "the prompt encodes to no tokens")
+        vocab = self._embed.num_embeddings
+        if any(not 0 <= t < vocab for t in input_ids):
+            raise RequestError("inputs", f"token ids must be in [0, {vocab})")
+        if len(input_ids) + params.max_new_tokens > self.max_len:
+            room = self.max_len - len(input_ids)
+            field_name = "inputs" if room < 1 else "parameters.max_new_tokens"
+            raise RequestError(field_name, f"prompt ({len(input_ids)} tokens) + max_new_tokens "
+                               f"({params.max_new_tokens}) exceeds the model's {self.max_len}-token limit"
+                               + (f"; ask for at most {room} new tokens" if room >= 1 else "; shorten the prompt"))
+        if self._stopping:
+            raise RequestError("engine", "the engine is shutting down", status=503)
+        future: Future = Future()
+        self._queue.put(_Request(list(input_ids), params, future, prompt_text=prompt))
+        return future
+
+    def generate(self, prompt: str, params: GenerationParams | None = None, timeout: float | None = None):
+        return self.submit(prompt, params).result(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # ---------------------------------------------------------------- the model, our way
+    def _attend(self, q, k, v, mask):
+        """q [B, H, T, D] against k/v [B, KV, S, D] without repeating k/v: query heads that share
+        a key/value head are folded into the query-length axis."""
+        b, h, t, d = q.shape
+        group = h // self.n_kv
+        q = q.reshape(b, self.n_kv, group * t, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(1, 1, group, 1) if t > 1 else mask,
+                                             scale=self.scale)
+        return out.reshape(b, h, t, d)
+
+    def _qkv(self, attn, x, cos, sin):
+        """Projections plus rotary embedding for x [B, T, hidden] at cos/sin [B, T, D]."""
+        b, t, _ = x.shape
+        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        cos, sin = cos[:, None], sin[:, None]
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+    def _prefill(self, reqs: list[_Request]) -> torch.Tensor:
+        """Run prompts (right-padded) through the model, store their keys/values in their slots,
+        and return the logits of each prompt's last token [n, vocab]."""
+        lengths = [len(r.prompt_ids) for r in reqs]
+        n, t = len(reqs), max(lengths)
+        ids = torch.zeros(n, t, dtype=torch.long)
+        for i, r in enumerate(reqs):
+            ids[i, :lengths[i]] = torch.tensor(r.prompt_ids)
+        ids = ids.to(self.device)
+        lens = torch.tensor(lengths, device=self.device)
+        slots = torch.tensor([r.slot for r in reqs], device=self.device)
+        idx = self.slot_index[:t]
+        # Causal within the prompt; padded keys hidden from real queries. A padded query still
+        # sees key 0, so no softmax row is empty.
+        mask = (idx[None, :, None] >= idx[None, None, :]) & (idx[None, None, :] < lens[:, None, None])
+        mask = mask[:, None]
+        cos, sin = self.cos[:t][None].expand(n, -1, -1), self.sin[:t][None].expand(n, -1, -1)
+        x = self._embed(ids)
+        for li, layer in enumerate(self._layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
+            self.k_cache[li, slots, :, :t] = k
+            self.v_cache[li, slots, :, :t] = v
+            o = self._attend(q, k, v, mask)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(n, t, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = x[torch.arange(n, device=self.device), lens - 1]
+        return self._head(self._norm(last)).float()
+
+    def _select(self, logits, temperature, top_p, sample, with_sampling: bool):
+        """Greedy argmax, and for rows that sample: temperature, nucleus (top_p) cut, then a draw
+        by the exponential-race trick (argmax of p / Exp(1)), which needs no host sync."""
+        greedy = logits.argmax(-1)
+        if not with_sampling:
+            return greedy
+        probs = torch.softmax(logits / temperature[:, None].clamp_min(1e-5), dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        cut = (sorted_p.cumsum(-1) - sorted_p) > top_p[:, None]
+        sorted_p = sorted_p.masked_fill(cut, 0.0)
+        draw = (sorted_p / torch.empty_like(sorted_p).exponential_()).argmax(-1)
+        drawn = order.gather(-1, draw[:, None])[:, 0]
+        return torch.where(sample, drawn, greedy)
+
+    def _decode_step(self, b: int, length: int, with_sampling: bool) -> None:
+        """One token for slots [0, b): reads self.tokens/pos, writes next_tokens, advances state.
+        Fixed shapes and no host syncs, so it can be captured as a CUDA graph."""
+        tok, pos = self.tokens[:b], self.pos[:b]
+        rows = self.slot_index[:b]
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        mask = (self.slot_index[:length][None, :] <= pos[:, None])[:, None, None]
+        x = self._embed(tok)[:, None]
+        for li, layer in enumerate(self._layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
+            self.k_cache[li, rows, :, pos] = k[:, :, 0]
+            self.v_cache[li, rows, :, pos] = v[:, :, 0]
+            o = self._attend(q, self.k_cache[li, :b, :, :length], self.v_cache[li, :b, :, :length], mask)
+            x = x + attn.o_proj(o.reshape(b, 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self._head(self._norm(x[:, 0])).float()
+        nxt = self._select(logits, self.temperature[:b], self.top_p[:b], self.sample[:b], with_sampling)
+        self.next_tokens[:b].copy_(nxt)
+        self.tokens[:b].copy_(nxt)
+        self.pos[:b].add_(self.active[:b])
+
+    def _launch_step(self, b: int, length: int, with_sampling: bool) -> None:
+        if not self.use_graphs:
+            self._decode_step(b, length, with_sampling)
+            return
+        key = (b, length, with_sampling)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._capture(key)
+        graph.replay()
+
+    def _capture(self, key) -> "torch.cuda.CUDAGraph":
+        # Warm-up runs execute for real: keep the state they advance, and let them write the same
+        # keys/values the real step will write at those positions.
+        saved = [t.clone() for t in (self.tokens, self.pos, self.next_tokens)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                for t, s in zip((self.tokens, self.pos, self.next_tokens), saved):
+                    t.copy_(s)
+                self._decode_step(*key)
+        torch.cuda.current_stream().wait_stream(side)
+        for t, s in zip((self.tokens, self.pos, self.next_tokens), saved):
+            t.copy_(s)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._decode_step(*key)
+        self._graphs[key] = graph
+        self.stats["graphs"] += 1
+        return graph
+
+    # ---------------------------------------------------------------- the worker
+    def _run(self) -> None:
+        try:
+            with torch.no_grad():
+                self._loop()
+        except BaseException as exc:  # the engine is dead: no request may wait forever
+            log.exception("batching engine stopped")
+            self._stopping = True
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for r in [r for r in self._slots if r is not None]:
+            if not r.future.done():
+                r.future.set_exception(exc)
+        while True:
+            try:
+                r = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if r is not None and not r.future.done():
+                r.future.set_exception(exc)
+
+    def _take_new(self, block: bool) -> list[_Request]:
+        """Requests to admit now. Idle: wait for one, then up to max_wait for the batch to fill.
+        Busy: whatever is already queued, up to the free slots (they join the running batch)."""
+        free = sum(1 for r in self._slots if r is None)
+        new: list[_Request] = []
+        if free == 0:
+            return new
+        if block:
+            first = self._queue.get()
+            if first is None:
+                return [None]  # type: ignore[list-item]
+            new.append(first)
+            deadline = time.perf_counter() + self.max_wait_s
+            while len(new) < free:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                try:
+                    r = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                if r is None:
+                    self._stopping = True
+                    break
+                new.append(r)
+            return new
+        while len(new) < free:
+            try:
+                r = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if r is None:
+                self._stopping = True
+                break
+            new.append(r)
+        return new
+
+    def _admit(self, new: list[_Request]) -> None:
+        new = [r for r in new if r.future.set_running_or_notify_cancel()]
+        if not new:
+            return
+        free = [i for i, r in enumerate(self._slots) if r is None]
+        for r, slot in zip(new, free):
+            r.slot = slot
+        # Bound the prefill's activation memory: long prompts go in smaller groups.
+        budget, group = 16384, []
+        for r in sorted(new, key=lambda r: len(r.prompt_ids)):
+            if group and (len(group) + 1) * len(r.prompt_ids) > budget:
+                self._prefill_group(group)
+                group = []
+            group.append(r)
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_group(self, reqs: list[_Request]) -> None:
+        self.stats["prefills"] += 1
+        dev = self.device
+        slots = torch.tensor([r.slot for r in reqs], device=dev)
+        temp = torch.tensor([r.params.temperature for r in reqs], dtype=torch.float32, device=dev)
+        top_p = torch.tensor([r.params.top_p for r in reqs], dtype=torch.float32, device=dev)
+        sample = torch.tensor([r.params.do_sample for r in reqs], device=dev)
+        logits = self._prefill(reqs)
+        first = self._select(logits, temp, top_p, sample, bool(sample.any()))
+        first_host = first.tolist()
+        for r, tok in zip(reqs, first_host):
+            r.pos = len(r.prompt_ids)
+            if self._accept(r, tok):
+                continue
+            self._slots[r.slot] = r
+        live = [i for i, r in enumerate(reqs) if self._slots[r.slot] is r]
+        if live:
+            idx = torch.tensor(live, device=dev)
+            s = slots[idx]
+            self.tokens[s] = first[idx]
+            self.pos[s] = torch.tensor([reqs[i].pos for i in live], device=dev)
+            self.active[s] = 1
+            self.temperature[s] = temp[idx]
+            self.top_p[s] = top_p[idx]
+            self.sample[s] = sample[idx]
+
+    def _accept(self, r: _Request, tok: int) -> bool:
+        """Record one generated token; finish the request if it is done. True if finished."""
+        p = r.params
+        reason = None
+        if tok in self.eos_ids and not p.ignore_eos:
+            reason = "eos"
+        else:
+            r.generated.append(tok)
+            if len(r.generated) >= p.max_new_tokens:
+                reason = "length"
+        text = None
+        if p.stop and self.tokenizer is not None:
+            text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+            hits = [text.find(s) for s in p.stop if s in text]
+            if hits:
+                text, reason = text[:min(hits)], "stop"
+        if reason is None:
+            return False
+        if text is None and self.tokenizer is not None:
+            text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+        if text is not None and p.return_full_text and r.prompt_text is not None:
+            text = r.prompt_text + text
+        r.future.set_result(GenerationResult(text, list(r.generated), len(r.prompt_ids), reason,
+                                             time.perf_counter() - r.submitted))
+        return True
+
+    def _release(self, r: _Request) -> None:
+        self._slots[r.slot] = None
+        self.active[r.slot] = 0
+        self.pos[r.slot] = 0
+
+    def _loop(self) -> None:
+        pending = None  # (host buffer, event, rows launched) of the step whose tokens are unread
+        flip = 0
+        while True:
+            busy = any(r is not None for r in self._slots)
+            if not busy and pending is None:
+                if self._stopping:
+                    return
+                new = self._take_new(block=True)
+                if new and new[0] is None:
+                    return
+            else:
+                new = [] if self._stopping else self._take_new(block=False)
+            if new:
+                self._admit(new)
+            rows = [(i, r) for i, r in enumerate(self._slots) if r is not None]
+            current = None
+            if rows:
+                top = rows[-1][0] + 1
+                b = next((x for x in BATCH_BUCKETS if x >= top and x <= self.n_slots), self.n_slots)
+                need = max(r.pos for _, r in rows) + 1
+                length = min(-(-need // LENGTH_BUCKET) * LENGTH_BUCKET, self.max_len + SLACK)
+                self._launch_step(b, length, any(r.params.do_sample for _, r in rows))
+                self.stats["steps"] += 1
+                for _, r in rows:
+                    r.pos += 1
+                buf = self._host_tokens[flip]
+                flip ^= 1
+                buf[:b].copy_(self.next_tokens[:b], non_blocking=True)
+                event = torch.cuda.Event() if self.device.type == "cuda" else None
+                if event is not None:
+                    event.record()
+                current = (buf, event, rows)
+            # Read the previous step's tokens while the GPU runs this one.
+            if pending is not None:
+                self._consume(pending)
+            pending = current
+
+    def _consume(self, pending) -> None:
+        buf, event, rows = pending
+        if event is not None:
+            event.synchronize()
+        tokens = buf.tolist()
+        for slot, r in rows:
+            if self._slots[slot] is not r:
+                continue  # finished at the previous step; this extra token is discarded
+            if self._accept(r, tokens[slot]):
+                self._release(r)

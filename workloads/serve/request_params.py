@@ -1,0 +1,131 @@
+"""Validation of one generation request in LMI's JSON shape (`inputs` + `parameters`).
+
+Pure functions: a bad request is refused here, before it can join a batch, with a `RequestError`
+that names the offending field and says what would be accepted."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# LMI and TGI clients send these; we honour them all (see README for the meaning of each).
+SUPPORTED_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "do_sample", "stop",
+                        "stop_sequences", "ignore_eos", "return_full_text", "details")
+
+
+class RequestError(ValueError):
+    """A client error: `field` is the JSON path of the bad value, `status` the HTTP code."""
+
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def to_json(self) -> dict:
+        return {"code": self.status, "error": str(self), "field": self.field}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    do_sample: bool = False
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+    return_full_text: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"parameters.{name}", f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"parameters.{name}", f"must be true or false, got {value!r}")
+    return value
+
+
+def parse_parameters(raw: Any, *, default_max_new_tokens: int = 64,
+                     max_new_tokens_limit: int | None = None) -> GenerationParams:
+    """Turn the request's `parameters` object into `GenerationParams`, or raise `RequestError`.
+
+    Sampling happens when `do_sample` is true, or when it is absent and `temperature` > 0
+    (clients of LMI send `temperature: 0` to ask for greedy decoding)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RequestError("parameters", f"must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SUPPORTED_PARAMETERS))
+    if unknown:
+        raise RequestError(f"parameters.{unknown[0]}",
+                           f"unsupported parameter; supported: {', '.join(SUPPORTED_PARAMETERS)}")
+
+    max_new = raw.get("max_new_tokens", default_max_new_tokens)
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
+        raise RequestError("parameters.max_new_tokens", f"must be a positive integer, got {max_new!r}")
+    if max_new_tokens_limit is not None and max_new > max_new_tokens_limit:
+        raise RequestError("parameters.max_new_tokens",
+                           f"{max_new} is more than this endpoint allows ({max_new_tokens_limit})")
+
+    temperature = _number("temperature", raw.get("temperature", 0.0))
+    if temperature < 0:
+        raise RequestError("parameters.temperature", f"must be >= 0, got {temperature}")
+    top_p = _number("top_p", raw.get("top_p", 1.0))
+    if not 0 < top_p <= 1:
+        raise RequestError("parameters.top_p", f"must be in (0, 1], got {top_p}")
+    if "do_sample" in raw:
+        do_sample = _flag("do_sample", raw["do_sample"])
+    else:
+        do_sample = temperature > 0
+    if do_sample and temperature == 0:
+        temperature = 1.0  # HF's default when sampling without a temperature
+
+    stop_key = "stop" if "stop" in raw else "stop_sequences"
+    stop = raw.get(stop_key, ())
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(f"parameters.{stop_key}", "must be a non-empty string or a list of them")
+
+    return GenerationParams(
+        max_new_tokens=max_new, temperature=temperature, top_p=top_p, do_sample=do_sample,
+        stop=tuple(stop), ignore_eos=_flag("ignore_eos", raw.get("ignore_eos", False)),
+        return_full_text=_flag("return_full_text", raw.get("return_full_text", False)),
+    )
+
+
+def parse_inputs(raw: Any) -> list[str]:
+    """`inputs` is one prompt or a list of prompts; each must be a non-empty string."""
+    prompts = raw if isinstance(raw, list) else [raw]
+    if isinstance(raw, list) and not raw:
+        raise RequestError("inputs", "the list of prompts is empty")
+    for i, prompt in enumerate(prompts):
+        where = f"inputs[{i}]" if isinstance(raw, list) else "inputs"
+        if not isinstance(prompt, str):
+            raise RequestError(where, f"must be a string, got {type(prompt).__name__}")
+        if not prompt:
+            raise RequestError(where, "must not be empty")
+    return prompts
+
+
+def parse_request(body: Any, **limits) -> tuple[list[str], GenerationParams, bool]:
+    """Validate an /invocations body: returns (prompts, params, whether inputs was a list)."""
+    if not isinstance(body, dict):
+        raise RequestError("body", 'must be a JSON object like {"inputs": "...", "parameters": {...}}')
+    if "inputs" not in body:
+        raise RequestError("inputs", 'is required (the prompt text, or a list of prompts)')
+    extra = sorted(set(body) - {"inputs", "parameters"})
+    if extra:
+        raise RequestError(extra[0], 'unknown field; the body takes "inputs" and "parameters"')
+    prompts = parse_inputs(body["inputs"])
+    params = parse_parameters(body.get("parameters"), **limits)
+    return prompts, params, isinstance(body["inputs"], list)
