@@ -5,6 +5,7 @@ the model file's content, or by failing with the status the request asks for."""
 import json
 import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -55,6 +56,9 @@ if __name__ == "__main__":
     if os.environ.get("ECHO_FAIL_PING") == "1":
         print("echo-server: model failed to load: ping refused on purpose", file=sys.stderr, flush=True)
         sys.exit(1)
+    if os.environ.get("ECHO_PID_FILE"):
+        Path(os.environ["ECHO_PID_FILE"]).write_text(str(os.getpid()))
+    time.sleep(float(os.environ.get("ECHO_START_DELAY", "0")))  # a model that takes a while to load
     port = int(os.environ["SAGEMAKER_BIND_TO_PORT"])
     print(f"echo-server: listening on {port}", file=sys.stderr, flush=True)
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()

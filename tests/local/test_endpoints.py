@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 
 import pytest
 
@@ -109,7 +111,6 @@ def test_create_invoke_update_delete(sm, s3, rt, events):
     with pytest.raises(sm.exceptions.ClientError) as err:
         for _ in range(100):
             sm.describe_endpoint(EndpointName=base)
-            import time
             time.sleep(0.1)
     assert err.value.response["Error"]["Code"] == "ValidationException"
     with pytest.raises(sm.exceptions.ClientError) as err:
@@ -155,3 +156,32 @@ def test_unhealthy_container_fails_the_endpoint(sm, s3):
         sm.update_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c")
     assert err.value.response["Error"]["Code"] == "ValidationException"
     sm.delete_endpoint(EndpointName=base)
+
+
+def test_delete_while_creating_stops_the_servers(sm, s3, tmp_path):
+    base = unique("epdel")
+    pid_file = tmp_path / "server.pid"
+    _model(sm, s3, f"{base}-m", "slow", ECHO_START_DELAY="30", ECHO_PID_FILE=str(pid_file))
+    _config(sm, f"{base}-c", f"{base}-m")
+    sm.create_endpoint(EndpointName=base, EndpointConfigName=f"{base}-c")
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, "the model server never started"
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    assert sm.describe_endpoint(EndpointName=base)["EndpointStatus"] == "Creating"
+    sm.delete_endpoint(EndpointName=base)
+    assert base not in [e["EndpointName"] for e in _wait_gone(sm, base)]
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+
+
+def _wait_gone(sm, name: str) -> list[dict]:
+    deadline = time.monotonic() + 30
+    while True:
+        listed = sm.list_endpoints(NameContains=name)["Endpoints"]
+        if not listed or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.1)

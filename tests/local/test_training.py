@@ -178,3 +178,15 @@ def test_list_training_jobs_filters_by_status(sm, s3):
     done = sm.list_training_jobs(StatusEquals="Completed", NameContains=name)["TrainingJobSummaries"]
     assert [j["TrainingJobName"] for j in done] == [name]
     assert sm.list_training_jobs(StatusEquals="Failed", NameContains=name)["TrainingJobSummaries"] == []
+
+
+def test_missing_input_data_fails_with_client_error(sm, s3):
+    name = unique("nodata")
+    src = source_tar(s3, {"train.py": "print('never runs')\n"}, f"src/{name}/sourcedir.tar.gz")
+    sm.create_training_job(**training_request(name, src, InputDataConfig=[{
+        "ChannelName": "train", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/nothing/{name}/"}}}]))
+    d = wait_job(sm, name)
+    assert d["TrainingJobStatus"] == "Failed"
+    assert d["FailureReason"].startswith("ClientError: No S3 objects found under S3 URL")
+    assert [t["Status"] for t in d["SecondaryStatusTransitions"]] == ["Starting", "Downloading", "Failed"]

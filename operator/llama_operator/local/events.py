@@ -22,7 +22,7 @@ DETAIL_TYPES = {
     "endpoint": "SageMaker Endpoint State Change",
 }
 _TIME_FIELDS = {"CreationTime", "LastModifiedTime", "TrainingStartTime", "TrainingEndTime", "StartTime",
-                "EndTime", "Timestamp"}
+                "EndTime", "Timestamp", "ResolutionTime"}
 
 
 def to_millis(value):

@@ -309,7 +309,11 @@ class _Run:
             if not source or source.get("S3DataType", "S3Prefix") != "S3Prefix":
                 raise ValueError(f"channel {ch['ChannelName']!r}: only S3DataSource with S3DataType "
                                  "S3Prefix is supported by the local service")
-            s3io.download_prefix(self.ctx.s3, source["S3Uri"], base / "input" / "data" / ch["ChannelName"])
+            found = s3io.download_prefix(self.ctx.s3, source["S3Uri"], base / "input" / "data" / ch["ChannelName"])
+            if not found:
+                raise ValueError(f"No S3 objects found under S3 URL \"{source['S3Uri']}\" given in input data "
+                                 f"source (channel {ch['ChannelName']!r}). Please ensure that objects exist "
+                                 "under that S3 prefix.")
         checkpoint = d.get("CheckpointConfig", {}).get("S3Uri")
         if checkpoint:
             s3io.download_prefix(self.ctx.s3, checkpoint, base / "checkpoints")
