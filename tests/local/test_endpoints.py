@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -123,7 +125,7 @@ def test_create_invoke_update_delete(sm, s3, rt, events):
     assert got[3]["detail"]["EndpointConfigName"] == f"{base}-c2"
 
 
-def test_failed_update_keeps_serving_old_config(sm, s3, rt):
+def test_failed_update_keeps_serving_old_config(sm, s3, rt, stack):
     base = unique("epfu")
     _model(sm, s3, f"{base}-good", "good")
     _config(sm, f"{base}-c1", f"{base}-good")
@@ -141,6 +143,9 @@ def test_failed_update_keeps_serving_old_config(sm, s3, rt):
     assert "ping health check" in d["FailureReason"]
     assert "ping refused on purpose" in d["FailureReason"]
     assert _invoke(rt, base, {"q": 1})["model"] == "good"
+    logs = subprocess.run([sys.executable, "-m", "llama_operator", "logs", base, "--endpoint",
+                           "--state-dir", str(stack.state_dir)], capture_output=True, text=True, check=True).stdout
+    assert "ping refused on purpose" in logs and f"==> {base}-c1-AllTraffic-1 <==" in logs
     sm.delete_endpoint(EndpointName=base)
 
 

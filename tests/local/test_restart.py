@@ -43,7 +43,10 @@ def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
     sm2, rt = validated(stack.client("sagemaker")), validated(stack.client("sagemaker-runtime"))
     events.sqs = stack.client("sqs")
 
-    assert sm2.describe_training_job(TrainingJobName=done)["TrainingJobStatus"] == "Completed"
+    finished = sm2.describe_training_job(TrainingJobName=done)
+    assert finished["TrainingJobStatus"] == "Completed"
+    bucket, key = finished["ModelArtifacts"]["S3ModelArtifacts"][len("s3://"):].split("/", 1)
+    assert stack.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 0  # S3 kept too
     lost = sm2.describe_training_job(TrainingJobName=running)
     assert lost["TrainingJobStatus"] == "Failed"
     assert lost["FailureReason"].startswith("host lost: the local SageMaker service restarted")

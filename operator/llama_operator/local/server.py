@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from llama_operator.local import endpoints as ep
-from llama_operator.local import training
+from llama_operator.local import s3snapshot, training
 from llama_operator.local.api import SageMaker
 from llama_operator.local.context import Context
 from llama_operator.local.errors import AwsError, InternalFailure, ModelError
@@ -82,6 +82,10 @@ class Service:
         os.environ.pop("AWS_PROFILE", None)
         import boto3
 
+        self.s3 = boto3.client("s3", region_name=args.region)
+        restored = s3snapshot.restore(self.s3, args.state_dir / "s3")
+        if restored:
+            log.info("restored %d S3 objects from the state dir", restored)
         sqs = boto3.client("sqs", region_name=args.region)
         queue_url = sqs.create_queue(QueueName=args.events_queue)["QueueUrl"]
         self.env = {**self.child_env, "LLAMA_OPERATOR_EVENTS_QUEUE_URL": queue_url}
@@ -109,6 +113,10 @@ class Service:
         self.endpoints.shutdown()
         self.ctx.sink.flush(5)
         self.http.shutdown()
+        try:
+            log.info("saved %d S3 objects to the state dir", s3snapshot.save(self.s3, self.args.state_dir / "s3"))
+        except Exception:
+            log.exception("could not save S3 to the state dir")
         self.moto.stop()
 
 
