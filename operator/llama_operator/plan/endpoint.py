@@ -1,0 +1,122 @@
+"""LlamaEndpoint spec -> CreateModel / CreateEndpointConfig / CreateEndpoint / UpdateEndpoint.
+
+The model and endpoint config are named by a hash of everything that shapes them, so a changed
+spec yields new objects and an UpdateEndpoint (blue/green) to them, while a re-applied identical
+spec finds the existing ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from llama_operator.images import lmi_image_uri
+from llama_operator.spec import LlamaEndpointSpec
+from llama_operator.spec.endpoint import (DEFAULT_CANARY_PERCENT, DEFAULT_MAX_BATCH_SIZE,
+                                          DEFAULT_MAX_ROLLING_BATCH_SIZE, DEFAULT_MAX_WAIT_MS)
+
+from .names import endpoint_config_name, endpoint_name, model_name
+from .tags import owner_tags
+
+KIND = "LlamaEndpoint"
+VARIANT = "AllTraffic"
+# Deployment, tags and deletion policy change how the endpoint is managed, not what it serves.
+_SERVING_FIELDS = ("model", "serving", "resources", "roleArn", "image", "environment")
+
+
+def spec_hash(spec: LlamaEndpointSpec, *, model_s3_uri: str | None = None) -> str:
+    """16 hex characters over what the serving objects are built from. Pass the resolved
+    `model_s3_uri` for `model.fromFinetune`, so a re-trained model of the same name rolls out."""
+    body = spec.to_body()
+    doc = {k: body[k] for k in _SERVING_FIELDS if k in body}
+    if model_s3_uri is not None:
+        doc["resolvedModel"] = model_s3_uri
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def serving_settings(spec: LlamaEndpointSpec) -> dict[str, Any]:
+    """The engine's knobs with defaults applied, for the serving workload's renderer."""
+    s = spec.serving
+    settings: dict[str, Any] = {"dtype": s.dtype, "max_new_tokens": s.max_new_tokens,
+                                "tensor_parallel_degree": s.tensor_parallel_degree or "max"}
+    if s.engine == "vllm":
+        settings["max_rolling_batch_size"] = s.max_rolling_batch_size or DEFAULT_MAX_ROLLING_BATCH_SIZE
+        if s.max_model_length is not None:
+            settings["max_model_len"] = s.max_model_length
+    else:
+        settings["max_batch_size"] = s.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        settings["max_wait_ms"] = s.max_wait_ms if s.max_wait_ms is not None else DEFAULT_MAX_WAIT_MS
+    return settings
+
+
+def create_model_request(spec: LlamaEndpointSpec, *, namespace: str, name: str, uid: str,
+                         spec_hash: str, code_s3_uri: str, region: str) -> dict:
+    """The model is the endpoint's small code prefix (serving.properties and handler), served
+    uncompressed; the weights are pulled by the container from the model's own S3 prefix."""
+    container: dict[str, Any] = {
+        "Image": spec.image or lmi_image_uri(region),
+        "ModelDataSource": {"S3DataSource": {"S3Uri": code_s3_uri if code_s3_uri.endswith("/")
+                                             else code_s3_uri + "/",
+                                             "S3DataType": "S3Prefix", "CompressionType": "None"}},
+    }
+    if spec.environment:
+        container["Environment"] = dict(spec.environment)
+    return {
+        "ModelName": model_name(namespace, name, uid, spec_hash),
+        "ExecutionRoleArn": spec.role_arn,
+        "PrimaryContainer": container,
+        "Tags": owner_tags(KIND, namespace, name, uid, spec.tags),
+    }
+
+
+def create_endpoint_config_request(spec: LlamaEndpointSpec, *, namespace: str, name: str, uid: str,
+                                   spec_hash: str) -> dict:
+    res = spec.resources
+    return {
+        "EndpointConfigName": endpoint_config_name(namespace, name, uid, spec_hash),
+        "ProductionVariants": [{
+            "VariantName": VARIANT,
+            "ModelName": model_name(namespace, name, uid, spec_hash),
+            "InstanceType": res.instance_type,
+            "InitialInstanceCount": res.instance_count,
+            "InitialVariantWeight": 1.0,
+            "ContainerStartupHealthCheckTimeoutInSeconds": res.container_startup_health_check_timeout_seconds,
+            "ModelDataDownloadTimeoutInSeconds": res.model_data_download_timeout_seconds,
+        }],
+        "Tags": owner_tags(KIND, namespace, name, uid, spec.tags),
+    }
+
+
+def create_endpoint_request(spec: LlamaEndpointSpec, *, namespace: str, name: str, uid: str,
+                            spec_hash: str) -> dict:
+    return {
+        "EndpointName": endpoint_name(namespace, name, uid),
+        "EndpointConfigName": endpoint_config_name(namespace, name, uid, spec_hash),
+        "Tags": owner_tags(KIND, namespace, name, uid, spec.tags),
+    }
+
+
+def deployment_config(spec: LlamaEndpointSpec) -> dict:
+    d = spec.deployment
+    routing: dict[str, Any] = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": d.wait_interval_seconds}
+    if d.strategy == "Canary":
+        routing["Type"] = "CANARY"
+        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT",
+                                 "Value": d.canary_percent or DEFAULT_CANARY_PERCENT}
+    config: dict[str, Any] = {"BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": routing,
+        "TerminationWaitInSeconds": d.termination_wait_seconds,
+    }}
+    if d.auto_rollback and d.rollback_alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in d.rollback_alarms]}
+    return config
+
+
+def update_endpoint_request(spec: LlamaEndpointSpec, *, namespace: str, name: str, uid: str,
+                            spec_hash: str) -> dict:
+    return {
+        "EndpointName": endpoint_name(namespace, name, uid),
+        "EndpointConfigName": endpoint_config_name(namespace, name, uid, spec_hash),
+        "RetainAllVariantProperties": False,
+        "DeploymentConfig": deployment_config(spec),
+    }

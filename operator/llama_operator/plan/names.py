@@ -1,0 +1,44 @@
+"""Deterministic SageMaker names: a readable `<namespace>-<name>` prefix plus a short hash.
+
+The hash covers namespace, name and uid, so a resource deleted and re-created under the same name
+gets new SageMaker objects (SageMaker keeps training job names forever), and two namespaces never
+collide even when their readable prefixes truncate to the same text."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_LEN = 63
+# SageMaker's pattern for job, model, endpoint and endpoint config names.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+
+def _digest(*parts: str, length: int) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:length]
+
+
+def _readable(text: str, room: int) -> str:
+    cleaned = re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")[:room].rstrip("-")
+    return cleaned or "x"
+
+
+def _name(namespace: str, name: str, suffix: str) -> str:
+    room = MAX_LEN - len(suffix) - 1
+    return f"{_readable(f'{namespace}-{name}', room)}-{suffix}"
+
+
+def training_job_name(namespace: str, name: str, uid: str) -> str:
+    return _name(namespace, name, _digest("finetune", namespace, name, uid, length=8))
+
+
+def endpoint_name(namespace: str, name: str, uid: str) -> str:
+    return _name(namespace, name, _digest("endpoint", namespace, name, uid, length=8))
+
+
+def model_name(namespace: str, name: str, uid: str, spec_hash: str) -> str:
+    return _name(namespace, name, "m" + _digest("model", namespace, name, uid, spec_hash, length=12))
+
+
+def endpoint_config_name(namespace: str, name: str, uid: str, spec_hash: str) -> str:
+    return _name(namespace, name, "c" + _digest("config", namespace, name, uid, spec_hash, length=12))

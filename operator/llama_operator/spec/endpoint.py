@@ -1,0 +1,95 @@
+"""LlamaEndpoint spec: mirrors crds/llamaendpoints.yaml (same names, defaults, bounds and rules)."""
+
+from __future__ import annotations
+
+from typing import List, Literal, Optional
+
+from pydantic import Field, model_validator
+from typing_extensions import Annotated
+
+from .common import Image, InstanceType, RoleArn, S3Uri, SpecModel, Tags, environment_type
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+MSG_ONE_MODEL = "set exactly one of model.s3Uri or model.fromFinetune"
+MSG_VLLM_ONLY = ("serving.maxRollingBatchSize and serving.maxModelLength apply only to serving.engine vllm: "
+                 "remove them or set engine to vllm")
+MSG_BATCHING_ONLY = ("serving.maxBatchSize and serving.maxWaitMs apply only to serving.engine batching: "
+                     "remove them or set engine to batching")
+MSG_CANARY = ("deployment.canaryPercent applies only to deployment.strategy Canary: remove it or set "
+              "strategy to Canary")
+MSG_ALARMS = ("deployment.rollbackAlarms are watched only when deployment.autoRollback is true: set "
+              "autoRollback to true or remove the alarms")
+
+# Defaults the engines apply when the spec leaves a knob out (documented in the CRD descriptions).
+DEFAULT_MAX_ROLLING_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_WAIT_MS = 50
+DEFAULT_CANARY_PERCENT = 10
+
+
+class ModelSource(SpecModel):
+    s3_uri: Optional[S3Uri] = None
+    from_finetune: Optional[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.s3_uri is None) == (self.from_finetune is None):
+            raise ValueError(MSG_ONE_MODEL)
+        return self
+
+
+class Serving(SpecModel):
+    engine: Literal["vllm", "batching"] = "vllm"
+    tensor_parallel_degree: Optional[Annotated[int, Field(ge=1, le=64)]] = None
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 256
+    max_rolling_batch_size: Optional[Annotated[int, Field(ge=1, le=1024)]] = None
+    max_model_length: Optional[Annotated[int, Field(ge=16, le=1048576)]] = None
+    max_batch_size: Optional[Annotated[int, Field(ge=1, le=256)]] = None
+    max_wait_ms: Optional[Annotated[int, Field(ge=0, le=10000)]] = None
+
+    @model_validator(mode="after")
+    def _engine_knobs(self):
+        if self.engine != "vllm" and (self.max_rolling_batch_size is not None or self.max_model_length is not None):
+            raise ValueError(MSG_VLLM_ONLY)
+        if self.engine != "batching" and (self.max_batch_size is not None or self.max_wait_ms is not None):
+            raise ValueError(MSG_BATCHING_ONLY)
+        return self
+
+
+class EndpointResources(SpecModel):
+    instance_type: InstanceType
+    instance_count: Annotated[int, Field(ge=1, le=100)] = 1
+    container_startup_health_check_timeout_seconds: Annotated[int, Field(ge=60, le=3600)] = 1800
+    model_data_download_timeout_seconds: Annotated[int, Field(ge=60, le=3600)] = 1800
+
+
+class Deployment(SpecModel):
+    strategy: Literal["AllAtOnce", "Canary"] = "AllAtOnce"
+    canary_percent: Optional[Annotated[int, Field(ge=1, le=99)]] = None
+    wait_interval_seconds: Annotated[int, Field(ge=0, le=3600)] = 300
+    termination_wait_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    auto_rollback: bool = True
+    rollback_alarms: Annotated[List[Annotated[str, Field(min_length=1, max_length=255)]],
+                               Field(max_length=10)] = []
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.strategy != "Canary" and self.canary_percent is not None:
+            raise ValueError(MSG_CANARY)
+        if not self.auto_rollback and self.rollback_alarms:
+            raise ValueError(MSG_ALARMS)
+        return self
+
+
+class LlamaEndpointSpec(SpecModel):
+    model: ModelSource
+    serving: Serving = Serving()
+    resources: EndpointResources
+    role_arn: RoleArn
+    deployment: Deployment = Deployment()
+    image: Optional[Image] = None
+    environment: environment_type(1024, 1024) = {}
+    tags: Tags = {}
+    deletion_policy: Literal["Delete", "Retain"] = "Delete"

@@ -1,0 +1,134 @@
+"""LlamaFinetune spec: mirrors crds/llamafinetunes.yaml (same names, defaults, bounds and rules)."""
+
+from __future__ import annotations
+
+import re
+from typing import List, Literal, Optional
+
+from pydantic import Field, model_validator
+from typing_extensions import Annotated
+
+from .common import (Image, InstanceType, RoleArn, S3Uri, SpecModel, Tags, environment_type)
+
+BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|p3dn|g3|g3s|g4dn)[.]")
+SMP_INSTANCES = re.compile(r"^ml[.](p4d|p4de|p5|p5e|p5en)[.]")
+
+MSG_ZERO_STAGE = ("method.zeroStage applies only to method.type deepspeed: remove zeroStage or set "
+                  "method.type to deepspeed")
+MSG_SMP_DEGREES = ("method.shardDegree and method.tensorParallelDegree apply only to method.type smp: "
+                   "remove them or set method.type to smp")
+MSG_SPOT_WAIT = ("resources.spot needs resources.maxWaitSeconds >= resources.maxRuntimeSeconds (time to "
+                 "wait for spot capacity plus run time): set maxWaitSeconds")
+MSG_WAIT_NO_SPOT = ("resources.maxWaitSeconds applies only to spot training: remove it or set "
+                    "resources.spot to true")
+MSG_SPOT_CHECKPOINT = ("resources.spot needs resources.checkpointS3Uri so an interrupted job resumes from "
+                       "its checkpoints: set checkpointS3Uri")
+MSG_BF16 = ("hyperparameters.precision bf16 needs an Ampere or newer GPU: on ml.p3/ml.g4dn instances set "
+            "hyperparameters.precision to fp16 (or fp32), or pick an ml.g5/ml.p4d/ml.p5 instance type")
+MSG_SMP_INSTANCE = ("method.type smp (SageMaker model parallelism v2) runs only on ml.p4d, ml.p4de and "
+                    "ml.p5 instance types: change resources.instanceType or use method.type deepspeed")
+MSG_SMP_FP16 = "method.type smp trains in bf16 or fp32 only: set hyperparameters.precision to bf16"
+MSG_IMMUTABLE = ("spec is immutable once the training job exists; create a new LlamaFinetune "
+                 "(only spec.deletionPolicy may change)")
+
+
+class BaseModelSource(SpecModel):
+    s3_uri: S3Uri
+
+
+class Dataset(SpecModel):
+    train: S3Uri
+    validation: Optional[S3Uri] = None
+    format: Literal["auto", "dailydialog", "chat_jsonl", "prepared"] = "auto"
+
+
+class Method(SpecModel):
+    type: Literal["deepspeed", "smp"] = "deepspeed"
+    zero_stage: Optional[Annotated[int, Field(ge=1, le=3)]] = None
+    shard_degree: Optional[Annotated[int, Field(ge=0, le=4096)]] = None
+    tensor_parallel_degree: Optional[Annotated[int, Field(ge=1, le=64)]] = None
+
+    @model_validator(mode="after")
+    def _method_knobs(self):
+        if self.type != "deepspeed" and self.zero_stage is not None:
+            raise ValueError(MSG_ZERO_STAGE)
+        if self.type != "smp" and (self.shard_degree is not None or self.tensor_parallel_degree is not None):
+            raise ValueError(MSG_SMP_DEGREES)
+        return self
+
+
+class Hyperparameters(SpecModel):
+    epochs: Annotated[float, Field(gt=0, le=1000)] = 1
+    max_steps: Annotated[int, Field(ge=-1)] = -1
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-5
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: Annotated[float, Field(ge=0)] = 0
+    per_device_batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_sequence_length: Annotated[int, Field(ge=16, le=131072)] = 2048
+    packing: bool = True
+    gradient_checkpointing: bool = False
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    attn_implementation: Literal["auto", "sdpa", "flex_attention", "eager"] = "auto"
+    add_special_tokens: Annotated[
+        List[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,]+$")]],
+        Field(max_length=64)] = []
+    new_token_init: Literal["mean", "normal"] = "normal"
+    logging_steps: Annotated[int, Field(ge=1)] = 10
+    save_steps: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0)] = 42
+
+
+class TrainingResources(SpecModel):
+    instance_type: InstanceType
+    instance_count: Annotated[int, Field(ge=1, le=256)] = 1
+    volume_size_gb: Annotated[int, Field(ge=1, le=16384, alias="volumeSizeGB")] = 200
+    max_runtime_seconds: Annotated[int, Field(ge=60, le=2419200)] = 86400
+    spot: bool = False
+    max_wait_seconds: Optional[Annotated[int, Field(ge=60, le=2419200)]] = None
+    checkpoint_s3_uri: Optional[S3Uri] = Field(default=None, alias="checkpointS3Uri")
+
+    @model_validator(mode="after")
+    def _spot(self):
+        if self.spot and (self.max_wait_seconds is None or self.max_wait_seconds < self.max_runtime_seconds):
+            raise ValueError(MSG_SPOT_WAIT)
+        if not self.spot and self.max_wait_seconds is not None:
+            raise ValueError(MSG_WAIT_NO_SPOT)
+        if self.spot and self.checkpoint_s3_uri is None:
+            raise ValueError(MSG_SPOT_CHECKPOINT)
+        return self
+
+
+class LlamaFinetuneSpec(SpecModel):
+    base_model: BaseModelSource
+    dataset: Dataset
+    method: Method = Method()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    resources: TrainingResources
+    role_arn: RoleArn
+    output_s3_uri: S3Uri = Field(alias="outputS3Uri")
+    image: Optional[Image] = None
+    environment: environment_type(512, 512) = {}
+    tags: Tags = {}
+    deletion_policy: Literal["Delete", "Retain"] = "Delete"
+
+    @model_validator(mode="after")
+    def _cross_field(self):
+        precision, instance = self.hyperparameters.precision, self.resources.instance_type
+        if precision == "bf16" and BF16_LESS_INSTANCES.match(instance):
+            raise ValueError(MSG_BF16)
+        if self.method.type == "smp" and not SMP_INSTANCES.match(instance):
+            raise ValueError(MSG_SMP_INSTANCE)
+        if self.method.type == "smp" and precision == "fp16":
+            raise ValueError(MSG_SMP_FP16)
+        return self
+
+    def check_update(self, old: "LlamaFinetuneSpec") -> None:
+        """The CRD's transition rule, for API servers that do not run CEL (the embedded emulator)."""
+        mine = self.to_body()
+        theirs = old.to_body()
+        mine.pop("deletionPolicy", None)
+        theirs.pop("deletionPolicy", None)
+        if mine != theirs:
+            raise ValueError(MSG_IMMUTABLE)
