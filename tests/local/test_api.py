@@ -25,6 +25,11 @@ def test_duplicate_and_invalid_training_job_names(sm, s3):
         assert "trainingJobName" in err.value.response["Error"]["Message"]
     with pytest.raises(sm.exceptions.ResourceNotFound):
         sm.describe_training_job(TrainingJobName=unique("missing"))
+    bad_type = training_request(unique("badtype"), src)
+    bad_type["ResourceConfig"]["InstanceType"] = "ml.nope.large"
+    with pytest.raises(sm.exceptions.ClientError) as err:
+        sm.create_training_job(**bad_type)
+    assert _code(err) == "ValidationException" and "resourceConfig.instanceType" in str(err.value)
     wait_job(sm, name)
 
 

@@ -32,9 +32,9 @@ def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
     server_pid = json.loads(rt_before.invoke_endpoint(EndpointName="keeper", Body=b"{}",
                                                       ContentType="application/json")["Body"].read())["pid"]
     log = stack.state_dir / "training-jobs" / running / "logs" / "algo-1.log"
-    while "busy pid" not in log.read_text():
+    while not re.search(r"busy pid (\d+)\n", log.read_text()):
         time.sleep(0.2)
-    job_pid = int(re.search(r"busy pid (\d+)", log.read_text()).group(1))
+    job_pid = int(re.search(r"busy pid (\d+)\n", log.read_text()).group(1))
     events.for_arn(running_arn)  # read what was sent before the restart
 
     stack.restart()

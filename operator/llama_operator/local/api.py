@@ -85,6 +85,7 @@ class SageMaker:
         name = names.validate_name("training-job", p.get("TrainingJobName"))
         self._check_tags(p.get("Tags"))
         rc = p.get("ResourceConfig", {})
+        names.validate_instance_type(rc.get("InstanceType"), "TrainingInstanceType", "resourceConfig.instanceType")
         count = int(rc.get("InstanceCount", 1))
         if count < 1:
             raise ValidationError("ResourceConfig.InstanceCount must be at least 1.")
@@ -192,8 +193,11 @@ class SageMaker:
         if not variants:
             raise ValidationError("ProductionVariants must hold at least one variant.")
         seen = set()
-        for v in variants:
+        for i, v in enumerate(variants, 1):
             names.validate_name("model", v.get("ModelName"))
+            if "InstanceType" in v or "ServerlessConfig" not in v:
+                names.validate_instance_type(v.get("InstanceType"), "ProductionVariantInstanceType",
+                                             f"productionVariants.{i}.member.instanceType")
             if v.get("VariantName") in seen:
                 raise ValidationError(f"Variant name {v.get('VariantName')} is used more than once.")
             seen.add(v.get("VariantName"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from llama_operator.local.errors import ValidationError
@@ -44,3 +45,21 @@ def validate_name(kind: str, name) -> str:
 
 def log_stream_arn(region: str, endpoint: str) -> str:
     return f"arn:aws:logs:{region}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{endpoint}"
+
+
+@functools.lru_cache(maxsize=None)
+def instance_types(shape: str) -> frozenset[str]:
+    """Instance types SageMaker accepts, from botocore's service model (kept current with the SDK,
+    unlike a hand-kept list)."""
+    import botocore.session
+
+    return frozenset(botocore.session.get_session().get_service_model("sagemaker").shape_for(shape).enum)
+
+
+def validate_instance_type(value, shape: str, field: str) -> None:
+    allowed = instance_types(shape)
+    if value not in allowed:
+        raise ValidationError(
+            f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: "
+            f"Member must satisfy enum value set: [{', '.join(sorted(allowed)[:8])}, ...] "
+            "(e.g. ml.m5.xlarge, ml.g5.2xlarge)")

@@ -66,6 +66,10 @@ class Service:
         self.http.daemon_threads = True
         self.http.service = self
         host, port = self.http.server_address[:2]
+        # A wildcard bind is reachable on loopback; clients need an address they can dial.
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        moto_host = "127.0.0.1" if moto_host in ("0.0.0.0", "::") else moto_host
+        moto_url = f"http://{moto_host}:{moto_port}"
         url = f"http://{host}:{port}"
         self.child_env = {
             "AWS_ENDPOINT_URL_SAGEMAKER": url,
@@ -162,7 +166,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not target.startswith("SageMaker."):
             return self._error(AwsError(f"Unknown target {target!r}"), json_type)
         try:
-            params = json.loads(body or b"{}")
+            try:
+                params = json.loads(body or b"{}")
+            except ValueError as exc:
+                raise AwsError(f"The request body is not valid JSON: {exc}") from exc
             result = service.api.call(target.split(".", 1)[1], params)
             self._send(200, json.dumps(result).encode(), {"Content-Type": json_type, "x-amzn-RequestId": "local"})
         except AwsError as err:
