@@ -20,7 +20,8 @@ Image = Annotated[str, Field(min_length=1, max_length=255)]
 
 TAGS_MESSAGE = ("tags: keys must be at most 128 characters and must not start with llamaops.dev/ "
                 "(the operator's owner tags) or aws: (reserved); rename the tag")
-ENV_MESSAGE = "environment names must match [a-zA-Z_][a-zA-Z0-9_]*: rename the offending variable"
+ENV_MESSAGE = ("environment names must match [a-zA-Z_][a-zA-Z0-9_]* and be at most {} characters: rename "
+               "the offending variable")
 
 
 def _check_tags(tags: Dict[str, str]) -> Dict[str, str]:
@@ -31,12 +32,12 @@ def _check_tags(tags: Dict[str, str]) -> Dict[str, str]:
 
 
 def _env_checker(max_name: int):
-    pattern = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,%d}$" % (max_name - 1))
+    pattern = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
     def check(env: Dict[str, str]) -> Dict[str, str]:
         for key in env:
-            if not pattern.match(key):
-                raise ValueError(ENV_MESSAGE)
+            if len(key) > max_name or not pattern.match(key):
+                raise ValueError(ENV_MESSAGE.format(max_name))
         return env
     return check
 
@@ -54,7 +55,7 @@ class SpecModel(BaseModel):
     """camelCase on the wire (as in the CRDs), snake_case in Python; unknown fields are errors
     because the API server would silently prune them and a typo would be lost."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True,
                               frozen=True)
 
     def to_body(self) -> dict:

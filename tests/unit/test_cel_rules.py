@@ -1,0 +1,109 @@
+"""Every CEL rule of both CRDs, one passing and one failing object each, with the message a user
+sees; the pydantic models (which the operator applies where no API server runs CEL) say the same."""
+
+import copy
+
+import pytest
+from pydantic import ValidationError
+
+import crdtools
+import specdata
+from llama_operator.spec import LlamaEndpointSpec, LlamaFinetuneSpec
+
+MODELS = {"llamafinetunes": LlamaFinetuneSpec, "llamaendpoints": LlamaEndpointSpec}
+
+
+def merged(base, **changes):
+    spec = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        node, *_ = spec, None
+        keys = dotted.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    return spec
+
+
+FT, EP = specdata.FINETUNE_MIN, specdata.ENDPOINT_MIN
+CASES = [
+    ("llamafinetunes", "method.zeroStage applies only to method.type deepspeed",
+     merged(FT, method__zeroStage=1), merged(specdata.FINETUNE_SMP, method__zeroStage=1)),
+    ("llamafinetunes", "method.shardDegree and method.tensorParallelDegree apply only to method.type smp",
+     specdata.FINETUNE_SMP, merged(FT, method__tensorParallelDegree=2)),
+    ("llamafinetunes", "resources.spot needs resources.maxWaitSeconds >= resources.maxRuntimeSeconds",
+     specdata.FINETUNE_DEEPSPEED, merged(specdata.FINETUNE_DEEPSPEED, resources__maxWaitSeconds=3600)),
+    ("llamafinetunes", "resources.maxWaitSeconds applies only to spot training",
+     FT, merged(FT, resources__maxWaitSeconds=90000)),
+    ("llamafinetunes", "resources.spot needs resources.checkpointS3Uri",
+     specdata.FINETUNE_DEEPSPEED, merged(specdata.FINETUNE_DEEPSPEED, resources__checkpointS3Uri=None)),
+    ("llamafinetunes", "hyperparameters.precision bf16 needs an Ampere or newer GPU",
+     merged(FT, resources__instanceType="ml.g4dn.12xlarge", hyperparameters__precision="fp16"),
+     merged(FT, resources__instanceType="ml.g4dn.12xlarge")),
+    ("llamafinetunes", "method.type smp (SageMaker model parallelism v2) runs only on ml.p4d",
+     specdata.FINETUNE_SMP, merged(specdata.FINETUNE_SMP, resources__instanceType="ml.g5.48xlarge")),
+    ("llamafinetunes", "method.type smp trains in bf16 or fp32 only",
+     merged(specdata.FINETUNE_SMP, hyperparameters__precision="fp32"),
+     merged(specdata.FINETUNE_SMP, hyperparameters__precision="fp16")),
+    ("llamafinetunes", "environment names must match",
+     merged(FT, environment={"NCCL_DEBUG": "INFO"}), merged(FT, environment={"NCCL-DEBUG": "INFO"})),
+    ("llamafinetunes", "tags: keys must be at most 128 characters and must not start with llamaops.dev/",
+     merged(FT, tags={"team": "a"}), merged(FT, tags={"llamaops.dev/uid": "forged"})),
+    ("llamaendpoints", "set exactly one of model.s3Uri or model.fromFinetune",
+     merged(EP, model={"fromFinetune": "ft"}), merged(EP, model={"s3Uri": "s3://bkt/m/", "fromFinetune": "ft"})),
+    ("llamaendpoints", "serving.maxRollingBatchSize and serving.maxModelLength apply only to serving.engine vllm",
+     merged(EP, serving={"maxRollingBatchSize": 8}), merged(EP, serving={"engine": "batching", "maxModelLength": 512})),
+    ("llamaendpoints", "serving.maxBatchSize and serving.maxWaitMs apply only to serving.engine batching",
+     specdata.ENDPOINT_BATCHING, merged(EP, serving={"maxWaitMs": 10})),
+    ("llamaendpoints", "deployment.canaryPercent applies only to deployment.strategy Canary",
+     merged(EP, deployment={"strategy": "Canary", "canaryPercent": 5}), merged(EP, deployment={"canaryPercent": 5})),
+    ("llamaendpoints", "deployment.rollbackAlarms are watched only when deployment.autoRollback is true",
+     merged(EP, deployment={"rollbackAlarms": ["a"]}),
+     merged(EP, deployment={"autoRollback": False, "rollbackAlarms": ["a"]})),
+    ("llamaendpoints", "environment names must match",
+     merged(EP, environment={"OPTION_X": "1"}), merged(EP, environment={"1X": "1"})),
+    ("llamaendpoints", "tags: keys must be at most 128 characters and must not start with llamaops.dev/",
+     merged(EP, tags={"team": "a"}), merged(EP, tags={"aws:cloudformation": "x"})),
+]
+
+
+@pytest.mark.parametrize("kind,message,good,bad", CASES, ids=[c[1][:50] for c in CASES])
+def test_rule_accepts_the_good_object_and_names_the_fix_for_the_bad(kind, message, good, bad):
+    assert crdtools.validate_spec(kind, good) == []
+    errors = crdtools.validate_spec(kind, bad)
+    assert any(e.startswith(message) for e in errors), errors
+    MODELS[kind].model_validate(good)
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        MODELS[kind].model_validate(bad)
+
+
+def test_every_rule_has_a_case():
+    covered = {(kind, message) for kind, message, _, _ in CASES}
+    for kind in MODELS:
+        for _, rule in crdtools.rules(crdtools.spec_schema(kind)):
+            if "oldSelf" in rule["rule"]:
+                continue
+            assert any(k == kind and rule["message"].startswith(m) or (k == kind and m in rule["message"])
+                       for k, m in covered), rule["message"]
+
+
+IMMUTABLE = "spec is immutable once the training job exists; create a new LlamaFinetune"
+
+
+def test_finetune_spec_is_immutable_except_deletion_policy():
+    old = specdata.FINETUNE_DEEPSPEED
+    retained = merged(old, deletionPolicy="Delete")
+    assert crdtools.validate_spec("llamafinetunes", retained, old=old) == []
+    LlamaFinetuneSpec.model_validate(retained).check_update(LlamaFinetuneSpec.model_validate(old))
+    for change in (dict(hyperparameters__learningRate=0.5), dict(image=None), dict(tags={"team": "b"}),
+                   dict(resources__instanceCount=8), dict(dataset__validation=None)):
+        new = merged(old, **change)
+        errors = crdtools.validate_spec("llamafinetunes", new, old=old)
+        assert any(e.startswith(IMMUTABLE) for e in errors), (change, errors)
+        with pytest.raises(ValueError, match=IMMUTABLE):
+            LlamaFinetuneSpec.model_validate(new).check_update(LlamaFinetuneSpec.model_validate(old))
+    # Re-applying the same spec with defaults spelled out (as GitOps tools do) is no change.
+    spelled = crdtools.default(crdtools.spec_schema("llamafinetunes"), specdata.FINETUNE_MIN)
+    assert crdtools.validate_spec("llamafinetunes", spelled, old=specdata.FINETUNE_MIN) == []
