@@ -1,0 +1,1 @@
+"""Llama fine-tuning inside a SageMaker training job (DeepSpeed ZeRO or SMP v2 / FSDP)."""

@@ -1,0 +1,315 @@
+"""Everything after validation: distributed setup, base model, data, the training loop, the
+final save and push."""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import data as D
+from .environment import JobPaths, Rank
+from .s3sync import download_prefix, is_s3_uri, upload_dir
+from .schedule import total_steps as count_steps
+
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L40S": 362.0, "L4": 121.0}
+
+
+# DeepSpeed still calls collectives that torch 2.13 renamed; one warning per call floods the log.
+warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use `torch\.distributed\.")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _node_scratch(name: str) -> Path:
+    """A folder shared by the processes of one node for this job: torchrun's agent (our parent)
+    is the same for all local ranks."""
+    return Path(tempfile.gettempdir()) / f"llama-train-{os.getppid()}" / name
+
+
+def init_distributed(device: torch.device) -> None:
+    import torch.distributed as dist
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29555")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    # a long timeout: other ranks wait in a barrier while local rank 0 downloads the base model
+    timeout = datetime.timedelta(minutes=60)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timeout)
+
+
+def fetch_base_model(hp, rank: Rank) -> Path:
+    """Local rank 0 of each node pulls an S3 base model with s5cmd; the others wait."""
+    import torch.distributed as dist
+
+    if not is_s3_uri(hp.base_model):
+        return Path(hp.base_model)
+    dest = _node_scratch("base-model")
+    if rank.is_local_main and not (dest / "config.json").is_file():
+        t0 = time.time()
+        download_prefix(hp.base_model, dest)
+        log(f"[train] base model pulled in {time.time() - t0:.1f}s")
+    dist.barrier()
+    if not (dest / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json under base_model {hp.base_model}")
+    return dest
+
+
+def load_rows(hp, channel: Path, tokenizer, rank: Rank, name: str) -> list[dict]:
+    """Prepared rows from a channel; raw data is prepared once per node by local rank 0."""
+    import torch.distributed as dist
+
+    from prepare.sources import detect_format, iter_prepared
+    from prepare.writer import prepare_to_jsonl
+
+    fmt = detect_format(channel) if hp.data_format == "auto" else hp.data_format
+    if fmt == "prepared":
+        source = channel
+    else:
+        source = _node_scratch(f"prepared-{name}.jsonl")
+        split = "train" if name == "train" else "test"
+        if rank.is_local_main:
+            stats = prepare_to_jsonl(tokenizer, channel, source, data_format=fmt, split=split,
+                                     max_length=hp.max_seq_length)
+            if rank.is_main:
+                log(f"[train] prepared {name}: {stats['rows']} conversations, {stats['tokens']} tokens")
+        dist.barrier()
+    return D.truncate(iter_prepared(source), hp.max_seq_length)
+
+
+def load_model(hp, model_dir: Path, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .tokens import add_tokens, ensure_pad_token
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    attn = "eager" if hp.attn_implementation == "eager" else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+    added = add_tokens(model, tokenizer, hp.add_special_tokens, hp.new_token_init, seed=hp.seed)
+    pad_id = ensure_pad_token(tokenizer)
+    model.config.use_cache = False
+    if hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device)
+    if device.type == "cuda" and hp.attn_implementation in ("auto", "flex_attention"):
+        try:
+            from . import fastpath
+
+            model = fastpath.optimize_model(model, packed=hp.packing, fused_kernels=True)
+        except ImportError:
+            pass
+    return model, tokenizer, pad_id, added
+
+
+def batch_kwargs(batch: dict, device: torch.device) -> dict:
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if device.type == "cuda":
+        try:
+            from . import fastpath
+
+            return fastpath.packed_batch_kwargs(batch["input_ids"], batch["position_ids"], batch["labels"])
+        except ImportError:
+            pass
+    return batch
+
+
+def micro_batches(rows: list[dict], hp, seed_epoch_start: int = 0):
+    """Endless (epoch, micro-batch) stream; the same on every restart for a given seed."""
+    epoch = seed_epoch_start
+    while True:
+        order = D.epoch_order(len(rows), hp.seed, epoch)
+        for i in range(0, len(order) - hp.per_device_batch_size + 1, hp.per_device_batch_size):
+            yield epoch, [rows[j] for j in order[i:i + hp.per_device_batch_size]]
+        epoch += 1
+
+
+def flops_per_token(config, mean_context: float) -> float:
+    """Training FLOPs per token: 6 x parameters of the matmuls, plus causal attention."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    inter = config.intermediate_size
+    kv = h * getattr(config, "num_key_value_heads", config.num_attention_heads) // config.num_attention_heads
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter
+    params = layers * per_layer + h * config.vocab_size
+    return 6 * params + 6 * layers * h * mean_context
+
+
+def peak_flops(device: torch.device) -> float:
+    env = os.environ.get("TRAIN_PEAK_TFLOPS")
+    if env:
+        return float(env) * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tf in PEAK_TFLOPS.items():
+            if key in name:
+                return tf * 1e12
+        return 100e12
+    return 1e12  # nominal for a CPU: the figure is only comparable run to run
+
+
+def run(hp, paths: JobPaths, rank: Rank) -> None:
+    import torch.distributed as dist
+
+    t_start = time.time()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if hp.method == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
+                                   timeout=datetime.timedelta(minutes=60))
+    else:
+        init_distributed(device)
+    torch.manual_seed(hp.seed)
+    if hp.precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("precision=bf16 needs a GPU with bf16 support; set precision to fp16")
+
+    model_dir = fetch_base_model(hp, rank)
+    model, tokenizer, pad_id, added = load_model(hp, model_dir, device)
+    if rank.is_main and added:
+        log(f"[train] added {added} special tokens ({hp.new_token_init} init)")
+
+    rows = load_rows(hp, paths.train, tokenizer, rank, "train")
+    val_rows = load_rows(hp, paths.validation, tokenizer, rank, "validation") if paths.validation else []
+    layout = D.pack if hp.packing else (lambda rs, _n: D.unpacked(rs))
+    train_rows = D.shard(layout(rows, hp.max_seq_length), rank.rank, rank.world_size)
+    val_rows = D.shard(layout(val_rows, hp.max_seq_length), rank.rank, rank.world_size)
+    if len(train_rows) < hp.per_device_batch_size:
+        raise ValueError(f"train channel has too little data: {len(train_rows)} rows per process, "
+                         f"fewer than per_device_batch_size={hp.per_device_batch_size}")
+    micro_per_epoch = len(train_rows) // hp.per_device_batch_size
+    total = count_steps(micro_per_epoch, hp.gradient_accumulation_steps, hp.epochs, hp.max_steps)
+    mean_ctx = sum(len(r["input_ids"]) ** 2 for r in rows) / max(1, sum(len(r["input_ids"]) for r in rows)) / 2
+    fpt = flops_per_token(model.config, mean_ctx)
+    peak = peak_flops(device) * rank.world_size
+    if rank.is_main:
+        log(f"[train] method={hp.method}{' zero_stage=' + str(hp.zero_stage) if hp.method == 'deepspeed' else ''} "
+            f"world_size={rank.world_size} device={device.type} conversations={len(rows)} "
+            f"rows_per_rank={len(train_rows)} packing={hp.packing} steps={total}")
+
+    from .backends import make_backend
+
+    backend = make_backend(model, hp, total_steps=total, world_size=rank.world_size, device=device)
+    ckpt_dir = Path(hp.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    step = 0
+    state = backend.load_checkpoint(ckpt_dir) if _has_checkpoint(ckpt_dir) else None
+    if state:
+        step = int(state.get("step", 0))
+        if rank.is_main:
+            log(f"[train] resumed from {ckpt_dir} at step {step}")
+
+    stream = micro_batches(train_rows, hp)
+    for _ in range(step * hp.gradient_accumulation_steps):  # replay the data order up to the checkpoint
+        next(stream)
+    backend.train()
+    losses: list[float] = []
+    window_loss = torch.zeros(2, dtype=torch.float64)
+    window_tokens = 0
+    total_tokens = 0
+    t_window = t_loop = time.time()
+    first_step = step
+    epoch = 0
+    while step < total:
+        epoch, examples = next(stream)
+        batch = batch_kwargs(D.collate(examples, pad_id), device)
+        loss = backend.forward_backward(batch)
+        window_loss += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+        window_tokens += D.real_tokens(examples)
+        if not backend.step():
+            continue
+        step += 1
+        if step % hp.logging_steps == 0 or step == total:
+            stats = torch.tensor([window_loss[0], window_loss[1], window_tokens], dtype=torch.float64)
+            dist.all_reduce(stats)
+            now = time.time()
+            mean_loss = float(stats[0] / stats[1])
+            tps = float(stats[2]) / max(now - t_window, 1e-9)
+            losses.append(mean_loss)
+            total_tokens += int(stats[2])
+            if rank.is_main:
+                ep = (step * hp.gradient_accumulation_steps) / micro_per_epoch
+                log(f"[train] step={step}/{total} epoch={ep:.2f} loss={mean_loss:.4f} lr={backend.lr():.3e} "
+                    f"tokens_per_s={tps:.1f} mfu={tps * fpt / peak:.4f}")
+            window_loss.zero_()
+            window_tokens = 0
+            t_window = now
+        if hp.save_steps and step % hp.save_steps == 0 and step < total:
+            backend.save_checkpoint(ckpt_dir, f"step-{step}", {"step": step})
+    runtime = time.time() - t_loop
+    if step > first_step:
+        backend.save_checkpoint(ckpt_dir, f"step-{step}", {"step": step})
+
+    eval_loss = evaluate(backend, val_rows, hp, pad_id, device) if val_rows else None
+    tps = total_tokens / max(runtime, 1e-9)
+    summary = {
+        "method": hp.method, "zero_stage": hp.zero_stage if hp.method == "deepspeed" else None,
+        "steps": step, "resumed_from_step": first_step or None, "world_size": rank.world_size,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "first_logged_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "eval_loss": eval_loss, "tokens_per_s": tps, "mfu": tps * fpt / peak,
+        "runtime_s": runtime, "total_runtime_s": time.time() - t_start,
+        "packing": hp.packing, "precision": hp.precision, "added_special_tokens": list(hp.add_special_tokens),
+    }
+    save_and_push(backend, tokenizer, hp, paths, rank, summary)
+    if rank.is_main:
+        log(f"[train] done steps={step} train_loss={summary['train_loss'] if losses else float('nan'):.4f} "
+            f"tokens_per_s={tps:.1f} runtime_s={runtime:.1f}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _has_checkpoint(ckpt_dir: Path) -> bool:
+    return (ckpt_dir / "latest").is_file()
+
+
+def evaluate(backend, rows, hp, pad_id, device) -> float:
+    import torch.distributed as dist
+
+    backend.train(False)
+    acc = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, len(rows), hp.per_device_batch_size):
+            batch = batch_kwargs(D.collate(rows[i:i + hp.per_device_batch_size], pad_id), device)
+            acc += torch.tensor([float(backend.forward(batch)), 1.0], dtype=torch.float64)
+    dist.all_reduce(acc)
+    backend.train(True)
+    return float(acc[0] / acc[1]) if acc[1] else float("nan")
+
+
+def save_and_push(backend, tokenizer, hp, paths: JobPaths, rank: Rank, summary: dict) -> None:
+    """16-bit (or fp32) weights gathered to global rank 0, saved as safetensors with config and
+    tokenizer, pushed to output_s3_uri; the small summary also goes to SM_MODEL_DIR."""
+    state = backend.full_state_dict(rank.is_main)
+    if not rank.is_main:
+        return
+    paths.model_dir.mkdir(parents=True, exist_ok=True)
+    out = paths.model_dir if not hp.output_s3_uri else _node_scratch("final-model")
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[hp.precision]
+    state = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in state.items()}
+    module = backend.module
+    module.config.use_cache = True
+    module.config.dtype = dtype
+    module.save_pretrained(out, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    if out != paths.model_dir:
+        shutil.copy(out / "training_summary.json", paths.model_dir / "training_summary.json")
+        t0 = time.time()
+        upload_dir(out, hp.output_s3_uri)
+        log(f"[train] model pushed to {hp.output_s3_uri} in {time.time() - t0:.1f}s")

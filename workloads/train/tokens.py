@@ -1,0 +1,50 @@
+"""Special tokens: padding reuses EOS (or UNK) by default; new tokens get explicitly initialised
+embedding rows instead of whatever ``resize_token_embeddings`` happens to leave there."""
+from __future__ import annotations
+
+import torch
+
+
+def ensure_pad_token(tokenizer) -> int:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer.pad_token_id
+
+
+def init_new_rows(weight: torch.Tensor, n_old: int, mode: str, std: float,
+                  generator: torch.Generator | None = None) -> None:
+    """Fill rows ``n_old:`` of an embedding (or output projection) matrix in place.
+
+    ``normal``: N(0, std) with the model's initializer_range, like a freshly built model.
+    ``mean``: the mean of the existing rows (keeps the new tokens' logits near the average)."""
+    if weight.shape[0] <= n_old:
+        return
+    with torch.no_grad():
+        new = weight[n_old:]
+        if mode == "mean":
+            new.copy_(weight[:n_old].float().mean(dim=0, keepdim=True).to(weight.dtype).expand_as(new))
+        elif mode == "normal":
+            sample = torch.empty(new.shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
+            new.copy_(sample.to(weight.dtype))
+        else:
+            raise ValueError(f"new_token_init must be mean or normal, got {mode!r}")
+
+
+def add_tokens(model, tokenizer, tokens: tuple[str, ...], mode: str, seed: int = 0) -> int:
+    """Add ``tokens`` as special tokens, grow the embeddings and initialise the new rows. Returns
+    how many were new to the tokenizer."""
+    if not tokens:
+        return 0
+    n_old = model.get_input_embeddings().weight.shape[0]
+    added = tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
+                                         replace_additional_special_tokens=False)
+    if len(tokenizer) <= n_old:
+        return added
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    gen = torch.Generator().manual_seed(seed)
+    init_new_rows(model.get_input_embeddings().weight, n_old, mode, std, gen)
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not model.get_input_embeddings().weight:
+        init_new_rows(out.weight, n_old, mode, std, gen)
+    return added
