@@ -192,6 +192,9 @@ def main(argv=None) -> int:
     engine = BatchingEngine(model, None, max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
                             max_len=max(lengths) + args.new_tokens + 8,
                             use_cuda_graphs=False if args.no_graphs else None)
+    t0 = time.perf_counter()
+    captured = engine.warmup(clients)
+    print(f"captured {captured} decode graphs in {time.perf_counter() - t0:.1f} s", flush=True)
 
     def engine_call(ids):
         res = engine.submit(input_ids=ids, params=params).result()

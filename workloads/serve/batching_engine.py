@@ -56,9 +56,55 @@ class _Request:
     pos: int = 0                # host mirror of the slot's next cache position
 
 
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+@dataclass
+class _Call:
+    """Work to run on the engine's thread (which owns the GPU state) when it is idle."""
+    fn: object
+
+
+class _FusedLayer:
+    """A decoder layer's weights arranged for few kernels per step: q/k/v in one matrix and
+    gate/up in another. The module's own parameters become views into these, so the model is
+    unchanged (generate() still works) and no weight is stored twice."""
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.w_qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.b_qkv = _fuse_bias(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.w_gu = _fuse(mlp.gate_proj, mlp.up_proj)
+        if getattr(mlp.gate_proj, "bias", None) is not None:
+            raise ValueError("MLP biases are not supported (Llama has none)")
+        self.w_o, self.b_o = attn.o_proj.weight, attn.o_proj.bias
+        self.w_down = mlp.down_proj.weight
+        self.act = mlp.act_fn
+        self.ln1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
+        self.ln2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+
+
+def _fuse(*linears):
+    fused = torch.cat([m.weight.data for m in linears], dim=0)
+    start = 0
+    for m in linears:
+        n = m.weight.shape[0]
+        m.weight.data = fused[start:start + n]
+        start += n
+    return fused
+
+
+def _fuse_bias(*linears):
+    if all(getattr(m, "bias", None) is None for m in linears):
+        return None
+    return _fuse_bias_tensors([m.bias for m in linears])
+
+
+def _fuse_bias_tensors(biases):
+    fused = torch.cat([b.data for b in biases])
+    start = 0
+    for b in biases:
+        n = b.shape[0]
+        b.data = fused[start:start + n]
+        start += n
+    return fused
 
 
 class BatchingEngine:
@@ -81,11 +127,12 @@ class BatchingEngine:
         self.use_graphs = (self.device.type == "cuda") if use_cuda_graphs is None else use_cuda_graphs
 
         inner = model.model
-        self._embed, self._layers, self._norm, self._head = inner.embed_tokens, inner.layers, inner.norm, model.lm_head
+        self._embed, self._norm, self._head = inner.embed_tokens, inner.norm, model.lm_head
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.scale = self.head_dim ** -0.5
+        self._layers = [_FusedLayer(layer) for layer in inner.layers]
 
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = eos if eos is not None else cfg.eos_token_id
@@ -98,14 +145,19 @@ class BatchingEngine:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.n_slots = max_batch_size
         dev, n_layers = self.device, len(self._layers)
-        cache_len = self.max_len + SLACK
-        shape = (n_layers, self.n_slots, self.n_kv, cache_len, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
-        positions = torch.arange(cache_len, device=dev)
-        cos, sin = inner.rotary_emb(self.k_cache[0, 0, 0], positions[None])
-        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        # Whole buckets, so every attention length a step may use is a prefix of the cache.
+        self.cache_len = -(-(self.max_len + SLACK) // LENGTH_BUCKET) * LENGTH_BUCKET
+        # [layer, slot, 2 (k, v), kv head, position, dim]: one index_put writes a step's k and v.
+        self.kv_cache = torch.zeros((n_layers, self.n_slots, 2, self.n_kv, self.cache_len, self.head_dim),
+                                    dtype=self.dtype, device=dev)
+        positions = torch.arange(self.cache_len, device=dev)
+        cos, sin = inner.rotary_emb(self.kv_cache[0, 0, 0, 0], positions[None])
+        half = self.head_dim // 2
+        # rotate_half(x) * sin == roll(x, half) * [-sin_first_half, sin_second_half]
+        sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
+        self.cos, self.sin = cos[0].to(self.dtype), sin.to(self.dtype)
         self.slot_index = positions
+        self._neg_inf = torch.tensor(float("-inf"), dtype=self.dtype, device=dev)
 
         # Decode-step state, read and advanced on the device by each (captured) step.
         self.tokens = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
@@ -123,6 +175,7 @@ class BatchingEngine:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._slots: list[_Request | None] = [None] * self.n_slots
         self._stopping = False
+        self._calls: list[_Call] = []
         self.stats = {"steps": 0, "prefills": 0, "graphs": 0}
         self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
         self._thread.start()
@@ -159,59 +212,81 @@ class BatchingEngine:
     def generate(self, prompt: str, params: GenerationParams | None = None, timeout: float | None = None):
         return self.submit(prompt, params).result(timeout)
 
+    def warmup(self, batch_sizes=None) -> int:
+        """Capture the decode graphs for these batch sizes at every attention length now, so no
+        request waits for a capture later. Call before serving; returns the graphs captured."""
+        if not self.use_graphs:
+            return 0
+        buckets = sorted({self._bucket(n) for n in (batch_sizes or [self.n_slots])})
+        before = self.stats["graphs"]
+        done = threading.Event()
+
+        def capture():
+            with torch.no_grad():
+                for b in buckets:
+                    for length in range(LENGTH_BUCKET, self.cache_len + 1, LENGTH_BUCKET):
+                        if (b, length, False) not in self._graphs:
+                            self._capture((b, length, False))
+            torch.cuda.synchronize()
+            done.set()
+
+        self._queue.put(_Call(capture))  # on the worker thread, between steps
+        done.wait()
+        return self.stats["graphs"] - before
+
+    def _bucket(self, n: int) -> int:
+        return next((x for x in BATCH_BUCKETS if x >= n and x <= self.n_slots), self.n_slots)
+
     def close(self, timeout: float = 30.0) -> None:
         self._stopping = True
         self._queue.put(None)
         self._thread.join(timeout)
 
     # ---------------------------------------------------------------- the model, our way
-    def _attend(self, q, k, v, mask):
-        """q [B, H, T, D] against k/v [B, KV, S, D] without repeating k/v: query heads that share
-        a key/value head are folded into the query-length axis."""
-        b, h, t, d = q.shape
-        group = h // self.n_kv
-        q = q.reshape(b, self.n_kv, group * t, d)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(1, 1, group, 1) if t > 1 else mask,
-                                             scale=self.scale)
-        return out.reshape(b, h, t, d)
+    def _layer_qkv(self, layer, x, cos, sin):
+        """Norm, fused q/k/v projection and rotary embedding for x [N, hidden], cos/sin [N, D].
+        Returns q [N, H, D] and the new keys and values [N, 2, KV, D]."""
+        qkv = F.linear(F.rms_norm(x, (x.shape[-1],), layer.ln1, layer.eps1), layer.w_qkv, layer.b_qkv)
+        qkv = qkv.view(x.shape[0], self.n_heads + 2 * self.n_kv, self.head_dim)
+        qk = qkv[:, :self.n_heads + self.n_kv]
+        qk = torch.addcmul(qk * cos[:, None], qk.roll(self.head_dim // 2, dims=-1), sin[:, None])
+        kv = torch.cat((qk[:, self.n_heads:], qkv[:, self.n_heads + self.n_kv:]), dim=1)
+        return qk[:, :self.n_heads], kv.view(x.shape[0], 2, self.n_kv, self.head_dim)
 
-    def _qkv(self, attn, x, cos, sin):
-        """Projections plus rotary embedding for x [B, T, hidden] at cos/sin [B, T, D]."""
-        b, t, _ = x.shape
-        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = cos[:, None], sin[:, None]
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+    def _layer_rest(self, layer, x, attn_out):
+        """Output projection and MLP, residuals folded into the matmuls (addmm)."""
+        x = torch.addmm(x, attn_out, layer.w_o.t()) if layer.b_o is None else x + F.linear(attn_out, layer.w_o, layer.b_o)
+        gu = F.linear(F.rms_norm(x, (x.shape[-1],), layer.ln2, layer.eps2), layer.w_gu)
+        inter = gu.shape[-1] // 2
+        act = layer.act(gu[:, :inter]) * gu[:, inter:]
+        return torch.addmm(x, act, layer.w_down.t())
 
     def _prefill(self, reqs: list[_Request]) -> torch.Tensor:
-        """Run prompts (right-padded) through the model, store their keys/values in their slots,
-        and return the logits of each prompt's last token [n, vocab]."""
+        """Run the prompts packed into one sequence (no padding; attention kept within each
+        prompt), store their keys/values in their slots, and return each prompt's last-token
+        logits [n, vocab]."""
+        dev = self.device
         lengths = [len(r.prompt_ids) for r in reqs]
-        n, t = len(reqs), max(lengths)
-        ids = torch.zeros(n, t, dtype=torch.long)
-        for i, r in enumerate(reqs):
-            ids[i, :lengths[i]] = torch.tensor(r.prompt_ids)
-        ids = ids.to(self.device)
-        lens = torch.tensor(lengths, device=self.device)
-        slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        idx = self.slot_index[:t]
-        # Causal within the prompt; padded keys hidden from real queries. A padded query still
-        # sees key 0, so no softmax row is empty.
-        mask = (idx[None, :, None] >= idx[None, None, :]) & (idx[None, None, :] < lens[:, None, None])
-        mask = mask[:, None]
-        cos, sin = self.cos[:t][None].expand(n, -1, -1), self.sin[:t][None].expand(n, -1, -1)
+        ids = torch.tensor([t for r in reqs for t in r.prompt_ids], device=dev)
+        seq = torch.tensor([i for i, n in enumerate(lengths) for _ in range(n)], device=dev)
+        pos = torch.tensor([p for n in lengths for p in range(n)], device=dev)
+        slot = torch.tensor([reqs[i].slot for i, n in enumerate(lengths) for _ in range(n)], device=dev)
+        total = ids.shape[0]
+        allowed = (seq[:, None] == seq[None, :]) & (pos[:, None] >= pos[None, :])
+        mask = torch.zeros((total, total), dtype=self.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
+        cos, sin = self.cos[pos], self.sin[pos]
+        group = self.n_heads // self.n_kv
         x = self._embed(ids)
         for li, layer in enumerate(self._layers):
-            attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
-            self.k_cache[li, slots, :, :t] = k
-            self.v_cache[li, slots, :, :t] = v
-            o = self._attend(q, k, v, mask)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(n, t, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        last = x[torch.arange(n, device=self.device), lens - 1]
-        return self._head(self._norm(last)).float()
+            q, kv = self._layer_qkv(layer, x, cos, sin)
+            self.kv_cache[li, slot, :, :, pos] = kv
+            k = kv[:, 0].transpose(0, 1).repeat_interleave(group, dim=0)
+            v = kv[:, 1].transpose(0, 1).repeat_interleave(group, dim=0)
+            o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask[None, None],
+                                               scale=self.scale)
+            x = self._layer_rest(layer, x, o[0].transpose(0, 1).reshape(total, -1))
+        last = torch.tensor(lengths, device=dev).cumsum(0) - 1
+        return self._head(self._norm(x[last])).float()
 
     def _select(self, logits, temperature, top_p, sample, with_sampling: bool):
         """Greedy argmax, and for rows that sample: temperature, nucleus (top_p) cut, then a draw
@@ -232,18 +307,21 @@ class BatchingEngine:
         Fixed shapes and no host syncs, so it can be captured as a CUDA graph."""
         tok, pos = self.tokens[:b], self.pos[:b]
         rows = self.slot_index[:b]
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
-        mask = (self.slot_index[:length][None, :] <= pos[:, None])[:, None, None]
-        x = self._embed(tok)[:, None]
+        cos, sin = self.cos[pos], self.sin[pos]
+        # Additive mask shared by all layers: a slot sees cache positions up to its own.
+        mask = torch.where(self.slot_index[:length][None, :] <= pos[:, None], 0.0, self._neg_inf)
+        mask = mask.to(self.dtype)[:, None, None]
+        group = self.n_heads // self.n_kv
+        x = self._embed(tok)
         for li, layer in enumerate(self._layers):
-            attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
-            self.k_cache[li, rows, :, pos] = k[:, :, 0]
-            self.v_cache[li, rows, :, pos] = v[:, :, 0]
-            o = self._attend(q, self.k_cache[li, :b, :, :length], self.v_cache[li, :b, :, :length], mask)
-            x = x + attn.o_proj(o.reshape(b, 1, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self._head(self._norm(x[:, 0])).float()
+            q, kv = self._layer_qkv(layer, x, cos, sin)
+            self.kv_cache[li, rows, :, :, pos] = kv
+            cache = self.kv_cache[li, :b, :, :, :length]
+            # Query heads sharing a key/value head become that head's query rows (no k/v repeat).
+            o = F.scaled_dot_product_attention(q.view(b, self.n_kv, group, self.head_dim), cache[:, 0], cache[:, 1],
+                                               attn_mask=mask, scale=self.scale)
+            x = self._layer_rest(layer, x, o.reshape(b, -1))
+        logits = self._head(self._norm(x)).float()
         nxt = self._select(logits, self.temperature[:b], self.top_p[:b], self.sample[:b], with_sampling)
         self.next_tokens[:b].copy_(nxt)
         self.tokens[:b].copy_(nxt)
@@ -301,7 +379,7 @@ class BatchingEngine:
                 r = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if r is not None and not r.future.done():
+            if isinstance(r, _Request) and not r.future.done():
                 r.future.set_exception(exc)
 
     def _take_new(self, block: bool) -> list[_Request]:
@@ -315,6 +393,9 @@ class BatchingEngine:
             first = self._queue.get()
             if first is None:
                 return [None]  # type: ignore[list-item]
+            if isinstance(first, _Call):
+                first.fn()  # idle: nothing is in flight
+                return new
             new.append(first)
             deadline = time.perf_counter() + self.max_wait_s
             while len(new) < free:
@@ -328,6 +409,9 @@ class BatchingEngine:
                 if r is None:
                     self._stopping = True
                     break
+                if isinstance(r, _Call):
+                    self._calls.append(r)
+                    continue
                 new.append(r)
             return new
         while len(new) < free:
@@ -338,6 +422,9 @@ class BatchingEngine:
             if r is None:
                 self._stopping = True
                 break
+            if isinstance(r, _Call):
+                self._calls.append(r)
+                continue
             new.append(r)
         return new
 
@@ -348,13 +435,14 @@ class BatchingEngine:
         free = [i for i, r in enumerate(self._slots) if r is None]
         for r, slot in zip(new, free):
             r.slot = slot
-        # Bound the prefill's activation memory: long prompts go in smaller groups.
-        budget, group = 16384, []
-        for r in sorted(new, key=lambda r: len(r.prompt_ids)):
-            if group and (len(group) + 1) * len(r.prompt_ids) > budget:
+        # Bound the prefill's memory (its mask is tokens x tokens): pack prompts up to a budget.
+        budget, group, used = 8192, [], 0
+        for r in new:
+            if group and used + len(r.prompt_ids) > budget:
                 self._prefill_group(group)
-                group = []
+                group, used = [], 0
             group.append(r)
+            used += len(r.prompt_ids)
         if group:
             self._prefill_group(group)
 
@@ -421,6 +509,8 @@ class BatchingEngine:
         while True:
             busy = any(r is not None for r in self._slots)
             if not busy and pending is None:
+                while self._calls:
+                    self._calls.pop(0).fn()
                 if self._stopping:
                     return
                 new = self._take_new(block=True)
@@ -434,9 +524,9 @@ class BatchingEngine:
             current = None
             if rows:
                 top = rows[-1][0] + 1
-                b = next((x for x in BATCH_BUCKETS if x >= top and x <= self.n_slots), self.n_slots)
+                b = self._bucket(top)
                 need = max(r.pos for _, r in rows) + 1
-                length = min(-(-need // LENGTH_BUCKET) * LENGTH_BUCKET, self.max_len + SLACK)
+                length = min(-(-need // LENGTH_BUCKET) * LENGTH_BUCKET, self.cache_len)
                 self._launch_step(b, length, any(r.params.do_sample for _, r in rows))
                 self.stats["steps"] += 1
                 for _, r in rows:

