@@ -179,3 +179,14 @@ def test_examples_are_valid_for_the_api_server_and_the_models(doc):
 def test_every_example_file_is_there():
     names = {p.name for p in (Path(manifests_dir()) / "examples").glob("*.yaml")}
     assert {"finetune.yaml", "endpoint.yaml", "finetune-local.yaml", "endpoint-local.yaml"} <= names
+
+
+def test_the_documented_example_is_valid():
+    text = (Path(manifests_dir()).parent / "docs" / "spec.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    docs = list(yaml.safe_load_all(block))
+    assert [d["kind"] for d in docs] == ["LlamaFinetune", "LlamaEndpoint"]
+    for doc in docs:
+        kind = {"LlamaFinetune": "llamafinetunes", "LlamaEndpoint": "llamaendpoints"}[doc["kind"]]
+        assert crdtools.validate_spec(kind, doc["spec"]) == []
+        MODELS[kind].model_validate(doc["spec"])
