@@ -67,6 +67,36 @@ def merge_patch(base: Any, patch: Any) -> Any:
     return out
 
 
+def json_patch(doc: Any, ops: list) -> Any:
+    """RFC 6902 JSON patch (add, remove, replace, test), as kopf sends for finalizer lists."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")] if op["path"] else []
+        parent = doc
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1] if parts else None
+        kind = op["op"]
+        if kind == "test":
+            current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if current != op.get("value"):
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=f"test failed at {op['path']}")
+        elif kind == "remove":
+            del parent[int(last) if isinstance(parent, list) else last]
+        elif kind in ("add", "replace"):
+            if isinstance(parent, list):
+                idx = len(parent) if last == "-" else int(last)
+                if kind == "add":
+                    parent.insert(idx, copy.deepcopy(op["value"]))
+                else:
+                    parent[idx] = copy.deepcopy(op["value"])
+            else:
+                parent[last] = copy.deepcopy(op["value"])
+        else:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=f"unsupported JSON patch op {kind}")
+    return doc
+
+
 def crd_resources(crds_dir: Path | None) -> dict[str, dict]:
     """{"group/version/plural": ResourceInfo kwargs} for our kinds, from the CRD files if any."""
     found: dict[str, dict] = {}
@@ -160,19 +190,27 @@ class Emulator(kmock.KubernetesEmulator):
             return 200, old, {"type": "DELETED", "object": old}
 
         if request.subresource == "status":
-            new_status = data.get("status") if method == "PATCH" else data.get("status", None)
+            new_status = data.get("status")
             new = copy.deepcopy(old)
-            if method == "PATCH":
+            if method == "PATCH" and isinstance(request.data, list):
+                new = merge_patch(old, {"status": json_patch(old, request.data).get("status")})
+            elif method == "PATCH":
                 new = merge_patch(old, {"status": new_status}) if "status" in data else new
             else:
                 new.pop("status", None)
                 if new_status is not None:
                     new["status"] = new_status
         else:
-            if method == "PATCH":
-                if not isinstance(request.data, dict):
-                    raise kmock.KubernetesError(status=415, reason="UnsupportedMediaType",
-                                                message="only JSON merge patches are supported here")
+            if method == "PATCH" and isinstance(request.data, list):
+                new = json_patch(old, request.data)
+                if has_status:
+                    new.pop("status", None)
+                    if "status" in old:
+                        new["status"] = old["status"]
+                for k in _SERVER_META:
+                    if k in old.get("metadata", {}):
+                        new["metadata"][k] = old["metadata"][k]
+            elif method == "PATCH":
                 patch = {k: v for k, v in data.items() if not (has_status and k == "status")}
                 if isinstance(patch.get("metadata"), dict):
                     patch["metadata"] = {k: v for k, v in patch["metadata"].items() if k not in _SERVER_META}

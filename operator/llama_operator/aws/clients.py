@@ -1,0 +1,23 @@
+"""boto3 clients from the standard configuration chain (credentials, AWS_REGION / AWS_DEFAULT_REGION,
+and the per-service AWS_ENDPOINT_URL_<SERVICE> variables that point the embedded default at the
+local services), with botocore's adaptive retry mode for throttling and transient 5xx."""
+
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+
+DEFAULT_MAX_ATTEMPTS = 6
+
+
+def client_config(region: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                  read_timeout: float = 60.0) -> Config:
+    return Config(region_name=region, retries={"mode": "adaptive", "max_attempts": max_attempts},
+                  connect_timeout=10, read_timeout=read_timeout, user_agent_extra="llama-operator")
+
+
+def make_client(service: str, region: str | None = None, *, session: boto3.session.Session | None = None,
+                **config):
+    # A session per client: boto3 sessions are not thread-safe, clients are.
+    session = session or boto3.session.Session()
+    return session.client(service, config=client_config(region or session.region_name, **config))

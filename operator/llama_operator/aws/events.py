@@ -1,0 +1,86 @@
+"""SQS intake of SageMaker's EventBridge state-change events.
+
+Long poll, up to 10 messages a batch; a message is deleted once its event was handled (or found
+malformed: it would never become well-formed by waiting). A handler error leaves the message in
+the queue, so SQS redelivers it after its visibility timeout; at-least-once delivery is why status
+updates must be idempotent and ordered (see status.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+TRAINING_DETAIL_TYPE = "SageMaker Training Job State Change"
+ENDPOINT_DETAIL_TYPE = "SageMaker Endpoint State Change"
+
+
+def parse_message(body: str) -> dict | None:
+    """The EventBridge event in an SQS message body, or None when it is not one.
+
+    Accepts the event itself (EventBridge -> SQS target) and the same wrapped by SNS."""
+    try:
+        event = json.loads(body)
+        if isinstance(event, dict) and "Message" in event and "detail" not in event:
+            event = json.loads(event["Message"])
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("detail"), dict) or "detail-type" not in event:
+        return None
+    return event
+
+
+def owner_of(detail: dict) -> tuple[str, str, str] | None:
+    """(namespace, name, uid) from the owner tags an event carries, if any."""
+    tags = detail.get("Tags") or {}
+    if isinstance(tags, list):
+        tags = {t.get("Key"): t.get("Value") for t in tags if isinstance(t, dict)}
+    ns, name = tags.get("llamaops.dev/namespace"), tags.get("llamaops.dev/name")
+    return (ns, name, tags.get("llamaops.dev/uid", "")) if ns and name else None
+
+
+class EventConsumer:
+    def __init__(self, sqs, queue_url: str, handle: Callable[[dict], Awaitable[None]], *,
+                 wait_seconds: int = 20, batch: int = 10):
+        self.sqs, self.queue_url, self.handle = sqs, queue_url, handle
+        self.wait_seconds, self.batch = wait_seconds, batch
+
+    async def run(self) -> None:
+        """Consume until cancelled; errors are logged and retried after a pause, never raised."""
+        pause = 1.0
+        while True:
+            try:
+                await self.poll_once()
+                pause = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a broken queue must not stop the operator; resync still runs
+                log.warning("events queue: %s; retrying in %.0fs", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 60.0)
+
+    async def poll_once(self) -> int:
+        resp = await asyncio.to_thread(self.sqs.receive_message, QueueUrl=self.queue_url,
+                                       MaxNumberOfMessages=self.batch, WaitTimeSeconds=self.wait_seconds)
+        handled = 0
+        for msg in resp.get("Messages", []):
+            event = parse_message(msg.get("Body", ""))
+            if event is None:
+                log.warning("events queue: dropping a message that is not an EventBridge event (id %s)",
+                            msg.get("MessageId"))
+            else:
+                try:
+                    await self.handle(event)
+                    handled += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("events queue: handling %s failed (%s); SQS will redeliver it",
+                                event.get("detail-type"), exc)
+                    continue
+            await asyncio.to_thread(self.sqs.delete_message, QueueUrl=self.queue_url,
+                                    ReceiptHandle=msg["ReceiptHandle"])
+        return handled

@@ -1,0 +1,211 @@
+"""kopf handlers for LlamaFinetune: thin glue between the planner, the SageMaker gateway and status.py.
+
+- create (and re-run after a crash, since kopf records a handler as done only when it returns):
+  validate -> plan -> upload source -> create the training job or adopt the one with the
+  deterministic name, so a restart or re-apply never makes a second job;
+- SQS events update status at once (see `on_event`); a timer Describes as a slow resync;
+- delete: policy Delete stops a running job and holds the finalizer until it has stopped;
+  Retain releases at once.
+The operator writes only `status`, never `spec`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import kopf
+
+from llama_operator import sourcepack
+from llama_operator import status as st
+from llama_operator.aws.events import TRAINING_DETAIL_TYPE, owner_of
+from llama_operator.aws.sagemaker import RetryableError, SageMakerGateway, TerminalError
+from llama_operator.endpoint_status import now_iso
+from llama_operator.handlers import planning
+from llama_operator.handlers.kube import KubeWriter
+from llama_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "llamaops.dev", "v1alpha1", "llamafinetunes"
+RESOURCE = (GROUP, VERSION, PLURAL)
+MAX_RETRY_DELAY = 300.0
+
+
+@dataclass
+class App:
+    settings: Settings
+    sagemaker: SageMakerGateway
+    s3: object
+    kube: KubeWriter = field(default_factory=KubeWriter)
+    allowlist: object = None
+    # training job name -> (namespace, name), for events that carry no owner tags
+    names: dict = field(default_factory=dict)
+
+
+def backoff(settings: Settings, retry: int) -> float:
+    return min(settings.retry_seconds * (2 ** retry), MAX_RETRY_DELAY)
+
+
+def _apply(patch: kopf.Patch, values: dict) -> None:
+    for key, value in values.items():
+        patch.status[key] = value
+
+
+def _event(body, type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message)
+
+
+def register(registry: kopf.OperatorRegistry, app: App) -> None:
+    settings = app.settings
+
+    @kopf.on.event(*RESOURCE, registry=registry)
+    def remember_name(type, name, namespace, uid, status, **_):
+        job = status.get("trainingJobName") or planning.training_job_name(namespace, name, uid)
+        if type == "DELETED":
+            app.names.pop(job, None)
+        else:
+            app.names[job] = (namespace, name)
+
+    @kopf.on.create(*RESOURCE, registry=registry)
+    @kopf.on.resume(*RESOURCE, registry=registry)
+    async def reconcile(spec, body, meta, status, name, namespace, uid, patch, retry, **_):
+        if meta.get("deletionTimestamp"):
+            return
+        generation = meta.get("generation")
+        now = now_iso()
+        if status.get("phase") in st.TERMINAL and status.get("trainingJobName"):
+            return  # a finished job is history; nothing to create again
+        spec = dict(spec)
+        try:
+            model = planning.validate_spec(spec)
+        except Exception as exc:  # pydantic's message names each field
+            message = f"spec rejected: {exc}"
+            _apply(patch, st.failed_before_start(status, "InvalidSpec", message, generation=generation, now=now))
+            _event(body, "Warning", "InvalidSpec", message)
+            return
+        role = spec.get("roleArn", "")
+        if app.allowlist is not None:
+            denied = app.allowlist.check(namespace, role)
+            if denied:
+                _apply(patch, st.failed_before_start(status, "RoleNotAllowed", denied, generation=generation, now=now))
+                _event(body, "Warning", "RoleNotAllowed", denied)
+                return
+        if status.get("phase") in (None, "Pending"):
+            _event(body, "Normal", "Creating", "creating the SageMaker training job")
+        try:
+            probe = planning.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
+                                                         source_s3_uri="s3://placeholder/source.tar.gz",
+                                                         region=settings.region)
+            prefix = settings.source_s3_uri or planning.output_path(probe)
+            source_uri, uploaded = await asyncio.to_thread(sourcepack.upload, app.s3, settings.workloads(), prefix)
+            request = planning.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
+                                                           source_s3_uri=source_uri, region=settings.region)
+            described, created = await asyncio.to_thread(app.sagemaker.ensure_training_job, request)
+        except TerminalError as exc:
+            message = f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
+            _apply(patch, st.failed_before_start(status, exc.code, message, generation=generation, now=now))
+            _event(body, "Warning", exc.code, message)
+            return
+        except RetryableError as exc:
+            delay = backoff(settings, retry)
+            reason = "Throttled" if exc.throttled else "ServiceUnavailable"
+            message = f"{exc.operation}: {exc.code}: {exc.message}; retrying in {delay:.0f}s (attempt {retry + 1})"
+            values = st.pending(status, generation=generation, now=now)
+            values["conditions"] = st.synced(values["conditions"], False, reason, message,
+                                             generation=generation, now=now)
+            _apply(patch, values)
+            _event(body, "Warning", reason, message)
+            raise kopf.TemporaryError(message, delay=delay)
+        except Exception as exc:  # S3, network, anything: retried, never fatal to the operator
+            delay = backoff(settings, retry)
+            message = f"{type(exc).__name__}: {exc}; retrying in {delay:.0f}s"
+            values = st.pending(status, generation=generation, now=now)
+            values["conditions"] = st.synced(values["conditions"], False, "Error", message,
+                                             generation=generation, now=now)
+            _apply(patch, values)
+            raise kopf.TemporaryError(message, delay=delay)
+
+        app.names[request["TrainingJobName"]] = (namespace, name)
+        values, events = st.from_training_job(described, status, generation=generation, now=now)
+        if not values:  # status already ahead (an event got there first)
+            values = {}
+        values.setdefault("trainingJobName", request["TrainingJobName"])
+        values["sourceS3Uri"] = source_uri
+        values["conditions"] = st.synced(values.get("conditions", status.get("conditions")), True,
+                                         "Created" if created else "Adopted",
+                                         f"{'created' if created else 'adopted'} training job "
+                                         f"{request['TrainingJobName']}", generation=generation, now=now)
+        _apply(patch, values)
+        _event(body, "Normal", "Created" if created else "Adopted",
+               f"{'created' if created else 'adopted existing'} training job {request['TrainingJobName']}"
+               + ("" if uploaded else " (source already in S3)"))
+        for type_, reason, message in events:
+            _event(body, type_, reason, message)
+
+    @kopf.timer(*RESOURCE, registry=registry, interval=settings.resync_seconds,
+                initial_delay=settings.resync_seconds, idle=None)
+    async def resync(body, meta, status, name, namespace, uid, patch, **_):
+        if meta.get("deletionTimestamp") or status.get("phase") in st.TERMINAL:
+            return
+        job = status.get("trainingJobName")
+        if not job:
+            return
+        try:
+            described = await asyncio.to_thread(app.sagemaker.describe_training_job, job)
+        except (RetryableError, TerminalError) as exc:
+            log.warning("resync of %s/%s: %s", namespace, name, exc)
+            return
+        if described is None:
+            return
+        values, events = st.from_training_job(described, status, generation=meta.get("generation"), now=now_iso())
+        _apply(patch, values)
+        for type_, reason, message in events:
+            _event(body, type_, reason, message)
+
+    @kopf.on.delete(*RESOURCE, registry=registry)
+    async def finalize(spec, body, status, name, namespace, uid, patch, retry, **_):
+        if planning.deletion_policy(dict(spec)) == "Retain":
+            return
+        job = status.get("trainingJobName") or planning.training_job_name(namespace, name, uid)
+        try:
+            described = await asyncio.to_thread(app.sagemaker.describe_training_job, job)
+            if described is None or described["TrainingJobStatus"] in st.TERMINAL:
+                return  # nothing running: release the finalizer
+            if described["TrainingJobStatus"] == "InProgress":
+                await asyncio.to_thread(app.sagemaker.stop_training_job, job)
+                _event(body, "Normal", "Stopping", f"stopping training job {job} (deletionPolicy Delete)")
+        except TerminalError as exc:
+            _event(body, "Warning", exc.code, f"cannot stop {job}: {exc.message}; releasing the finalizer")
+            return
+        except RetryableError as exc:
+            raise kopf.TemporaryError(f"{exc}", delay=backoff(settings, retry))
+        patch.status["phase"] = "Stopping"
+        raise kopf.TemporaryError(f"waiting for training job {job} to stop", delay=settings.stop_poll_seconds)
+
+    async def on_event(event: dict) -> None:
+        """One SageMaker state-change event from SQS -> the resource's status, at once."""
+        if event.get("detail-type") != TRAINING_DETAIL_TYPE:
+            return
+        detail = event["detail"]
+        job = detail.get("TrainingJobName", "")
+        owner = owner_of(detail)
+        where = (owner[0], owner[1]) if owner else app.names.get(job)
+        if where is None:
+            log.debug("event for training job %s, which no LlamaFinetune owns", job)
+            return
+        obj = await app.kube.get(f"{GROUP}/{VERSION}", PLURAL, *where)
+        if obj is None:
+            return
+        if owner and owner[2] and owner[2] != obj["metadata"].get("uid"):
+            return  # an older object of the same name
+        current = obj.get("status") or {}
+        values, events = st.from_training_job(detail, current, generation=obj["metadata"].get("generation"),
+                                              now=now_iso())
+        if not values:
+            return
+        await app.kube.patch_status(f"{GROUP}/{VERSION}", PLURAL, *where, values)
+        for type_, reason, message in events:
+            await app.kube.post_event(obj, type_, reason, message)
+
+    app.on_event = on_event

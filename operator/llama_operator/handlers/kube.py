@@ -1,0 +1,102 @@
+"""The few Kubernetes calls made outside kopf's handlers (the SQS consumer updates status as soon
+as an event arrives, not at the next handler run): GET an object, merge-patch its status, post an
+Event. Authenticated with the same ConnectionInfo kopf logged in with."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ssl
+import tempfile
+import uuid
+
+import aiohttp
+
+
+class KubeWriter:
+    def __init__(self):
+        self.info = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def set(self, info) -> None:
+        self.info = info
+
+    def _ssl(self):
+        info = self.info
+        if not info.server.startswith("https"):
+            return None
+        if info.insecure:
+            return False
+        ctx = ssl.create_default_context(cafile=info.ca_path)
+        if info.ca_data:
+            ctx.load_verify_locations(cadata=info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data)
+        cert, key = info.certificate_path, info.private_key_path
+        if info.certificate_data and info.private_key_data:
+            cert, key = _tmp(info.certificate_data), _tmp(info.private_key_data)
+        if cert and key:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self.info is None:
+            raise RuntimeError("not logged in to Kubernetes yet")
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            if self.info.token:
+                headers["Authorization"] = f"{self.info.scheme or 'Bearer'} {self.info.token}"
+            elif self.info.username and self.info.password:
+                raw = base64.b64encode(f"{self.info.username}:{self.info.password}".encode()).decode()
+                headers["Authorization"] = f"Basic {raw}"
+            self._session = aiohttp.ClientSession(base_url=None, headers=headers,
+                                                  connector=aiohttp.TCPConnector(ssl=self._ssl()),
+                                                  timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, group_version: str, plural: str, namespace: str, name: str | None = None, sub: str = "") -> str:
+        base = self.info.server.rstrip("/") + (f"/apis/{group_version}" if "/" in group_version else "/api/v1")
+        url = f"{base}/namespaces/{namespace}/{plural}"
+        return url + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+    async def get(self, group_version: str, plural: str, namespace: str, name: str) -> dict | None:
+        http = await self._http()
+        async with http.get(self._url(group_version, plural, namespace, name)) as resp:
+            if resp.status == 404:
+                return None
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def patch_status(self, group_version: str, plural: str, namespace: str, name: str, status: dict) -> None:
+        http = await self._http()
+        async with http.patch(self._url(group_version, plural, namespace, name, "status"), json={"status": status},
+                              headers={"Content-Type": "application/merge-patch+json"}) as resp:
+            if resp.status != 404:
+                resp.raise_for_status()
+
+    async def post_event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"namespace": meta["namespace"], "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}"},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": type_, "reason": reason[:128], "message": message[:1024],
+            "source": {"component": "llama-operator"}, "reportingComponent": "llama-operator",
+            "firstTimestamp": now, "lastTimestamp": now, "eventTime": None, "count": 1,
+        }
+        http = await self._http()
+        async with http.post(self._url("v1", "events", meta["namespace"]), json=event) as resp:
+            if resp.status >= 400 and resp.status not in (403, 404):  # events are best effort
+                resp.raise_for_status()
+
+
+def _tmp(data) -> str:
+    f = tempfile.NamedTemporaryFile(delete=False, suffix=".pem")
+    f.write(data if isinstance(data, bytes) else data.encode())
+    f.close()
+    return f.name

@@ -1,0 +1,73 @@
+"""The training source tarball: `workloads/` packed reproducibly and stored content-addressed.
+
+Same files -> same bytes -> same sha256 -> same key, so re-applies and restarts upload nothing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+_SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+def _files(root: Path) -> list[Path]:
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part in _SKIP_DIRS for part in rel.parts) or path.suffix in _SKIP_SUFFIXES:
+            continue
+        if path.is_file():
+            out.append(path)
+    return out
+
+
+def pack(root: Path) -> bytes:
+    """A gzipped tar of `root`: sorted entries, fixed mtimes/owners/modes, no caches."""
+    root = Path(root)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in _files(root):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0, 0, "", ""
+            info.mode = 0o755 if path.stat().st_mode & 0o100 else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def source_uri(prefix_uri: str, digest: str) -> str:
+    bucket, prefix = split_s3_uri(prefix_uri)
+    prefix = prefix.strip("/")
+    key = f"{prefix}/source/{digest}.tar.gz" if prefix else f"source/{digest}.tar.gz"
+    return f"s3://{bucket}/{key}"
+
+
+def upload(s3, root: Path, prefix_uri: str) -> tuple[str, bool]:
+    """(s3 URI of the tarball, uploaded?) — the upload is skipped when the key already exists."""
+    from botocore.exceptions import ClientError
+
+    body = pack(root)
+    uri = source_uri(prefix_uri, hashlib.sha256(body).hexdigest())
+    bucket, key = split_s3_uri(uri)
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return uri, False
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            raise
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip")
+    return uri, True

@@ -1,0 +1,174 @@
+"""LlamaFinetune status from what SageMaker says about the training job (pure: no I/O).
+
+One function takes either a DescribeTrainingJob response (the resync fallback) or the `detail` of a
+"SageMaker Training Job State Change" event (the main path); both carry the Describe fields, events
+with timestamps in epoch milliseconds. Delivery is at least once and unordered, so each
+observation is ranked by (LastModifiedTime, how far along the job is) and one that ranks below
+what status already shows is dropped: duplicate, late or out-of-order events never move status
+backwards, and a terminal phase is final.
+
+Phases: Pending (accepted, nothing sent yet), Creating (CreateTrainingJob in flight or being
+retried), InProgress, Completed, Failed, Stopping, Stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from llama_operator.endpoint_status import iso, set_condition, to_epoch
+
+PHASES = ("Pending", "Creating", "InProgress", "Completed", "Failed", "Stopping", "Stopped")
+TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
+CONDITION_TYPES = ("Ready", "Progressing", "Failed", "Synced")
+
+# How far along a job is, for ordering observations that carry the same LastModifiedTime.
+_SECONDARY_RANK = {s: i for i, s in enumerate(
+    ("Starting", "Pending", "LaunchingMLInstances", "PreparingTrainingStack", "Downloading",
+     "DownloadingTrainingImage", "Training", "Restarting", "Uploading", "Interrupted", "Stopping",
+     "MaxRuntimeExceeded", "MaxWaitTimeExceeded", "Updating", "Completed", "Failed", "Stopped"))}
+_PHASE_RANK = {"Pending": 0, "Creating": 1, "InProgress": 2, "Stopping": 3, "Completed": 4, "Failed": 4, "Stopped": 4}
+
+
+def phase_of(training_job_status: str) -> str:
+    return training_job_status if training_job_status in PHASES else "InProgress"
+
+
+def _rank(phase: str, secondary: str | None) -> tuple[int, int]:
+    return _PHASE_RANK.get(phase, 0), _SECONDARY_RANK.get(secondary or "", 0)
+
+
+def is_stale(current: Mapping[str, Any] | None, phase: str, secondary: str | None, modified: float | None) -> bool:
+    """True when an observation must not be applied over `current` status."""
+    current = current or {}
+    cur_phase = current.get("phase")
+    if cur_phase in TERMINAL and phase != cur_phase:
+        return True  # a terminal phase is final
+    last = to_epoch(current.get("lastEventTime"))
+    if last is not None and modified is not None:
+        if modified < last:
+            return True
+        if modified == last and _rank(phase, secondary) < _rank(cur_phase or "Pending", current.get("secondaryStatus")):
+            return True
+    return False
+
+
+def training_loss(metrics: list[Mapping[str, Any]] | None) -> float | None:
+    """The last reported training loss from FinalMetricDataList, if the job reports one."""
+    best = None
+    for m in metrics or []:
+        name = str(m.get("MetricName", "")).lower()
+        if "loss" in name and "eval" not in name and "val" not in name:
+            best = float(m["Value"])
+    return best
+
+
+def model_s3_uri(output_path: str | None, job_name: str) -> str | None:
+    """Where the training workload pushes the fine-tuned model (outside SageMaker's tarball)."""
+    if not output_path:
+        return None
+    return f"{output_path.rstrip('/')}/{job_name}/model/"
+
+
+def conditions_for(phase: str, reason: str, message: str, previous, *, generation: int | None, now: str) -> list[dict]:
+    truth = {
+        "Ready": phase == "Completed",
+        "Progressing": phase in ("Pending", "Creating", "InProgress", "Stopping"),
+        "Failed": phase == "Failed",
+    }
+    conds = list(previous or [])
+    for type_, value in truth.items():
+        conds = set_condition(conds, type_, value, reason, message if value else f"{type_} is False while the "
+                              f"training job is {phase}", generation=generation, now=now)
+    return conds
+
+
+def synced(previous, ok: bool, reason: str, message: str, *, generation: int | None, now: str) -> list[dict]:
+    """The Synced condition: does status reflect SageMaker, or is a call being retried."""
+    return set_condition(previous, "Synced", ok, reason, message, generation=generation, now=now)
+
+
+def from_training_job(detail: Mapping[str, Any], current: Mapping[str, Any] | None, *, generation: int | None,
+                      now: str) -> tuple[dict, list[tuple[str, str, str]]]:
+    """(status patch, Events to post) for one observation of the job; ({}, []) when it is stale.
+
+    Events are (type, reason, message), one for each phase or secondary-status transition."""
+    current = current or {}
+    status = detail.get("TrainingJobStatus", "InProgress")
+    phase = phase_of(status)
+    secondary = detail.get("SecondaryStatus")
+    modified = to_epoch(detail.get("LastModifiedTime")) or to_epoch(detail.get("CreationTime"))
+    if is_stale(current, phase, secondary, modified):
+        return {}, []
+
+    name = detail.get("TrainingJobName") or current.get("trainingJobName")
+    patch: dict[str, Any] = {"phase": phase, "trainingJobName": name, "secondaryStatus": secondary}
+    if detail.get("TrainingJobArn"):
+        patch["trainingJobArn"] = detail["TrainingJobArn"]
+    if modified is not None:
+        patch["lastEventTime"] = iso(modified)
+    for src, dst in (("TrainingStartTime", "startTime"), ("TrainingEndTime", "endTime")):
+        t = to_epoch(detail.get(src))
+        if t is not None:
+            patch[dst] = iso(t)
+    if detail.get("BillableTimeInSeconds") is not None:
+        patch["billableSeconds"] = int(detail["BillableTimeInSeconds"])
+    loss = training_loss(detail.get("FinalMetricDataList"))
+    if loss is not None:
+        patch["trainingLoss"] = loss
+    artifacts = (detail.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    if artifacts:
+        patch["modelArtifacts"] = artifacts
+    if phase == "Completed":
+        patch["modelS3Uri"] = model_s3_uri((detail.get("OutputDataConfig") or {}).get("S3OutputPath"), name)
+    failure = detail.get("FailureReason")
+    if failure and phase in ("Failed", "Stopped"):
+        patch["failureReason"] = failure
+
+    reason, message = _reason(phase, secondary, detail)
+    patch["conditions"] = conditions_for(phase, reason, message, current.get("conditions"), generation=generation,
+                                         now=now)
+    if generation is not None:
+        patch["observedGeneration"] = generation
+
+    events: list[tuple[str, str, str]] = []
+    if phase != current.get("phase") or secondary != current.get("secondaryStatus"):
+        kind = "Warning" if phase in ("Failed",) else "Normal"
+        events.append((kind, reason, message))
+    return patch, events
+
+
+def _reason(phase: str, secondary: str | None, detail: Mapping[str, Any]) -> tuple[str, str]:
+    name = detail.get("TrainingJobName", "")
+    transitions = detail.get("SecondaryStatusTransitions") or []
+    last_msg = (transitions[-1].get("StatusMessage") if transitions else None) or ""
+    if phase == "Completed":
+        return "TrainingJobCompleted", f"training job {name} completed; model artifacts at " \
+                                       f"{(detail.get('ModelArtifacts') or {}).get('S3ModelArtifacts', '')}".rstrip()
+    if phase == "Failed":
+        return "TrainingJobFailed", f"training job {name} failed: {detail.get('FailureReason') or 'no reason given'}"
+    if phase == "Stopped":
+        why = f" ({secondary})" if secondary and secondary != "Stopped" else ""
+        return "TrainingJobStopped", f"training job {name} stopped{why}"
+    if phase == "Stopping":
+        return "TrainingJobStopping", f"training job {name} is stopping"
+    return (secondary or "InProgress"), f"training job {name}: {secondary or status_word(phase)}" + \
+        (f" - {last_msg}" if last_msg else "")
+
+
+def status_word(phase: str) -> str:
+    return phase.lower()
+
+
+def pending(current, *, generation: int | None, now: str, phase: str = "Creating", reason: str = "Creating",
+            message: str = "creating the SageMaker training job") -> dict:
+    """Status while CreateTrainingJob has not yet been accepted."""
+    return {"phase": phase, "observedGeneration": generation,
+            "conditions": conditions_for(phase, reason, message, (current or {}).get("conditions"),
+                                         generation=generation, now=now)}
+
+
+def failed_before_start(current, reason: str, message: str, *, generation: int | None, now: str) -> dict:
+    """Status when the job could not be created at all (spec rejected here or by SageMaker)."""
+    conds = conditions_for("Failed", reason, message, (current or {}).get("conditions"), generation=generation, now=now)
+    conds = synced(conds, True, reason, message, generation=generation, now=now)
+    return {"phase": "Failed", "failureReason": message, "observedGeneration": generation, "conditions": conds}

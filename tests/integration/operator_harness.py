@@ -1,0 +1,123 @@
+"""The real operator (kopf, our handlers) against the embedded Kubernetes API and the local
+SageMaker service, for the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from llama_operator import runner
+from llama_operator.settings import Settings
+
+API = "llamaops.dev/v1alpha1"
+PLURAL = "llamafinetunes"
+
+# Tiny stand-ins for workloads/: the job's behaviour follows the resource's name, which the
+# deterministic training job name starts with.
+TRAIN_ENTRY = '''
+import json, os, pathlib, sys, time
+env = json.loads(os.environ.get("SM_TRAINING_ENV", "{}"))
+job = env.get("job_name", "")
+if "fail" in job:
+    print("tokenizer check", flush=True)
+    raise SystemExit("tokenizer missing: expected tokenizer.json under the base model")
+if "slow" in job:
+    print("training slowly", flush=True)
+    time.sleep(120)
+model = pathlib.Path(os.environ["SM_MODEL_DIR"])
+base = json.loads(os.environ.get("SM_HPS", "{}")).get("base_model")
+(model / "trained.json").write_text(json.dumps({"base": base, "job": job}))
+for step, loss in enumerate((1.5, 0.9, 0.42)):
+    print(f"step={step} loss={loss}", flush=True)
+    print(json.dumps({"loss": loss, "step": step}), flush=True)
+'''
+
+
+def write_workloads(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("train_entry.py", "train.py"):
+        (root / name).write_text(TRAIN_ENTRY)
+    return root
+
+
+def finetune(name: str, bucket: str, *, namespace: str = "default", policy: str = "Delete", **spec) -> dict:
+    body = {
+        "baseModel": {"s3Uri": f"s3://{bucket}/models/tiny/"},
+        "dataset": {"train": f"s3://{bucket}/data/dailydialog/"},
+        "resources": {"instanceType": "ml.m5.xlarge", "instanceCount": 1, "volumeSizeGB": 30,
+                      "maxRuntimeSeconds": 600},
+        "hyperparameters": {"epochs": 1, "learningRate": 0.0002, "maxSequenceLength": 256},
+        "roleArn": "arn:aws:iam::123456789012:role/sagemaker-finetune",
+        "outputS3Uri": f"s3://{bucket}/output",
+        "tags": {"team": "dialog"},
+        "deletionPolicy": policy,
+    }
+    body.update(spec)
+    return {"apiVersion": API, "kind": "LlamaFinetune", "metadata": {"name": name, "namespace": namespace},
+            "spec": body}
+
+
+class InProcessOperator:
+    """kopf.operator() in a thread with its own event loop, stopped through kopf's stop flag."""
+
+    def __init__(self, settings: Settings, kubeconfig: Path, sagemaker_client=None):
+        self.registry = runner.build_registry(settings, kubeconfig=str(kubeconfig), sagemaker_client=sagemaker_client)
+        self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="operator", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(runner.operator_coroutine(self.registry, stop_flag=self.stop_flag, ready_flag=self.ready_flag))
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> "InProcessOperator":
+        self.thread.start()
+        assert self.ready_flag.wait(30), f"operator did not get ready: {self.error!r}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_flag.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "operator did not stop"
+
+
+class SubprocessOperator:
+    """`llama-operator run` as a process of its own, which a test may kill outright."""
+
+    def __init__(self, kubeconfig: Path, env: dict, log_path: Path, extra=()):
+        self.cmd = [sys.executable, "-m", "llama_operator", "run", "-A", "--standalone",
+                    "--kubeconfig", str(kubeconfig), *extra]
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "SubprocessOperator":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc:
+            self.proc.wait(30)
+        self._log.close()
+
+
+def wait_for(fn, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
