@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import List, Literal, Optional
 
 from pydantic import Field, model_validator
@@ -11,6 +12,10 @@ from .common import Image, InstanceType, RoleArn, S3Uri, SpecModel, Tags, enviro
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
+BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|g3|g3s|g4dn)[.]")
+
+MSG_BF16 = ("serving.dtype bf16 needs an Ampere or newer GPU: on ml.p3/ml.g4dn instances set serving.dtype to "
+            "fp16, or pick an ml.g5/ml.g6/ml.p4d instance type")
 MSG_ONE_MODEL = "set exactly one of model.s3Uri or model.fromFinetune"
 MSG_VLLM_ONLY = ("serving.maxRollingBatchSize and serving.maxModelLength apply only to serving.engine vllm: "
                  "remove them or set engine to vllm")
@@ -93,3 +98,9 @@ class LlamaEndpointSpec(SpecModel):
     environment: environment_type(1024, 1024) = {}
     tags: Tags = {}
     deletion_policy: Literal["Delete", "Retain"] = "Delete"
+
+    @model_validator(mode="after")
+    def _dtype_fits_the_gpu(self):
+        if self.serving.dtype == "bf16" and BF16_LESS_INSTANCES.match(self.resources.instance_type):
+            raise ValueError(MSG_BF16)
+        return self
