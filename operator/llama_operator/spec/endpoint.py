@@ -19,6 +19,8 @@ MSG_BF16 = ("serving.dtype bf16 needs an Ampere or newer GPU: on ml.p3/ml.g4dn i
 MSG_ONE_MODEL = "set exactly one of model.s3Uri or model.fromFinetune"
 MSG_VLLM_ONLY = ("serving.maxRollingBatchSize and serving.maxModelLength apply only to serving.engine vllm: "
                  "remove them or set engine to vllm")
+MSG_TP_VLLM = ("serving.tensorParallelDegree above 1 needs serving.engine vllm (the batching engine runs one "
+               "model copy on one GPU): remove it or set engine to vllm")
 MSG_BATCHING_ONLY = ("serving.maxBatchSize and serving.maxWaitMs apply only to serving.engine batching: "
                      "remove them or set engine to batching")
 MSG_CANARY = ("deployment.canaryPercent applies only to deployment.strategy Canary: remove it or set "
@@ -58,6 +60,8 @@ class Serving(SpecModel):
     def _engine_knobs(self):
         if self.engine != "vllm" and (self.max_rolling_batch_size is not None or self.max_model_length is not None):
             raise ValueError(MSG_VLLM_ONLY)
+        if self.engine != "vllm" and self.tensor_parallel_degree not in (None, 1):
+            raise ValueError(MSG_TP_VLLM)
         if self.engine != "batching" and (self.max_batch_size is not None or self.max_wait_ms is not None):
             raise ValueError(MSG_BATCHING_ONLY)
         return self
