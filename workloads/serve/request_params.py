@@ -36,6 +36,7 @@ class GenerationParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     return_full_text: bool = False
+    details: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -100,6 +101,7 @@ def parse_parameters(raw: Any, *, default_max_new_tokens: int = 64,
         max_new_tokens=max_new, temperature=temperature, top_p=top_p, do_sample=do_sample,
         stop=tuple(stop), ignore_eos=_flag("ignore_eos", raw.get("ignore_eos", False)),
         return_full_text=_flag("return_full_text", raw.get("return_full_text", False)),
+        details=_flag("details", raw.get("details", False)),
     )
 
 
