@@ -36,9 +36,33 @@ def _lmi_module() -> ModuleType:
     return module
 
 
+def lmi_settings(engine: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The planner's engine knobs (plan.endpoint.serving_settings) in the renderer's vocabulary:
+    the batching engine's batch size is LMI's rolling batch size; a tensor parallel degree of
+    "max" (all GPUs) is the renderer's default and is left out; knobs an engine does not take
+    are dropped rather than rejected, since the spec's own rules already refused them."""
+    out: dict[str, Any] = {}
+    if settings.get("dtype") is not None:
+        out["dtype"] = settings["dtype"]
+    tp = settings.get("tensor_parallel_degree")
+    if isinstance(tp, int) and not isinstance(tp, bool) and (engine == "vllm" or tp == 1):
+        out["tensor_parallel_degree"] = tp
+    if engine == "batching":
+        for src, dst in (("max_batch_size", "max_rolling_batch_size"), ("max_wait_ms", "max_wait_ms"),
+                         ("max_new_tokens", "max_new_tokens")):
+            if settings.get(src) is not None:
+                out[dst] = settings[src]
+    else:
+        for key in ("max_rolling_batch_size", "max_model_len"):
+            if settings.get(key) is not None:
+                out[key] = settings[key]
+    return out
+
+
 def render(engine: str, model_s3_uri: str, settings: Mapping[str, Any]) -> dict[str, str]:
-    """{filename: text} of the LMI artifacts for this model and engine."""
-    files = _lmi_module().render_artifacts(engine, model_s3_uri, dict(settings))
+    """{filename: text} of the LMI artifacts for this model and engine; `settings` as the
+    planner gives them (see `lmi_settings`)."""
+    files = _lmi_module().render_artifacts(engine, model_s3_uri, lmi_settings(engine, settings))
     if not files:
         raise ValueError(f"render_artifacts({engine!r}) produced no files")
     return {str(k): str(v) for k, v in files.items()}

@@ -10,11 +10,10 @@ import textwrap
 import uuid
 
 import pytest
-from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from llama_operator import endpoint_code
-from llama_operator.aws.endpoints import EndpointApiError, EndpointGateway, classify
+from llama_operator.aws.endpoints import EndpointGateway, RetryableError, TerminalError
 from llama_operator.local.stack import LocalStack
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/gateway-echo:1"
@@ -115,9 +114,9 @@ def test_create_adopt_list_collect_delete(gw_stack, sm, gw):
 
     # Someone else's model with a name we would use is refused, not taken over.
     sm.create_model(**model_request(f"{base}-foreign", other_uid, code1))
-    with pytest.raises(EndpointApiError) as err:
+    with pytest.raises(TerminalError) as err:
         gw.ensure_model(model_request(f"{base}-foreign", uid, code1), uid)
-    assert err.value.terminal and "belongs to another resource" in err.value.message
+    assert "belongs to another resource" in err.value.message
 
     # A second generation: new model and config; the first stays until the switch.
     gw.ensure_model(model_request(f"{base}-m2", uid, code2), uid)
@@ -136,6 +135,12 @@ def test_create_adopt_list_collect_delete(gw_stack, sm, gw):
     body = json.loads(rt.invoke_endpoint(EndpointName=base, Body=b"{}", ContentType="application/json")["Body"].read())
     assert body["properties"] == "option.model_id=one\n"  # the code prefix became the model dir
 
+    # While c1 serves, the newer c2/m2 may be an update being prepared: spared, not collected.
+    spared = gw.delete_owned(uid, keep=[f"{base}-m1", f"{base}-c1"], name_contains=base,
+                             spare_after=gw.config_created(f"{base}-c1"))
+    assert spared.empty()
+    assert gw.owned(uid, name_contains=base).models == [f"{base}-m1", f"{base}-m2"]
+
     # Collect everything but what serves and what is wanted.
     done = gw.delete_owned(uid, keep=[f"{base}-c2", f"{base}-m2", base], name_contains=base)
     assert (done.endpoint_configs, done.models) == ([f"{base}-c1"], [f"{base}-m1"])
@@ -153,21 +158,20 @@ def test_create_adopt_list_collect_delete(gw_stack, sm, gw):
 
 
 def test_errors_are_classified(sm, gw):
-    with pytest.raises(EndpointApiError) as err:
+    with pytest.raises(TerminalError) as err:
         gw.ensure_endpoint_config(config_request("gw-no-model", "gw-model-that-does-not-exist", "u"), "u")
-    assert err.value.terminal and err.value.code == "ValidationException"
+    assert err.value.code == "ValidationException"
     assert "Could not find model" in err.value.message
     assert gw.describe_endpoint("gw-never-created") is None
 
 
 def test_throttling_is_transient(sm):
-    stubbed = EndpointGateway(sm)
+    calls = []
+    stubbed = EndpointGateway(sm, on_call=lambda op, outcome: calls.append((op, outcome)))
     with Stubber(sm) as stub:
         stub.add_client_error("describe_endpoint", service_error_code="ThrottlingException",
                               service_message="Rate exceeded", http_status_code=400)
-        with pytest.raises(EndpointApiError) as err:
+        with pytest.raises(RetryableError) as err:
             stubbed.describe_endpoint("anything")
-    assert err.value.terminal is False and err.value.code == "ThrottlingException"
-    exc = ClientError({"Error": {"Code": "InternalFailure", "Message": "x"},
-                       "ResponseMetadata": {"HTTPStatusCode": 500}}, "CreateEndpoint")
-    assert classify("create_endpoint", exc).terminal is False
+    assert err.value.throttled and err.value.code == "ThrottlingException"
+    assert calls[-1] == ("DescribeEndpoint", "ThrottlingException")

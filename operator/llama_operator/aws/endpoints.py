@@ -4,34 +4,25 @@ Creates are idempotent by name: the planner names every object deterministically
 models and configs), so "already exists" after a restart or a re-apply means "adopt it" — after
 checking that its owner tags are ours, so a foreign object with a colliding name is never taken
 over. Deletes treat "not found" as done. Throttling and 5xx are retried by the client's retry
-mode; what is left is classified for the handler (terminal vs transient)."""
+mode; what is left comes out as the training gateway's `TerminalError` / `RetryableError`."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+
+from llama_operator.aws.sagemaker import RetryableError, SageMakerError, TerminalError, classify
+
+__all__ = ["EndpointGateway", "Owned", "RetryableError", "SageMakerError", "TerminalError"]
 
 log = logging.getLogger(__name__)
 
 OWNER_UID_TAG = "llamaops.dev/uid"
-OWNER_KIND_TAG = "llamaops.dev/kind"
-
-# Codes after which retrying the same request cannot help: the spec or the account must change.
-TERMINAL_CODES = {"ValidationException", "ResourceLimitExceeded", "AccessDeniedException", "AccessDenied",
-                  "UnrecognizedClientException", "InvalidParameterValue", "IncompleteSignature",
-                  "MissingParameter", "InvalidClientTokenId"}
-
-
-class EndpointApiError(Exception):
-    """A SageMaker error with its classification. `terminal`: the same request will fail again."""
-
-    def __init__(self, operation: str, code: str, message: str, terminal: bool):
-        super().__init__(f"{operation}: {code}: {message}")
-        self.operation, self.code, self.message, self.terminal = operation, code, message, terminal
 
 
 def _code(exc: ClientError) -> tuple[str, str]:
@@ -40,6 +31,7 @@ def _code(exc: ClientError) -> tuple[str, str]:
 
 
 def _not_found(exc: ClientError) -> bool:
+    # SageMaker answers an unknown model/config/endpoint with ValidationException "Could not find ...".
     code, message = _code(exc)
     return code in ("ResourceNotFound", "ValidationException") and (
         "Could not find" in message or "not found" in message.lower() or "does not exist" in message)
@@ -51,34 +43,45 @@ def _already_exists(exc: ClientError) -> bool:
         "already existing" in message or "already exists" in message)
 
 
-def classify(operation: str, exc: ClientError) -> EndpointApiError:
-    code, message = _code(exc)
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    terminal = code in TERMINAL_CODES or (400 <= status < 500 and code not in (
-        "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"))
-    return EndpointApiError(operation, code, message, terminal)
-
-
 @dataclass
 class Owned:
     """SageMaker objects carrying one resource's owner uid tag."""
     endpoints: list[str]
     endpoint_configs: list[str]
     models: list[str]
+    created: dict[str, Any] = field(default_factory=dict)  # name -> CreationTime
 
     def empty(self) -> bool:
         return not (self.endpoints or self.endpoint_configs or self.models)
 
 
-class EndpointGateway:
-    def __init__(self, client):
-        self.sm = client
+def _op(method: str) -> str:
+    return "".join(part.capitalize() for part in method.split("_"))
 
-    def _call(self, operation: str, **kwargs) -> dict:
+
+class EndpointGateway:
+    def __init__(self, client, *, on_call=None):
+        self.sm = client
+        self._on_call = on_call or (lambda operation, outcome: None)
+
+    def _raw(self, method: str, **kwargs) -> dict:
+        """The call, counted; botocore's exceptions pass through for the caller to interpret."""
         try:
-            return getattr(self.sm, operation)(**kwargs)
+            out = getattr(self.sm, method)(**kwargs)
         except ClientError as exc:
-            raise classify(operation, exc) from exc
+            self._on_call(_op(method), _code(exc)[0])
+            raise
+        except BotoCoreError as exc:
+            self._on_call(_op(method), type(exc).__name__)
+            raise classify(exc, _op(method)) from exc
+        self._on_call(_op(method), "ok")
+        return out
+
+    def _call(self, method: str, **kwargs) -> dict:
+        try:
+            return self._raw(method, **kwargs)
+        except ClientError as exc:
+            raise classify(exc, _op(method)) from exc
 
     # ownership -----------------------------------------------------------------------------
     def tags(self, arn: str) -> dict[str, str]:
@@ -94,21 +97,21 @@ class EndpointGateway:
     def _check_owner(self, what: str, name: str, arn: str, uid: str) -> None:
         owner = self.tags(arn).get(OWNER_UID_TAG)
         if owner != uid:
-            raise EndpointApiError(
-                f"adopt {what}", "NotOwned",
+            raise TerminalError(
+                "NameCollision",
                 f"a SageMaker {what} named {name} already exists and belongs to "
                 f"{'another resource (uid ' + owner + ')' if owner else 'no LlamaEndpoint'}; "
-                "delete it or rename this LlamaEndpoint", terminal=True)
+                "delete it or rename this LlamaEndpoint", f"adopt {what}")
 
     # create or adopt -----------------------------------------------------------------------
     def ensure_model(self, request: dict, uid: str) -> str:
         """CreateModel, or adopt the same-named model we made before. Returns its ARN."""
         name = request["ModelName"]
         try:
-            return self.sm.create_model(**request)["ModelArn"]
+            return self._raw("create_model", **request)["ModelArn"]
         except ClientError as exc:
             if not _already_exists(exc):
-                raise classify("create_model", exc) from exc
+                raise classify(exc, _op("create_model")) from exc
         arn = self._call("describe_model", ModelName=name)["ModelArn"]
         self._check_owner("model", name, arn, uid)
         log.info("adopted existing model %s", name)
@@ -117,10 +120,10 @@ class EndpointGateway:
     def ensure_endpoint_config(self, request: dict, uid: str) -> str:
         name = request["EndpointConfigName"]
         try:
-            return self.sm.create_endpoint_config(**request)["EndpointConfigArn"]
+            return self._raw("create_endpoint_config", **request)["EndpointConfigArn"]
         except ClientError as exc:
             if not _already_exists(exc):
-                raise classify("create_endpoint_config", exc) from exc
+                raise classify(exc, _op("create_endpoint_config")) from exc
         arn = self._call("describe_endpoint_config", EndpointConfigName=name)["EndpointConfigArn"]
         self._check_owner("endpoint configuration", name, arn, uid)
         log.info("adopted existing endpoint configuration %s", name)
@@ -130,10 +133,10 @@ class EndpointGateway:
         """CreateEndpoint, or adopt the same-named endpoint. Returns DescribeEndpoint's answer."""
         name = request["EndpointName"]
         try:
-            self.sm.create_endpoint(**request)
+            self._raw("create_endpoint", **request)
         except ClientError as exc:
             if not _already_exists(exc):
-                raise classify("create_endpoint", exc) from exc
+                raise classify(exc, _op("create_endpoint")) from exc
             described = self._call("describe_endpoint", EndpointName=name)
             self._check_owner("endpoint", name, described["EndpointArn"], uid)
             log.info("adopted existing endpoint %s", name)
@@ -143,11 +146,19 @@ class EndpointGateway:
     # endpoint ------------------------------------------------------------------------------
     def describe_endpoint(self, name: str) -> dict | None:
         try:
-            return self.sm.describe_endpoint(EndpointName=name)
+            return self._raw("describe_endpoint", EndpointName=name)
         except ClientError as exc:
             if _not_found(exc):
                 return None
-            raise classify("describe_endpoint", exc) from exc
+            raise classify(exc, _op("describe_endpoint")) from exc
+
+    def config_created(self, name: str) -> dt.datetime | None:
+        try:
+            return self._raw("describe_endpoint_config", EndpointConfigName=name).get("CreationTime")
+        except ClientError as exc:
+            if _not_found(exc):
+                return None
+            raise classify(exc, "DescribeEndpointConfig") from exc
 
     def update_endpoint(self, request: dict) -> None:
         self._call("update_endpoint", **request)
@@ -155,30 +166,30 @@ class EndpointGateway:
     def delete_endpoint(self, name: str) -> bool:
         """DeleteEndpoint; False when it was already gone."""
         try:
-            self.sm.delete_endpoint(EndpointName=name)
+            self._raw("delete_endpoint", EndpointName=name)
             return True
         except ClientError as exc:
             if _not_found(exc):
                 return False
-            raise classify("delete_endpoint", exc) from exc
+            raise classify(exc, _op("delete_endpoint")) from exc
 
     def delete_endpoint_config(self, name: str) -> bool:
         try:
-            self.sm.delete_endpoint_config(EndpointConfigName=name)
+            self._raw("delete_endpoint_config", EndpointConfigName=name)
             return True
         except ClientError as exc:
             if _not_found(exc):
                 return False
-            raise classify("delete_endpoint_config", exc) from exc
+            raise classify(exc, _op("delete_endpoint_config")) from exc
 
     def delete_model(self, name: str) -> bool:
         try:
-            self.sm.delete_model(ModelName=name)
+            self._raw("delete_model", ModelName=name)
             return True
         except ClientError as exc:
             if _not_found(exc):
                 return False
-            raise classify("delete_model", exc) from exc
+            raise classify(exc, _op("delete_model")) from exc
 
     def wait_endpoint_gone(self, name: str, timeout: float, interval: float = 1.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -190,14 +201,14 @@ class EndpointGateway:
 
     # listing by owner ----------------------------------------------------------------------
     def _list(self, operation: str, key: str, name_key: str, arn_key: str, name_contains: str | None
-              ) -> Iterable[tuple[str, str]]:
+              ) -> Iterable[tuple[str, str, Any]]:
         kwargs: dict[str, Any] = {"MaxResults": 100}
         if name_contains:
             kwargs["NameContains"] = name_contains
         while True:
             resp = self._call(operation, **kwargs)
             for item in resp.get(key, []):
-                yield item[name_key], item[arn_key]
+                yield item[name_key], item[arn_key], item.get("CreationTime")
             if not resp.get("NextToken"):
                 return
             kwargs["NextToken"] = resp["NextToken"]
@@ -205,13 +216,16 @@ class EndpointGateway:
     def owned(self, uid: str, *, name_contains: str | None = None) -> Owned:
         """Every endpoint, endpoint config and model tagged with this owner uid. `name_contains`
         narrows the listing (the deterministic names share a prefix) before tags are read."""
+        created: dict[str, Any] = {}
+
         def mine(operation, key, name_key, arn_key):
             out = []
-            for name, arn in self._list(operation, key, name_key, arn_key, name_contains):
+            for name, arn, when in self._list(operation, key, name_key, arn_key, name_contains):
                 try:
                     if self.tags(arn).get(OWNER_UID_TAG) == uid:
                         out.append(name)
-                except EndpointApiError as exc:
+                        created[name] = when
+                except TerminalError as exc:
                     if exc.code not in ("ResourceNotFound", "ValidationException"):
                         raise  # else: deleted between the listing and the tag read
             return sorted(out)
@@ -221,14 +235,25 @@ class EndpointGateway:
             endpoint_configs=mine("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
                                   "EndpointConfigArn"),
             models=mine("list_models", "Models", "ModelName", "ModelArn"),
+            created=created,
         )
 
     def delete_owned(self, uid: str, *, keep: Iterable[str] = (), name_contains: str | None = None,
-                     endpoints: bool = False) -> Owned:
+                     endpoints: bool = False, spare_after: dt.datetime | None = None,
+                     grace: dt.timedelta = dt.timedelta(minutes=15)) -> Owned:
         """Delete this owner's configs and models except `keep` (and its endpoints too when
-        `endpoints`); returns what was deleted."""
+        `endpoints`); returns what was deleted.
+
+        `spare_after`: objects created after this moment and less than `grace` ago are left alone:
+        they may belong to an update being prepared right now (its handler has created them but
+        not yet recorded the new spec hash in status)."""
         keep = set(keep)
         found = self.owned(uid, name_contains=name_contains)
+        if spare_after is not None:
+            now = dt.datetime.now(dt.timezone.utc)
+            for name, when in found.created.items():
+                if isinstance(when, dt.datetime) and when > spare_after and now - when < grace:
+                    keep.add(name)
         done = Owned([], [], [])
         if endpoints:
             for name in found.endpoints:

@@ -273,16 +273,16 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
     def backoff(retry: int) -> float:
         return min(timing.busy_retry * (2 ** min(retry, 8)), MAX_RETRY_DELAY)
 
-    @kopf.index(GROUP, VERSION, FINETUNES, registry=registry)
+    @kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")
     def llama_finetunes(namespace, name, status, **_):
         """LlamaFinetunes by (namespace, name): what an endpoint `fromFinetune` needs."""
         status = status or {}
         return {(namespace, name): {"phase": status.get("phase"), "modelS3Uri": status.get("modelS3Uri"),
                                     "failureReason": status.get("failureReason")}}
 
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, registry=registry, field="spec")
+    @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")
+    @kopf.on.create(*RESOURCE, registry=registry, id="reconcile")
+    @kopf.on.update(*RESOURCE, registry=registry, id="reconcile", field="spec")
     def reconcile(spec, status, meta, namespace, name, uid, body, patch, retry, llama_finetunes, **_):
         """Bring SageMaker to the spec: model, config, endpoint (create, adopt, or blue/green)."""
         status = dict(status or {})
@@ -366,7 +366,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         if merged.get("phase") == "InService":
             collect(gw, namespace, name, uid, model=plan.model_name, config=plan.config_name)
 
-    @kopf.timer(*RESOURCE, registry=registry, interval=settings.resync_seconds,
+    @kopf.timer(*RESOURCE, registry=registry, id="resync", interval=settings.resync_seconds,
                 initial_delay=settings.resync_seconds)
     def resync(status, meta, namespace, name, uid, body, patch, **_):
         """The fallback: DescribeEndpoint, in case an event was lost."""
@@ -383,7 +383,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             return
         _apply(patch, body, status, update)
 
-    @kopf.on.delete(*RESOURCE, registry=registry)
+    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")
     def finalize(spec, status, meta, namespace, name, uid, body, patch, retry, **_):
         """Deletion policy Delete (default): the endpoint, then every config and model this
         resource owns; the finalizer goes only when SageMaker lists none of them. Retain: leave."""

@@ -1,0 +1,342 @@
+"""LlamaEndpoint end to end on the embedded default: the real operator (kopf, the LlamaFinetune
+and LlamaEndpoint handlers, the SQS events consumer) against the embedded Kubernetes API and the
+local SageMaker service, which really trains the tiny model and really serves it with
+workloads/serve. Status is driven by events: the resync interval is an hour."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from llama_operator import runner
+from llama_operator.handlers import endpoint as endpoint_handlers
+from llama_operator.local.kubernetes import EmbeddedKubernetes
+from llama_operator.local.stack import LocalStack
+from llama_operator.paths import crds_dir
+from llama_operator.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+API = "llamaops.dev/v1alpha1"
+BUCKET = "endpoint-it"
+ROLE = "arn:aws:iam::123456789012:role/sagemaker-endpoint"
+# An image the local service maps to a server that dies while loading, as a model too big for
+# its instance does: the update to it must fail and roll back.
+BROKEN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/broken-lmi:1"
+BROKEN_SERVER = ("import sys; print('loading model: CUDA out of memory while loading the weights', flush=True); "
+                 "sys.exit(3)")
+
+
+def wait_for(fn, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+class Operator:
+    """The operator's registry (runner.build_registry, plus the LlamaEndpoint handlers unless the
+    runner registers them itself) run by kopf in a thread with its own event loop."""
+
+    def __init__(self, settings: Settings, kubeconfig: Path):
+        self.registry = runner.build_registry(settings, kubeconfig=str(kubeconfig))
+        endpoint_handlers.register(self.registry, self.registry.app,
+                                   timing=endpoint_handlers.Timing(model_wait=1.0, busy_retry=1.0, delete_poll=0.5))
+        self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="operator", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(runner.operator_coroutine(self.registry, stop_flag=self.stop_flag, ready_flag=self.ready_flag))
+        except BaseException as exc:  # reported by the test that waits on it
+            self.error = exc
+
+    def __enter__(self) -> "Operator":
+        self.thread.start()
+        assert self.ready_flag.wait(60), f"operator did not get ready: {self.error!r}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_flag.set()
+        self.thread.join(60)
+
+
+def chat_rows(n: int) -> str:
+    from llama_operator.tinymodel import dailydialog_texts
+
+    rows = []
+    for i, text in enumerate(dailydialog_texts(limit=n)):
+        rows.append(json.dumps({"messages": [{"role": "user", "content": f"Tell me something, {i}."},
+                                             {"role": "assistant", "content": text[:200]}]}))
+    return "\n".join(rows) + "\n"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Local SageMaker + S3/SQS with a tiny base model and data, the embedded Kubernetes API, the
+    operator; AWS variables point boto3 at the local services for the module's duration."""
+    from llama_operator.tinymodel import build_tiny_llama
+
+    state = tmp_path_factory.mktemp("sagemaker")
+    containers = {"broken-lmi": f"{sys.executable} -c \"{BROKEN_SERVER}\""}
+    with LocalStack(state, containers=containers) as stack:
+        s3 = stack.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        base = build_tiny_llama(tmp_path_factory.mktemp("base") / "tiny")
+        for f in sorted(Path(base).iterdir()):
+            if f.is_file():
+                s3.upload_file(str(f), BUCKET, f"models/tiny/{f.name}")
+        s3.put_object(Bucket=BUCKET, Key="data/chat/train.jsonl", Body=chat_rows(48).encode())
+
+        saved = {k: os.environ.get(k) for k in stack.env}
+        os.environ.update(stack.env)
+        try:
+            with EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
+                kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
+                settings = Settings.from_env(region=stack.env["AWS_DEFAULT_REGION"],
+                                             events_queue_url=stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
+                                             resync_seconds=3600.0, source_s3_uri=f"s3://{BUCKET}/operator")
+                with Operator(settings, kubeconfig) as op:
+                    yield {"stack": stack, "kube": kube, "op": op, "sm": stack.client("sagemaker"),
+                           "rt": stack.client("sagemaker-runtime"), "s3": s3, "state": state}
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def finetune(name: str) -> dict:
+    return {"apiVersion": API, "kind": "LlamaFinetune", "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "baseModel": {"s3Uri": f"s3://{BUCKET}/models/tiny/"},
+                "dataset": {"train": f"s3://{BUCKET}/data/chat/", "format": "chat_jsonl"},
+                "method": {"type": "deepspeed", "zeroStage": 1},
+                "hyperparameters": {"maxSteps": 4, "learningRate": 0.001, "perDeviceBatchSize": 2,
+                                    "maxSequenceLength": 128, "precision": "fp32", "loggingSteps": 1,
+                                    "warmupRatio": 0.0},
+                "resources": {"instanceType": "ml.m5.xlarge", "instanceCount": 1, "maxRuntimeSeconds": 600},
+                "roleArn": ROLE,
+                "outputS3Uri": f"s3://{BUCKET}/finetunes",
+            }}
+
+
+def endpoint(name: str, *, source: dict, serving: dict | None = None, image: str | None = None,
+             policy: str = "Delete") -> dict:
+    spec = {"model": source,
+            "serving": serving or {"engine": "batching", "maxNewTokens": 8, "maxBatchSize": 4, "maxWaitMs": 5,
+                                   "dtype": "fp32"},
+            "resources": {"instanceType": "ml.g5.xlarge", "instanceCount": 1,
+                          "containerStartupHealthCheckTimeoutSeconds": 120},
+            "roleArn": ROLE,
+            "deployment": {"strategy": "AllAtOnce", "waitIntervalSeconds": 0},
+            "deletionPolicy": policy}
+    if image:
+        spec["image"] = image
+    return {"apiVersion": API, "kind": "LlamaEndpoint", "metadata": {"name": name, "namespace": "default"},
+            "spec": spec}
+
+
+def get(world, plural: str, name: str) -> dict:
+    return world["kube"].get(plural, "default", name) or {}
+
+
+def phase(world, name: str) -> str | None:
+    return get(world, "llamaendpoints", name).get("status", {}).get("phase")
+
+
+def condition(obj: dict, type_: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def owned(sm, uid: str) -> dict[str, list[str]]:
+    """Every SageMaker endpoint, config and model carrying this owner uid, listed afresh."""
+    out = {}
+    for op, key, name_key, arn_key in (("list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
+                                       ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
+                                        "EndpointConfigArn"),
+                                       ("list_models", "Models", "ModelName", "ModelArn")):
+        names = []
+        for item in getattr(sm, op)(MaxResults=100)[key]:
+            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=item[arn_key])["Tags"]}
+            if tags.get("llamaops.dev/uid") == uid:
+                names.append(item[name_key])
+        out[key] = sorted(names)
+    return out
+
+
+def invoke(rt, endpoint_name: str, prompt: str, max_new_tokens: int = 8) -> str:
+    resp = rt.invoke_endpoint(EndpointName=endpoint_name, ContentType="application/json",
+                              Accept="application/json",
+                              Body=json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens}}))
+    return json.loads(resp["Body"].read())["generated_text"]
+
+
+def events_for(world, name: str) -> list[tuple[str, str]]:
+    items = world["kube"].list("events", "default", api_version="v1")
+    return [(e.get("type"), e.get("reason")) for e in items if e.get("involvedObject", {}).get("name") == name]
+
+
+def test_from_finetune_waits_serves_rolls_blue_green_and_deletes_everything(world):
+    kube, sm, rt = world["kube"], world["sm"], world["rt"]
+    # Applied together, as a GitOps commit would: the endpoint must wait for the model.
+    kube.apply(finetune("chat-tune"))
+    kube.apply(endpoint("chat", source={"fromFinetune": "chat-tune"}))
+
+    waiting = wait_for(lambda: (o := get(world, "llamaendpoints", "chat")).get("status", {}).get("phase")
+                       == "WaitingForModel" and o, 30, "WaitingForModel")
+    assert condition(waiting, "WaitingForModel")["status"] == "True"
+    assert "chat-tune" in condition(waiting, "WaitingForModel")["message"]
+    assert not sm.list_endpoints()["Endpoints"]  # nothing is created before the model exists
+
+    tuned = wait_for(lambda: (o := get(world, "llamafinetunes", "chat-tune")).get("status", {}).get("phase")
+                     in ("Completed", "Failed") and o, 300, "the fine-tune to finish")
+    assert tuned["status"]["phase"] == "Completed", tuned["status"].get("failureReason")
+    model_uri = tuned["status"]["modelS3Uri"]
+
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "chat")).get("status", {}).get("phase")
+                  in ("InService", "Failed") and o, 180, "InService")
+    st = ep["status"]
+    assert st["phase"] == "InService", st.get("failureReason")
+    uid = ep["metadata"]["uid"]
+    name = st["endpointName"]
+    described = sm.describe_endpoint(EndpointName=name)
+    assert described["EndpointStatus"] == "InService"
+    assert st["endpointArn"] == described["EndpointArn"]
+    assert st["endpointConfigName"] == described["EndpointConfigName"]
+    assert st["invocationUrl"] == f"https://runtime.sagemaker.us-east-1.amazonaws.com/endpoints/{name}/invocations"
+    assert st["modelS3Uri"] == model_uri
+    assert condition(ep, "Ready")["status"] == "True" and condition(ep, "WaitingForModel")["status"] == "False"
+
+    # What SageMaker was asked for: the LMI image, the code prefix whose serving.properties points
+    # at the fine-tuned model, the instance type from the spec.
+    config = sm.describe_endpoint_config(EndpointConfigName=st["endpointConfigName"])
+    variant = config["ProductionVariants"][0]
+    assert variant["ModelName"] == st["modelName"] and variant["InstanceType"] == "ml.g5.xlarge"
+    model = sm.describe_model(ModelName=st["modelName"])
+    assert "djl-inference" in model["PrimaryContainer"]["Image"]
+    code_uri = model["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
+    bucket, _, prefix = code_uri[len("s3://"):].partition("/")
+    props = world["s3"].get_object(Bucket=bucket, Key=prefix + "serving.properties")["Body"].read().decode()
+    assert model_uri.rstrip("/") in props
+
+    # Served text comes from the fine-tuned model: the same greedy continuation as the weights at
+    # status.modelS3Uri give when loaded directly.
+    text = invoke(rt, name, "Hello, how are you?")
+    assert isinstance(text, str) and text.strip()
+    assert text == greedy_reference(world, model_uri, "Hello, how are you?", 8)
+
+    # Spec change -> a new model and config by the new hash, UpdateEndpoint blue/green, while a
+    # client keeps calling: no call may fail.
+    failures, answers, stop = [], [], threading.Event()
+
+    def keep_invoking():
+        while not stop.is_set():
+            try:
+                answers.append(invoke(rt, name, "What time is it?", 4))
+            except Exception as exc:  # counted, asserted below
+                failures.append(repr(exc))
+            time.sleep(0.05)
+
+    caller = threading.Thread(target=keep_invoking, daemon=True)
+    caller.start()
+    old_config, old_model = st["endpointConfigName"], st["modelName"]
+    changed = endpoint("chat", source={"fromFinetune": "chat-tune"},
+                       serving={"engine": "batching", "maxNewTokens": 8, "maxBatchSize": 2, "maxWaitMs": 1,
+                                "dtype": "fp32"})
+    kube.apply(changed)
+    try:
+        updating = wait_for(lambda: phase(world, "chat") == "Updating", 30, "Updating")
+        assert updating
+        rolled = wait_for(lambda: (o := get(world, "llamaendpoints", "chat"))["status"].get("phase") == "InService"
+                          and o["status"].get("endpointConfigName") != old_config and o, 180, "the new config")
+    finally:
+        stop.set()
+        caller.join(30)
+    assert failures == [] and len(answers) > 5
+    new_config, new_model = rolled["status"]["endpointConfigName"], rolled["status"]["modelName"]
+    assert new_config != old_config and new_model != old_model
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == new_config
+    assert rolled["status"]["observedGeneration"] == rolled["metadata"]["generation"]
+    # the old model and config are deleted once the new ones serve
+    wait_for(lambda: owned(sm, uid)["Models"] == [new_model], 30, "the old model to be deleted")
+    assert owned(sm, uid) == {"Endpoints": [name], "EndpointConfigs": [new_config], "Models": [new_model]}
+    reasons = [r for _, r in events_for(world, "chat")]
+    assert "WaitingForModel" in reasons and "InService" in reasons and "Updating" in reasons
+
+    # Delete (policy Delete, the default): the object goes only when SageMaker holds nothing of it.
+    assert kube.delete("llamaendpoints", "default", "chat") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "chat") is None, 60, "the LlamaEndpoint to go")
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+    assert not [e for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name]
+
+
+def greedy_reference(world, model_uri: str, prompt: str, max_new_tokens: int) -> str:
+    """The served engine's answer for `prompt` alone, computed from the weights at `model_uri`
+    with transformers' greedy generate()."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    s3 = world["s3"]
+    bucket, _, prefix = model_uri[len("s3://"):].partition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+            rel = obj["Key"][len(prefix):]
+            if rel and "/" not in rel:
+                s3.download_file(bucket, obj["Key"], os.path.join(tmp, rel))
+        tok = AutoTokenizer.from_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=torch.float32).eval()
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.eos_token_id)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_failed_update_is_degraded_while_the_old_config_serves(world):
+    kube, sm, rt = world["kube"], world["sm"], world["rt"]
+    base = f"s3://{BUCKET}/models/tiny/"
+    kube.apply(endpoint("steady", source={"s3Uri": base}, policy="Retain"))
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "steady")).get("status", {}).get("phase")
+                  in ("InService", "Failed") and o, 180, "InService")
+    assert ep["status"]["phase"] == "InService", ep["status"].get("failureReason")
+    name, serving = ep["status"]["endpointName"], ep["status"]["endpointConfigName"]
+    before = invoke(rt, name, "Good morning")
+
+    broken = endpoint("steady", source={"s3Uri": base}, image=BROKEN_IMAGE, policy="Retain")
+    broken["spec"]["resources"]["containerStartupHealthCheckTimeoutSeconds"] = 60
+    kube.apply(broken)
+    degraded = wait_for(lambda: (o := get(world, "llamaendpoints", "steady"))["status"].get("phase") == "Degraded"
+                        and o, 120, "Degraded")
+    st = degraded["status"]
+    assert "ping health check" in st["failureReason"] and "out of memory" in st["failureReason"]
+    assert st["endpointConfigName"] == serving  # the old configuration keeps serving
+    assert condition(degraded, "Degraded")["status"] == "True"
+    assert condition(degraded, "Ready")["status"] == "True"
+    assert invoke(rt, name, "Good morning") == before
+    assert ("Warning", "Degraded") in events_for(world, "steady")
+
+    # Retain: the resource goes, the endpoint stays (and is cleaned up here by hand).
+    uid = degraded["metadata"]["uid"]
+    assert kube.delete("llamaendpoints", "default", "steady") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "steady") is None, 60, "the LlamaEndpoint to go")
+    left = owned(sm, uid)
+    assert left["Endpoints"] == [name] and serving in left["EndpointConfigs"]
+    sm.delete_endpoint(EndpointName=name)
+    wait_for(lambda: not [e for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name], 30,
+             "the retained endpoint to be deleted by hand")
