@@ -36,8 +36,7 @@ def add_tokens(model, tokenizer, tokens: tuple[str, ...], mode: str, seed: int =
     if not tokens:
         return 0
     n_old = model.get_input_embeddings().weight.shape[0]
-    added = tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
-                                         replace_additional_special_tokens=False)
+    added = tokenizer.add_tokens(list(tokens), special_tokens=True)
     if len(tokenizer) <= n_old:
         return added
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
