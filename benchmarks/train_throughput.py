@@ -73,7 +73,7 @@ class Variant:
     flex: bool = True             # document mask through flex attention (else transformers' own)
     liger: bool = False
     fused_adamw: bool = False
-    compile_layers: bool = False
+    compile_layers: bool | str = False  # True, or a torch.compile mode
 
 
 VARIANTS = {v.name: v for v in [
@@ -88,10 +88,13 @@ VARIANTS = {v.name: v for v in [
     Variant("flex-flce-fused-compile-bs8", liger=True, fused_adamw=True, compile_layers=True),
     Variant("flex-flce-fused-compile-bs12", batch=12, liger=True, fused_adamw=True, compile_layers=True),
     Variant("flex-flce-fused-compile-bs16", batch=16, liger=True, fused_adamw=True, compile_layers=True),
+    Variant("flex-flce-fused-compile-bs18", batch=18, liger=True, fused_adamw=True, compile_layers=True),
+    Variant("flex-flce-fused-autotune-bs16", batch=16, liger=True, fused_adamw=True,
+            compile_layers="max-autotune-no-cudagraphs"),
     Variant("nomask-liger-fused-bs16", batch=16, doc_mask=False, flex=False, liger=True, fused_adamw=True),
 ]}
 DEFAULT_GPU = ["seed", "packed-nomask-bs8", "flex-bs8", "flex-liger-bs8", "flex-liger-fused-bs8",
-               "flex-liger-fused-bs16"]
+               "flex-flce-fused-compile-bs16"]
 DEFAULT_CPU = ["seed", "packed-posids-sdpa-bs8"]
 
 

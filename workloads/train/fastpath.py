@@ -18,7 +18,7 @@ anything outside torch and transformers. The trainer calls, in order:
     RMSNorm, SwiGLU, RoPE and fused linear cross-entropy (the full logits are never materialised).
     With ``compile=True`` on CUDA, each decoder layer goes through ``torch.compile`` (inductor fuses
     norms, SwiGLU and RoPE itself, so liger then supplies only the fused linear cross-entropy);
-    the first steps take about a minute longer.
+    the first steps take about a minute longer. A string is passed on as torch.compile's ``mode``.
     Meant for training; generate with a model loaded afresh.
 
 ``make_optimizer(params, lr, weight_decay, betas=(0.9, 0.95)) -> torch.optim.AdamW``
@@ -175,10 +175,11 @@ def packed_batch_kwargs(input_ids: torch.Tensor, position_ids: torch.Tensor,
 # --------------------------------------------------------------------------- model, optimizer
 
 
-def optimize_model(model, *, packed: bool, fused_kernels: bool = True, compile: bool = False):
+def optimize_model(model, *, packed: bool, fused_kernels: bool = True, compile: bool | str = False):
     dev = next(model.parameters()).device
     have = available(dev)
-    compile = compile and have["cuda"] and _has_triton()
+    mode = compile if isinstance(compile, str) else None
+    compile = bool(compile) and have["cuda"] and _has_triton()
     if packed and have["flex_attention"]:
         use_document_attention(model)
     if fused_kernels and have["liger"] and getattr(model.config, "model_type", "") == "llama":
@@ -189,7 +190,7 @@ def optimize_model(model, *, packed: bool, fused_kernels: bool = True, compile: 
                                     cross_entropy=False, fused_linear_cross_entropy=True, model=model)
     if compile:
         for layer in model.model.layers:
-            layer.compile()
+            layer.compile(mode=mode)
     return model
 
 
