@@ -122,7 +122,7 @@ def check_against_generate(args, lengths, rng) -> None:
 
     model, device = build_model(args.tiny, fp32=True)
     prompts = prompts_for(lengths, 8, model.config.vocab_size, rng)
-    engine = BatchingEngine(model, None, max_batch_size=8, max_len=max(lengths) + 64)
+    engine = BatchingEngine(model, None, max_batch_size=8, max_len=max(lengths) + 64, compile_step=args.compile)
     params = GenerationParams(max_new_tokens=32)
     futures = [engine.submit(input_ids=p, params=params) for p in prompts]
     ours = [f.result().token_ids for f in futures]
@@ -140,6 +140,29 @@ def check_against_generate(args, lengths, rng) -> None:
         torch.cuda.empty_cache()
 
 
+def profile_step(model, batch, device, compiled=False) -> int:
+    """Kernel by kernel, what an eager decode step spends (graphs replay the same kernels)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from batching_engine import BatchingEngine
+
+    engine = BatchingEngine(model, None, max_batch_size=batch, max_len=512, use_cuda_graphs=False,
+                            compile_step=compiled)
+    engine.close()
+    with torch.no_grad():
+        for _ in range(3):
+            engine._step(batch, 256, False)
+        sync(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            engine._step(batch, 256, False)
+            sync(device)
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time for e in events)
+    print(f"decode step{' (compiled)' if compiled else ''}, batch {batch}: {len(events)} kernels, {total / 1e3:.2f} ms of kernel time")
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=25, max_name_column_width=70))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (a smoke run)")
@@ -153,8 +176,11 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-clients", default="1,8",
                     help="client counts at which one-at-a-time generate() is measured; larger counts are "
                          "derived from its measured service time (a serial queue)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (fused kernels)")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode steps (to measure what graphs buy)")
     ap.add_argument("--out", help="write the full results as JSON here")
+    ap.add_argument("--profile", type=int, metavar="BATCH",
+                    help="print the kernels of one decode step at this batch size (torch.profiler) and exit")
     ap.add_argument("--check", action="store_true",
                     help="first compare the engine's greedy tokens with generate()'s (float32 model)")
     args = ap.parse_args(argv)
@@ -189,9 +215,11 @@ def main(argv=None) -> int:
                "new_tokens": args.new_tokens, "prompt_mean": statistics.mean(lengths), "engine": {},
                "generate": {}}
 
+    if args.profile:
+        return profile_step(model, args.profile, device, args.compile)
     engine = BatchingEngine(model, None, max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
                             max_len=max(lengths) + args.new_tokens + 8,
-                            use_cuda_graphs=False if args.no_graphs else None)
+                            use_cuda_graphs=False if args.no_graphs else None, compile_step=args.compile)
     t0 = time.perf_counter()
     captured = engine.warmup(clients)
     print(f"captured {captured} decode graphs in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -112,7 +112,7 @@ class BatchingEngine:
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 32, max_wait_ms: float = 10.0,
                  max_len: int | None = None, use_cuda_graphs: bool | None = None,
-                 default_max_new_tokens: int = 64):
+                 default_max_new_tokens: int = 64, compile_step: bool = False):
         cfg = model.config
         if getattr(cfg, "model_type", "llama") not in ("llama", "mistral"):
             raise ValueError(f"model_type {cfg.model_type!r} is not a Llama-family model")
@@ -125,6 +125,9 @@ class BatchingEngine:
         self.max_len = int(max_len or min(getattr(cfg, "max_position_embeddings", 2048), 4096))
         self.default_max_new_tokens = default_max_new_tokens
         self.use_graphs = (self.device.type == "cuda") if use_cuda_graphs is None else use_cuda_graphs
+        # Optionally let inductor fuse the step's small elementwise kernels (norms, rotary, SiLU);
+        # the graphs then replay the fused kernels. Sizes stay symbolic: one compile for all buckets.
+        self._step = torch.compile(self._decode_step, dynamic=True) if compile_step else self._decode_step
 
         inner = model.model
         self._embed, self._norm, self._head = inner.embed_tokens, inner.norm, model.lm_head
@@ -329,7 +332,7 @@ class BatchingEngine:
 
     def _launch_step(self, b: int, length: int, with_sampling: bool) -> None:
         if not self.use_graphs:
-            self._decode_step(b, length, with_sampling)
+            self._step(b, length, with_sampling)
             return
         key = (b, length, with_sampling)
         graph = self._graphs.get(key)
@@ -347,7 +350,7 @@ class BatchingEngine:
             for _ in range(2):
                 for t, s in zip((self.tokens, self.pos, self.next_tokens), saved):
                     t.copy_(s)
-                self._decode_step(*key)
+                self._step(*key)
         torch.cuda.current_stream().wait_stream(side)
         for t, s in zip((self.tokens, self.pos, self.next_tokens), saved):
             t.copy_(s)
@@ -355,7 +358,7 @@ class BatchingEngine:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._decode_step(*key)
+            self._step(*key)
         self._graphs[key] = graph
         self.stats["graphs"] += 1
         return graph
