@@ -13,7 +13,8 @@ kmock 0.8 stores objects as the client sent them. What this module adds, and not
   itself never changes `status`;
 - finalizers: DELETE of an object with finalizers only sets deletionTimestamp; the object goes
   when its last finalizer is removed;
-- PUT (replace) next to merge PATCH; watch events for every write.
+- PUT (replace) next to merge PATCH, and the JSON patch ops kopf sends (add/remove/replace/test);
+- watches that start from the requested resourceVersion and send each change once.
 
 `EmbeddedKubernetes` serves it on a free loopback port from a thread of its own and offers small
 HTTP helpers (`apply`, `get`, `list`, `delete`) and a kubeconfig for kopf and kubectl.
@@ -65,6 +66,13 @@ def merge_patch(base: Any, patch: Any) -> Any:
         else:
             out[key] = merge_patch(out.get(key), value)
     return out
+
+
+def _rv(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def json_patch(doc: Any, ops: list) -> Any:
@@ -158,6 +166,32 @@ class Emulator(kmock.KubernetesEmulator):
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)
 
+    async def _serve_watch(self, request):
+        """Watch from `resourceVersion`: objects newer than it first, then live events, each
+        event at most once (kmock replays every object on connect, which made kopf act on a
+        stale version right after a newer one)."""
+        yield b""
+        since = _rv(request.params.get("resourceVersion"))
+        async with self._lock:
+            snapshot = self._last_rv
+            replay = [{"type": "ADDED", "object": obj.raw} for (res, ns, _), obj in self._objects.items()
+                      if res == request.resource and not obj.deleted
+                      and (request.namespace is None or ns == request.namespace)
+                      and (request.name is None or obj.raw.get("metadata", {}).get("name") == request.name)
+                      and _rv(obj.raw.get("metadata", {}).get("resourceVersion")) > since]
+        for event in replay:
+            yield event
+        floor = max(since, snapshot)
+        async for event in self._buses[request.resource]:
+            meta = event.get("object", {}).get("metadata", {})
+            if _rv(meta.get("resourceVersion")) <= floor:
+                continue
+            if request.namespace is not None and meta.get("namespace") != request.namespace:
+                continue
+            if request.name is not None and meta.get("name") != request.name:
+                continue
+            yield event
+
     async def _list(self, request) -> dict:
         resource, info = self._info(request.resource)
         async with self._lock:
@@ -186,6 +220,7 @@ class Emulator(kmock.KubernetesEmulator):
                 new = merge_patch(old, {"metadata": {"deletionTimestamp": _now(), "resourceVersion": self._next_rv()}})
                 stored.history.append(kmock.ObjectVersion(new))
                 return 200, new, {"type": "MODIFIED", "object": new}
+            old["metadata"]["resourceVersion"] = self._next_rv()
             stored.delete()
             return 200, old, {"type": "DELETED", "object": old}
 
