@@ -100,17 +100,23 @@ def world(tmp_path_factory):
                 s3.upload_file(str(f), BUCKET, f"models/tiny/{f.name}")
         s3.put_object(Bucket=BUCKET, Key="data/chat/train.jsonl", Body=chat_rows(48).encode())
 
-        saved = {k: os.environ.get(k) for k in stack.env}
+        fast = {"LLAMA_OPERATOR_MODEL_WAIT_SECONDS": "1", "LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS": "1"}
+        saved = {k: os.environ.get(k) for k in [*stack.env, *fast]}
         os.environ.update(stack.env)
+        os.environ.update(fast)
         try:
             with EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
                 kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
                 settings = Settings.from_env(region=stack.env["AWS_DEFAULT_REGION"],
                                              events_queue_url=stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
                                              resync_seconds=3600.0, source_s3_uri=f"s3://{BUCKET}/operator")
-                with Operator(settings, kubeconfig) as op:
-                    yield {"stack": stack, "kube": kube, "op": op, "sm": stack.client("sagemaker"),
-                           "rt": stack.client("sagemaker-runtime"), "s3": s3, "state": state}
+                ops = [Operator(settings, kubeconfig).__enter__()]
+                try:
+                    yield {"stack": stack, "kube": kube, "ops": ops, "settings": settings, "kubeconfig": kubeconfig,
+                           "sm": stack.client("sagemaker"), "rt": stack.client("sagemaker-runtime"), "s3": s3}
+                finally:
+                    for op in ops:
+                        op.__exit__()
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -340,3 +346,32 @@ def test_failed_update_is_degraded_while_the_old_config_serves(world):
     sm.delete_endpoint(EndpointName=name)
     wait_for(lambda: not [e for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name], 30,
              "the retained endpoint to be deleted by hand")
+
+
+def test_restart_mid_creation_and_reapply_adopt_instead_of_duplicating(world):
+    kube, sm = world["kube"], world["sm"]
+    manifest = endpoint("again", source={"s3Uri": f"s3://{BUCKET}/models/tiny/"})
+    kube.apply(manifest)
+    creating = wait_for(lambda: (o := get(world, "llamaendpoints", "again")).get("status", {}).get("endpointName")
+                        and o, 60, "the endpoint to be created")
+    uid = creating["metadata"]["uid"]
+    # The operator goes away while SageMaker is still creating; a new one resumes the resource
+    # and must adopt what exists (and catch up on the events queued meanwhile).
+    world["ops"][-1].__exit__()
+    first = owned(sm, uid)
+    world["ops"].append(Operator(world["settings"], world["kubeconfig"]).__enter__())
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "again")).get("status", {}).get("phase")
+                  in ("InService", "Failed") and o, 120, "InService after the restart")
+    assert ep["status"]["phase"] == "InService", ep["status"].get("failureReason")
+    assert owned(sm, uid) == first and [len(v) for v in first.values()] == [1, 1, 1]
+
+    generation = ep["metadata"]["generation"]
+    kube.apply(manifest)  # a GitOps re-sync of the same file
+    time.sleep(3)
+    again = get(world, "llamaendpoints", "again")
+    assert again["metadata"]["generation"] == generation and again["status"]["phase"] == "InService"
+    assert owned(sm, uid) == first
+
+    assert kube.delete("llamaendpoints", "default", "again") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "again") is None, 60, "the LlamaEndpoint to go")
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

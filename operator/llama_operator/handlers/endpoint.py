@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import kopf
@@ -47,8 +47,8 @@ def _env_float(name: str, default: float) -> float:
 class Timing:
     """How often a waiting endpoint re-checks its LlamaFinetune, and how soon a request that met
     a busy endpoint is tried again (environment-tunable so tests need not wait minutes)."""
-    model_wait: float = _env_float("LLAMA_OPERATOR_MODEL_WAIT_SECONDS", 10.0)
-    busy_retry: float = _env_float("LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS", 5.0)
+    model_wait: float = field(default_factory=lambda: _env_float("LLAMA_OPERATOR_MODEL_WAIT_SECONDS", 10.0))
+    busy_retry: float = field(default_factory=lambda: _env_float("LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS", 5.0))
     delete_poll: float = 2.0
 
 
@@ -255,8 +255,12 @@ def on_endpoint_event(gw: EndpointGateway, event: Mapping[str, Any], obj: Mappin
 def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, timing: Timing | None = None
              ) -> EndpointGateway:
     """Add the LlamaEndpoint handlers to `registry`, sharing the LlamaFinetune handlers' `app`
-    (settings, s3, kube), and route endpoint events from `app.on_event`. Returns the gateway."""
+    (settings, s3, kube), and route endpoint events from `app.on_event`. Returns the gateway.
+    Idempotent per `app`: a second call (the runner and a test both registering) adds nothing."""
     from llama_operator.aws.clients import make_client
+
+    if getattr(app, "endpoint_gateway", None) is not None:
+        return app.endpoint_gateway
 
     settings = app.settings
     timing = timing or Timing()
@@ -431,6 +435,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         await handle_event(gw, event, app.kube)
 
     app.on_event = on_event
+    app.endpoint_gateway = gw
     return gw
 
 
