@@ -192,3 +192,80 @@ def test_to_epoch_forms():
     assert es.to_epoch(t) == es.to_epoch(int(t.timestamp() * 1000)) == es.to_epoch(t.timestamp()) \
         == es.to_epoch("2026-11-24T10:00:00Z")
     assert es.to_epoch(None) is None
+
+
+# ---- the pure helpers the LlamaEndpoint handlers build on ----------------------------------------
+
+from llama_operator import endpoint_code  # noqa: E402
+from llama_operator.handlers import endpoint as handlers  # noqa: E402
+
+
+def index(**finetunes):
+    return {("team", name): [value] for name, value in finetunes.items()}
+
+
+def test_model_from_s3_uri_needs_no_finetune():
+    uri, reason, _ = handlers.resolve_model({"model": {"s3Uri": "s3://bkt/m/"}}, "team", index())
+    assert (uri, reason) == ("s3://bkt/m/", "ModelGiven")
+
+
+@pytest.mark.parametrize("entry,reason", [
+    (None, "FinetuneNotFound"),
+    ({"phase": "InProgress"}, "FinetuneNotCompleted"),
+    ({"phase": None}, "FinetuneNotCompleted"),
+    ({"phase": "Completed", "modelS3Uri": None}, "FinetuneHasNoModel"),
+    ({"phase": "Failed", "failureReason": "CUDA out of memory"}, "FinetuneFailed"),
+    ({"phase": "Stopped"}, "FinetuneFailed"),
+])
+def test_model_from_finetune_not_ready(entry, reason):
+    idx = index(tune=entry) if entry is not None else index()
+    uri, got, message = handlers.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)
+    assert uri is None and got == reason and "tune" in message
+    if entry and entry.get("failureReason"):
+        assert "CUDA out of memory" in message
+
+
+def test_model_from_completed_finetune_in_the_same_namespace_only():
+    idx = index(tune={"phase": "Completed", "modelS3Uri": "s3://bkt/out/job/model/"})
+    assert handlers.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)[0] == "s3://bkt/out/job/model/"
+    assert handlers.resolve_model({"model": {"fromFinetune": "tune"}}, "other", idx)[0] is None
+
+
+def test_invalid_spec_names_the_field():
+    with pytest.raises(ValueError) as err:
+        handlers.validate_spec({"model": {"s3Uri": "s3://bkt/m/"}, "resources": {"instanceType": "g5.xlarge"},
+                                "roleArn": "arn:aws:iam::123456789012:role/x"})
+    assert "spec.resources.instanceType" in str(err.value)
+
+
+def test_lmi_settings_translate_the_planners_knobs():
+    batching = endpoint_code.lmi_settings("batching", {"dtype": "fp32", "max_new_tokens": 8, "max_batch_size": 4,
+                                                       "max_wait_ms": 5, "tensor_parallel_degree": "max"})
+    assert batching == {"dtype": "fp32", "max_new_tokens": 8, "max_rolling_batch_size": 4, "max_wait_ms": 5}
+    vllm = endpoint_code.lmi_settings("vllm", {"dtype": "bf16", "max_new_tokens": 256, "tensor_parallel_degree": 4,
+                                               "max_rolling_batch_size": 64, "max_model_len": 4096})
+    assert vllm == {"dtype": "bf16", "tensor_parallel_degree": 4, "max_rolling_batch_size": 64, "max_model_len": 4096}
+
+
+def test_rendered_code_points_at_the_model_and_is_content_addressed():
+    files = endpoint_code.render("batching", "s3://bkt/out/job/model/", {"dtype": "fp32", "max_batch_size": 4})
+    assert "option.model_id=s3://bkt/out/job/model/" in files["serving.properties"]
+    again = endpoint_code.render("batching", "s3://bkt/out/job/model/", {"dtype": "fp32", "max_batch_size": 4})
+    other = endpoint_code.render("batching", "s3://bkt/out/job2/model/", {"dtype": "fp32", "max_batch_size": 4})
+    assert endpoint_code.code_prefix("s3://ops/x", files) == endpoint_code.code_prefix("s3://ops/x/", again)
+    assert endpoint_code.code_prefix("s3://ops/x", files) != endpoint_code.code_prefix("s3://ops/x", other)
+
+
+def test_hash_and_code_location():
+    assert handlers.combined_hash("0123456789abcdef", "s3://a/") != handlers.combined_hash("0123456789abcdef", "s3://b/")
+    assert len(handlers.combined_hash("0123456789abcdef", "s3://a/")) == 16
+    assert handlers.code_base_uri("s3://ops/llama/", "s3://models/m/") == "s3://ops/llama"
+    assert handlers.code_base_uri(None, "s3://models/m/") == "s3://models/llama-operator"
+
+
+def test_names_prefix_covers_every_model_and_config_name():
+    from llama_operator.plan import names
+
+    prefix = handlers.names_prefix("team", "chat", "uid-1")
+    assert names.model_name("team", "chat", "uid-1", "abc").startswith(prefix)
+    assert names.endpoint_config_name("team", "chat", "uid-1", "abc").startswith(prefix)
