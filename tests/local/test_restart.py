@@ -17,7 +17,7 @@ def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
     src = source_tar(s3, {"train.py": "print('ok')\n"}, f"src/{done}/sourcedir.tar.gz")
     sm.create_training_job(**training_request(done, src))
     assert wait_job(sm, done)["TrainingJobStatus"] == "Completed"
-    slow = source_tar(s3, {"train.py": "import os, time\nprint('busy pid', os.getpid(), flush=True)\ntime.sleep(120)\n"},
+    slow = source_tar(s3, {"train.py": "import os, time\nprint(f'busy pid {os.getpid()}', flush=True)\ntime.sleep(120)\n"},
                       f"src/{running}/sourcedir.tar.gz")
     running_arn = sm.create_training_job(**training_request(running, slow))["TrainingJobArn"]
     while sm.describe_training_job(TrainingJobName=running)["SecondaryStatus"] != "Training":
@@ -32,7 +32,9 @@ def test_restart_keeps_state_and_fails_running_job(stack, sm, s3, events):
     server_pid = json.loads(rt_before.invoke_endpoint(EndpointName="keeper", Body=b"{}",
                                                       ContentType="application/json")["Body"].read())["pid"]
     log = stack.state_dir / "training-jobs" / running / "logs" / "algo-1.log"
+    deadline = time.monotonic() + 60
     while not re.search(r"busy pid (\d+)\n", log.read_text()):
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.2)
     job_pid = int(re.search(r"busy pid (\d+)\n", log.read_text()).group(1))
     events.for_arn(running_arn)  # read what was sent before the restart

@@ -41,7 +41,8 @@ class LocalStack:
         log_path = self.state_dir / "service.log"
         self._stderr = open(log_path, "ab")
         self.proc = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=self._stderr,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_exit_with_parent)
         env: dict[str, str] = {}
         deadline = time.monotonic() + READY_TIMEOUT
         buf = b""
@@ -121,3 +122,13 @@ class LocalStack:
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
+def _exit_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies, even by
+    SIGKILL, so a killed test run never leaves a service (and its jobs and servers) behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
