@@ -180,6 +180,12 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
     if seen_at is not None and last is not None and seen_at < last:
         return {}
     sm_status = describe.get("EndpointStatus", "")
+    if last is None and sm_status == "Creating" and status.get("phase") in ("InService", "Updating", "Degraded") \
+            and status.get("endpointArn") == describe.get("EndpointArn"):
+        # No time to compare (an API server that prunes unknown status fields drops
+        # lastEventTime): an endpoint that has served never goes back to Creating, so this
+        # observation is a late one.
+        return {}
     serving = describe.get("EndpointConfigName")
     failure = describe.get("FailureReason") or None
     name = describe.get("EndpointName") or status.get("endpointName")

@@ -129,6 +129,12 @@ def test_late_event_never_moves_status_backwards():
     assert status["phase"] == "InService"
 
 
+def test_late_creating_event_dropped_even_without_last_event_time():
+    status = apply({}, es.observe(event_detail("InService", t=200), {}, desired_config="cfg-new", now=NOW))
+    status.pop("lastEventTime")  # what an API server that prunes unknown status fields leaves
+    assert es.observe(event_detail("Creating", t=100), status, desired_config="cfg-new", now=NOW) == {}
+
+
 def test_duplicate_event_changes_nothing():
     status = apply({}, es.observe(event_detail("InService", t=200), {}, desired_config="cfg-new", now=NOW))
     assert es.observe(event_detail("InService", t=200), status, desired_config="cfg-new",
