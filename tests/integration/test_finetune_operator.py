@@ -130,10 +130,10 @@ def test_delete_while_running_stops_the_job_then_the_object_goes(kube, operator,
     name = unique("slow")
     kube.apply(finetune(name, BUCKET))
     st = wait_for(lambda: status_of(kube, name) if status_of(kube, name).get("secondaryStatus") == "Training"
-                  else None, timeout=60, what="training to start")
+                  else None, timeout=90, what="training to start")
     job = st["trainingJobName"]
     assert kube.delete(PLURAL, "default", name) == 200
-    wait_for(lambda: kube.get(PLURAL, "default", name) is None, timeout=60, what="the object to go")
+    wait_for(lambda: kube.get(PLURAL, "default", name) is None, timeout=90, what="the object to go")
     d = sm.describe_training_job(TrainingJobName=job)
     assert d["TrainingJobStatus"] == "Stopped"
     assert [t["Status"] for t in d["SecondaryStatusTransitions"]][-2:] == ["Stopping", "Stopped"]
