@@ -375,3 +375,26 @@ def test_restart_mid_creation_and_reapply_adopt_instead_of_duplicating(world):
     assert kube.delete("llamaendpoints", "default", "again") in (200, 202)
     wait_for(lambda: kube.get("llamaendpoints", "default", "again") is None, 60, "the LlamaEndpoint to go")
     assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+
+
+def test_endpoint_from_a_failed_finetune_fails_with_its_reason(world):
+    kube, sm = world["kube"], world["sm"]
+    broken = finetune("broken-tune")
+    broken["spec"]["baseModel"] = {"s3Uri": f"s3://{BUCKET}/models/nothing-here/"}
+    kube.apply(broken)
+    kube.apply(endpoint("broken-chat", source={"fromFinetune": "broken-tune"}))
+    tuned = wait_for(lambda: (o := get(world, "llamafinetunes", "broken-tune")).get("status", {}).get("phase")
+                     in ("Completed", "Failed") and o, 180, "the fine-tune to fail")
+    assert tuned["status"]["phase"] == "Failed"
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "broken-chat")).get("status", {}).get("phase")
+                  == "Failed" and o, 30, "the endpoint to fail")
+    reason = ep["status"]["failureReason"]
+    assert "LlamaFinetune broken-tune is Failed" in reason and tuned["status"]["failureReason"] in reason
+    assert condition(ep, "Failed")["status"] == "True" and condition(ep, "Ready")["status"] == "False"
+    assert ("Warning", "Failed") in events_for(world, "broken-chat")
+    uid = ep["metadata"]["uid"]
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+
+    for plural, name in (("llamaendpoints", "broken-chat"), ("llamafinetunes", "broken-tune")):
+        assert kube.delete(plural, "default", name) in (200, 202)
+        wait_for(lambda: kube.get(plural, "default", name) is None, 60, f"{name} to go")
