@@ -1,0 +1,77 @@
+"""The embedded Kubernetes API: the server-side behaviour kopf and kubectl rely on, over HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from llama_operator.local.kubernetes import EmbeddedKubernetes
+
+API = "llamaops.dev/v1alpha1"
+BASE = f"/apis/{API}/namespaces/team-a/llamafinetunes"
+MERGE = "application/merge-patch+json"
+
+
+def manifest(name: str, spec: dict | None = None) -> dict:
+    return {"apiVersion": API, "kind": "LlamaFinetune", "metadata": {"name": name, "namespace": "team-a"},
+            "spec": spec or {"roleArn": "arn:aws:iam::123456789012:role/r"}, "status": {"phase": "Forged"}}
+
+
+@pytest.fixture(scope="module")
+def kube():
+    with EmbeddedKubernetes() as k:
+        yield k
+
+
+def test_create_fills_server_metadata_and_drops_status(kube):
+    code, obj = kube.request("POST", BASE, manifest("meta"))
+    assert code == 201
+    meta = obj["metadata"]
+    assert meta["namespace"] == "team-a" and meta["generation"] == 1
+    assert meta["uid"] and meta["creationTimestamp"] and meta["resourceVersion"]
+    assert "status" not in obj
+    code, again = kube.request("POST", BASE, manifest("meta"))
+    assert code == 409 and "already exists" in again["message"]
+
+
+def test_generation_moves_on_spec_changes_only_and_status_is_a_subresource(kube):
+    kube.request("POST", BASE, manifest("gen"))
+    _, obj = kube.request("PATCH", f"{BASE}/gen", {"metadata": {"labels": {"a": "b"}}, "status": {"phase": "X"}}, MERGE)
+    assert obj["metadata"]["generation"] == 1 and "status" not in obj
+    rv = obj["metadata"]["resourceVersion"]
+    _, obj = kube.request("PATCH", f"{BASE}/gen/status", {"status": {"phase": "InProgress"}, "spec": {"x": 1}}, MERGE)
+    assert obj["status"] == {"phase": "InProgress"} and "x" not in obj["spec"]
+    assert obj["metadata"]["generation"] == 1 and int(obj["metadata"]["resourceVersion"]) > int(rv)
+    _, obj = kube.request("PATCH", f"{BASE}/gen", {"spec": {"deletionPolicy": "Retain"}}, MERGE)
+    assert obj["metadata"]["generation"] == 2 and obj["status"] == {"phase": "InProgress"}
+    # A patch that changes nothing writes nothing.
+    _, same = kube.request("PATCH", f"{BASE}/gen", {"spec": {"deletionPolicy": "Retain"}}, MERGE)
+    assert same["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+
+
+def test_finalizers_hold_deletion_until_released(kube):
+    kube.request("POST", BASE, manifest("fin"))
+    kube.request("PATCH", f"{BASE}/fin", [{"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]}],
+                 "application/json-patch+json")
+    assert kube.delete("llamafinetunes", "team-a", "fin") == 200
+    held = kube.get("llamafinetunes", "team-a", "fin")
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == ["x/y"]
+    kube.request("PATCH", f"{BASE}/fin", {"metadata": {"finalizers": None}}, MERGE)
+    assert kube.get("llamafinetunes", "team-a", "fin") is None
+
+
+def test_lists_carry_kind_and_kubectl_can_read_them(kube, tmp_path):
+    kube.request("POST", BASE, manifest("listed"))
+    _, listing = kube.request("GET", BASE)
+    assert listing["kind"] == "LlamaFinetuneList" and listing["apiVersion"] == API
+    assert {i["kind"] for i in listing["items"]} == {"LlamaFinetune"}
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed")
+    config = kube.write_kubeconfig(tmp_path / "config")
+    out = subprocess.run(["kubectl", "--kubeconfig", str(config), "get", "llamafinetunes", "-n", "team-a", "-o", "json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "listed" in [i["metadata"]["name"] for i in json.loads(out.stdout)["items"]]
