@@ -15,6 +15,7 @@ VERSION = os.environ.get("ECHO_VERSION", "v1")
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         sys.stderr.write("echo-server: " + fmt % args + "\n")

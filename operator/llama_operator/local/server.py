@@ -127,6 +127,9 @@ class Service:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "LocalSageMaker"
+    # Headers and body go out as two writes; with Nagle on, the body waits for the client's
+    # delayed ACK (about 40 ms a call on loopback).
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         log.debug("%s " + fmt, self.address_string(), *args)
