@@ -19,7 +19,9 @@ anything outside torch and transformers. The trainer calls, in order:
     With ``compile=True`` on CUDA, each decoder layer goes through ``torch.compile`` (inductor fuses
     norms, SwiGLU and RoPE itself, so liger then supplies only the fused linear cross-entropy);
     the first steps take about a minute longer. A string is passed on as torch.compile's ``mode``.
-    Meant for training; generate with a model loaded afresh.
+    Meant for training; generate with a model loaded afresh. Under DeepSpeed ZeRO-3 pass
+    ``fused_kernels=False``: liger's fused cross-entropy reads ``lm_head.weight`` outside the
+    module's forward, where ZeRO-3 has not gathered it.
 
 ``make_optimizer(params, lr, weight_decay, betas=(0.9, 0.95)) -> torch.optim.AdamW``
     ``params``: a module, ``named_parameters()`` pairs, or plain tensors. Matrices decay,
