@@ -62,6 +62,7 @@ class Service:
         self.moto.start()
         moto_host, moto_port = self.moto.get_host_and_port()
         moto_url = f"http://{moto_host}:{moto_port}"
+        ThreadingHTTPServer.request_queue_size = 128  # bursts of concurrent invocations
         self.http = ThreadingHTTPServer((args.host, args.port), _Handler)
         self.http.daemon_threads = True
         self.http.service = self
