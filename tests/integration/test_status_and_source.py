@@ -1,0 +1,78 @@
+"""status.py ordering (pure) and the content-addressed source tarball against moto's S3."""
+
+from __future__ import annotations
+
+import hashlib
+
+from conftest import BUCKET
+from llama_operator import sourcepack, status as st
+
+NOW = "2026-11-24T10:00:00.000Z"
+
+
+def detail(status: str, secondary: str, modified_ms: int, **extra) -> dict:
+    return {"TrainingJobName": "job-1", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/job-1",
+            "TrainingJobStatus": status, "SecondaryStatus": secondary, "LastModifiedTime": modified_ms,
+            "OutputDataConfig": {"S3OutputPath": "s3://b/out"}, **extra}
+
+
+def apply(events: list[dict]) -> dict:
+    current: dict = {}
+    for d in events:
+        patch, _ = st.from_training_job(d, current, generation=1, now=NOW)
+        current = {**current, **patch}
+    return current
+
+
+def test_out_of_order_and_duplicate_events_end_in_the_latest_state():
+    starting = detail("InProgress", "Starting", 1_000)
+    training = detail("InProgress", "Training", 2_000)
+    done = detail("Completed", "Completed", 3_000, BillableTimeInSeconds=7,
+                  ModelArtifacts={"S3ModelArtifacts": "s3://b/out/job-1/output/model.tar.gz"},
+                  FinalMetricDataList=[{"MetricName": "train:loss", "Value": 0.5}])
+    in_order = apply([starting, training, done])
+    shuffled = apply([done, training, starting, done, training])
+    assert in_order["phase"] == shuffled["phase"] == "Completed"
+    assert shuffled["secondaryStatus"] == "Completed" and shuffled["trainingLoss"] == 0.5
+    assert shuffled["modelS3Uri"] == "s3://b/out/job-1/model/" and shuffled["billableSeconds"] == 7
+
+
+def test_same_timestamp_never_moves_backwards_and_terminal_is_final():
+    assert apply([detail("InProgress", "Training", 5), detail("InProgress", "Downloading", 5)])["secondaryStatus"] \
+        == "Training"
+    failed = apply([detail("Failed", "Failed", 5, FailureReason="AlgorithmError: boom"),
+                    detail("InProgress", "Training", 9)])
+    assert failed["phase"] == "Failed" and failed["failureReason"] == "AlgorithmError: boom"
+    conds = {c["type"]: c["status"] for c in failed["conditions"]}
+    assert conds == {"Ready": "False", "Progressing": "False", "Failed": "True"}
+
+
+def test_each_transition_yields_one_event():
+    current: dict = {}
+    reasons = []
+    for d in (detail("InProgress", "Starting", 1), detail("InProgress", "Starting", 1),
+              detail("InProgress", "Training", 2), detail("Completed", "Completed", 3)):
+        patch, events = st.from_training_job(d, current, generation=1, now=NOW)
+        current = {**current, **patch}
+        reasons += [e[1] for e in events]
+    assert reasons == ["Starting", "Training", "TrainingJobCompleted"]
+
+
+def test_source_tarball_is_reproducible_and_uploaded_once(local_aws, tmp_path):
+    root = tmp_path / "workloads"
+    (root / "train" / "__pycache__").mkdir(parents=True)
+    (root / "train_entry.py").write_text("print('hi')\n")
+    (root / "train" / "job.py").write_text("x = 1\n")
+    (root / "train" / "__pycache__" / "job.cpython-311.pyc").write_bytes(b"\0")
+    first = sourcepack.pack(root)
+    (root / "train" / "job.py").touch()  # a new mtime changes nothing
+    assert sourcepack.pack(root) == first
+    s3 = local_aws.client("s3")
+    uri, uploaded = sourcepack.upload(s3, root, f"s3://{BUCKET}/ops")
+    assert uploaded and uri == f"s3://{BUCKET}/ops/source/{hashlib.sha256(first).hexdigest()}.tar.gz"
+    assert sourcepack.upload(s3, root, f"s3://{BUCKET}/ops") == (uri, False)
+    import io
+    import tarfile
+    body = s3.get_object(Bucket=BUCKET, Key=uri.split("/", 3)[3])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert sorted(tar.getnames()) == ["train/job.py", "train_entry.py"]
