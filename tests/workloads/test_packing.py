@@ -107,3 +107,11 @@ def test_shard_gives_every_rank_the_same_count():
     parts = [D.shard(rows, r, 3) for r in range(3)]
     assert [len(p) for p in parts] == [3, 3, 3]
     assert len({x["input_ids"][0] for p in parts for x in p}) == 9
+
+
+def test_collate_pads_to_a_fixed_width_as_its_own_document():
+    rows = D.pack([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}], 16)
+    batch = D.collate(rows, pad_id=0, pad_to=8)
+    assert batch["input_ids"].shape == (1, 8)
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 0, 1, 0, 1, 2]
+    assert batch["labels"][0].tolist() == [-100, 6, 7, -100, 9, -100, -100, -100]

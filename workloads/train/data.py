@@ -68,12 +68,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return idx
 
 
-def collate(examples: Sequence[dict], pad_id: int):
+def collate(examples: Sequence[dict], pad_id: int, pad_to: int | None = None):
     """Right-pad to the longest row. Padding is its own pseudo-conversation (positions restart at
-    0, labels -100), so the packed-sequence mask keeps it apart and no attention_mask is needed."""
+    0, labels -100), so the packed-sequence mask keeps it apart and no attention_mask is needed.
+    ``pad_to`` fixes the width, so compiled kernels see one shape instead of one per batch."""
     import torch
 
-    width = max(len(e["input_ids"]) for e in examples)
+    width = max(max(len(e["input_ids"]) for e in examples), pad_to or 0)
     ids, labels, pos = [], [], []
     for e in examples:
         n = len(e["input_ids"])

@@ -48,7 +48,8 @@ def init_distributed(device: torch.device) -> None:
     # a long timeout: other ranks wait in a barrier while local rank 0 downloads the base model
     timeout = datetime.timedelta(minutes=60)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timeout)
+        dist.init_process_group(backend=backend, timeout=timeout,
+                                device_id=device if device.type == "cuda" else None)
 
 
 def fetch_base_model(hp, rank: Rank) -> Path:
@@ -213,6 +214,8 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
         if rank.is_main:
             log(f"[train] resumed from {ckpt_dir} at step {step}")
 
+    # packed rows are nearly full anyway; one width on CUDA keeps compiled attention from recompiling
+    pad_to = hp.max_seq_length if (cuda and hp.packing) else None
     stream = micro_batches(train_rows, hp)
     for _ in range(step * hp.gradient_accumulation_steps):  # replay the data order up to the checkpoint
         next(stream)
@@ -226,7 +229,7 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
     epoch = 0
     while step < total:
         epoch, examples = next(stream)
-        batch = batch_kwargs(D.collate(examples, pad_id), device)
+        batch = batch_kwargs(D.collate(examples, pad_id, pad_to), device)
         loss = backend.forward_backward(batch)
         window_loss += torch.tensor([float(loss), 1.0], dtype=torch.float64)
         window_tokens += D.real_tokens(examples)
@@ -234,8 +237,11 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
             continue
         step += 1
         if step % hp.logging_steps == 0 or step == total:
-            stats = torch.tensor([window_loss[0], window_loss[1], window_tokens], dtype=torch.float64)
+            # on the collective's device: nccl reduces only CUDA tensors
+            stats = torch.tensor([window_loss[0], window_loss[1], window_tokens], dtype=torch.float64,
+                                 device=device)
             dist.all_reduce(stats)
+            stats = stats.cpu()
             now = time.time()
             mean_loss = float(stats[0] / stats[1])
             tps = float(stats[2]) / max(now - t_window, 1e-9)
@@ -254,7 +260,7 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
     if step > first_step:
         backend.save_checkpoint(ckpt_dir, f"step-{step}", {"step": step})
 
-    eval_loss = evaluate(backend, val_rows, hp, pad_id, device) if val_rows else None
+    eval_loss = evaluate(backend, val_rows, hp, pad_id, device, pad_to) if val_rows else None
     tps = total_tokens / max(runtime, 1e-9)
     summary = {
         "method": hp.method, "zero_stage": hp.zero_stage if hp.method == "deepspeed" else None,
@@ -277,16 +283,18 @@ def _has_checkpoint(ckpt_dir: Path) -> bool:
     return (ckpt_dir / "latest").is_file()
 
 
-def evaluate(backend, rows, hp, pad_id, device) -> float:
+def evaluate(backend, rows, hp, pad_id, device, pad_to=None) -> float:
     import torch.distributed as dist
 
     backend.train(False)
     acc = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, len(rows), hp.per_device_batch_size):
-            batch = batch_kwargs(D.collate(rows[i:i + hp.per_device_batch_size], pad_id), device)
+            batch = batch_kwargs(D.collate(rows[i:i + hp.per_device_batch_size], pad_id, pad_to), device)
             acc += torch.tensor([float(backend.forward(batch)), 1.0], dtype=torch.float64)
+    acc = acc.to(device)
     dist.all_reduce(acc)
+    acc = acc.cpu()
     backend.train(True)
     return float(acc[0] / acc[1]) if acc[1] else float("nan")
 
