@@ -398,3 +398,42 @@ def test_endpoint_from_a_failed_finetune_fails_with_its_reason(world):
     for plural, name in (("llamaendpoints", "broken-chat"), ("llamafinetunes", "broken-tune")):
         assert kube.delete(plural, "default", name) in (200, 202)
         wait_for(lambda: kube.get(plural, "default", name) is None, 60, f"{name} to go")
+
+
+def test_a_change_during_an_update_waits_for_it_then_rolls_on(world):
+    kube, sm, rt = world["kube"], world["sm"], world["rt"]
+    source = {"s3Uri": f"s3://{BUCKET}/models/tiny/"}
+
+    def version(wait_ms: int) -> dict:
+        return endpoint("busy", source=source, serving={"engine": "batching", "maxNewTokens": 4, "maxBatchSize": 2,
+                                                        "maxWaitMs": wait_ms, "dtype": "fp32"})
+
+    kube.apply(version(1))
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "busy")).get("status", {}).get("phase")
+                  in ("InService", "Failed") and o, 120, "InService")
+    assert ep["status"]["phase"] == "InService", ep["status"].get("failureReason")
+    uid, name = ep["metadata"]["uid"], ep["status"]["endpointName"]
+    first = ep["status"]["specHash"]
+
+    # Two commits in a row: the second arrives while SageMaker is still updating to the first.
+    kube.apply(version(2))
+    wait_for(lambda: phase(world, "busy") == "Updating", 30, "Updating")
+    kube.apply(version(3))
+    final = wait_for(lambda: (o := get(world, "llamaendpoints", "busy"))["status"].get("phase") == "InService"
+                     and o["status"].get("observedGeneration") == o["metadata"]["generation"]
+                     and o["status"].get("endpointConfigName") == sm.describe_endpoint(EndpointName=name)[
+                         "EndpointConfigName"] and o["status"]["specHash"] != first and o, 120,
+                     "the last change to serve")
+    props = world["s3"].get_object(
+        Bucket=BUCKET, Key=sm.describe_model(ModelName=final["status"]["modelName"])["PrimaryContainer"][
+            "ModelDataSource"]["S3DataSource"]["S3Uri"].split("/", 3)[3] + "serving.properties")["Body"].read()
+    assert b"max_wait_ms=3" in props  # the last spec serves, not the one in between
+    assert invoke(rt, name, "Hi there", 4) is not None
+    # Both superseded generations are collected; only what serves is left.
+    wait_for(lambda: owned(sm, uid)["Models"] == [final["status"]["modelName"]], 30, "superseded models to go")
+    assert owned(sm, uid) == {"Endpoints": [name], "EndpointConfigs": [final["status"]["endpointConfigName"]],
+                              "Models": [final["status"]["modelName"]]}
+
+    assert kube.delete("llamaendpoints", "default", "busy") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "busy") is None, 60, "the LlamaEndpoint to go")
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

@@ -335,8 +335,11 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
                 raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} failed; re-creating it with "
                                           f"{plan.config_name}", delay=timing.busy_retry)
             else:
+                # SageMaker refuses a second update while one runs (real ones take minutes): ask
+                # again less and less often, at most once a minute.
                 raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} is {current['EndpointStatus']}; "
-                                          f"the change to {plan.config_name} waits for it", delay=timing.busy_retry)
+                                          f"the change to {plan.config_name} waits for it",
+                                          delay=min(backoff(retry), 60.0))
         except TerminalError as exc:
             message = f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
             update = es.local_phase("Failed", exc.code, message, status, generation=generation)
