@@ -50,9 +50,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                              role_allowlist=args.role_allowlist)
 
 
-def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemaker_client=None):
-    """A kopf registry with every handler, bound to clients made from `settings` (a test may pass
-    its own SageMaker client, e.g. one with a botocore Stubber)."""
+def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemaker_client=None,
+                   endpoints: bool = False):
+    """A kopf registry with the LlamaFinetune handlers (and the LlamaEndpoint ones with
+    `endpoints`), bound to clients made from `settings` (a test may pass its own SageMaker client,
+    e.g. one with a botocore Stubber)."""
     from llama_operator.allowlist import RoleAllowlist
     from llama_operator.aws.clients import make_client
     from llama_operator.aws.events import EventConsumer
@@ -73,6 +75,10 @@ def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemak
                        s3=make_client("s3", settings.region),
                        allowlist=RoleAllowlist.from_file(settings.role_allowlist) if settings.role_allowlist else None)
     finetune.register(registry, app)
+    if endpoints:
+        from llama_operator.handlers import endpoint
+
+        endpoint.register(registry, app)
     tasks: list[asyncio.Task] = []
 
     @kopf.on.login(registry=registry)
@@ -109,10 +115,14 @@ def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemak
 def _login_from_kubeconfig(path: str):
     import yaml
 
-    config = yaml.safe_load(Path(path).read_text())
+    config = yaml.safe_load(Path(path).read_text()) or {}
     ctx_name = config.get("current-context")
-    ctx = next(c["context"] for c in config["contexts"] if c["name"] == ctx_name)
-    cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == ctx["cluster"])
+    try:
+        ctx = next(c["context"] for c in config.get("contexts") or [] if c["name"] == ctx_name)
+        cluster = next(c["cluster"] for c in config.get("clusters") or [] if c["name"] == ctx["cluster"])
+    except (StopIteration, KeyError, TypeError):
+        raise kopf.PermanentError(f"--kubeconfig {path}: no usable current-context (needs current-context, "
+                                  "contexts and clusters entries)") from None
     user = next((u["user"] for u in config.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
     return kopf.ConnectionInfo(
         server=cluster["server"], ca_path=cluster.get("certificate-authority"),
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         from llama_operator import metrics
         metrics.serve(args.metrics_port)
-    registry = build_registry(settings, kubeconfig=args.kubeconfig)
+    registry = build_registry(settings, kubeconfig=args.kubeconfig, endpoints=True)
     peering = None if args.standalone else args.peering
     asyncio.run(operator_coroutine(registry, namespaces=args.namespace, peering=peering, liveness=args.liveness))
     return 0
