@@ -114,3 +114,14 @@ def test_late_and_duplicate_events_never_move_status_backwards(kube, local_aws, 
         after = status_of(kube, name)
     assert after["phase"] == "Completed" and after["secondaryStatus"] == "Completed"
     assert after["lastEventTime"] == done["lastEventTime"]
+
+
+def test_without_a_queue_the_describe_resync_is_the_fallback(kube, local_aws, workloads):
+    settings = Settings(region=local_aws.env["AWS_DEFAULT_REGION"], events_queue_url=None, resync_seconds=1,
+                        workloads_dir=workloads, retry_seconds=0.5)
+    name = unique("noqueue")
+    with InProcessOperator(settings, kube.kubeconfig_path):
+        kube.apply(finetune(name, BUCKET))
+        st = wait_for(lambda: status_of(kube, name) if status_of(kube, name).get("phase") == "Completed" else None,
+                      timeout=90, what="Completed through resync")
+    assert st["modelArtifacts"].startswith("s3://") and st["trainingLoss"] == 0.42
