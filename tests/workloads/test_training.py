@@ -33,7 +33,7 @@ def assert_generates(model_dir):
     assert isinstance(tok.decode(new, skip_special_tokens=True), str)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("stage", [1, 2])
 def test_deepspeed_zero_trains_and_saves_loadable_model(tmp_path, tiny_base, chat_channels, stage):
     extra = {"add_special_tokens": "<|tool|>,<|end_tool|>"} if stage == 2 else {}
@@ -52,9 +52,16 @@ def test_deepspeed_zero_trains_and_saves_loadable_model(tmp_path, tiny_base, cha
     assert summary["steps"] == 30 and summary["world_size"] == 2
     assert summary["eval_loss"] is not None and summary["eval_loss"] < 6.0
     assert_generates(job.model_dir)
+    if stage == 1:  # a restarted job (spot interruption) continues from the checkpoint directory
+        again = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, method="deepspeed", zero_stage=1,
+                                                max_steps=40), chat_channels)
+        assert again.rc == 0, again.output[-3000:]
+        assert "at step 30" in again.output
+        assert [int(m.group(1)) for m in LOSS_LINE.finditer(again.output)] == [35, 40]
+        assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-40"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_deepspeed_zero3_round_trips_base_model_and_output_through_s3(tmp_path, tiny_base, chat_channels,
                                                                         s3, s3_endpoint):
     s3.create_bucket(Bucket="models")
@@ -99,3 +106,4 @@ def test_smp_falls_back_to_fsdp_trains_and_resumes(tmp_path, tiny_base, chat_cha
     steps = [int(m.group(1)) for m in LOSS_LINE.finditer(again.output)]
     assert steps == [35, 40]
     assert again.losses[-1] < job.losses[0] - 0.5
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-40"]

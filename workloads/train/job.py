@@ -255,10 +255,10 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
             window_tokens = 0
             t_window = now
         if hp.save_steps and step % hp.save_steps == 0 and step < total:
-            backend.save_checkpoint(ckpt_dir, f"step-{step}", {"step": step})
+            save_checkpoint(backend, ckpt_dir, step, rank)
     runtime = time.time() - t_loop
     if step > first_step:
-        backend.save_checkpoint(ckpt_dir, f"step-{step}", {"step": step})
+        save_checkpoint(backend, ckpt_dir, step, rank)
 
     eval_loss = evaluate(backend, val_rows, hp, pad_id, device, pad_to) if val_rows else None
     tps = total_tokens / max(runtime, 1e-9)
@@ -277,6 +277,21 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
             f"tokens_per_s={tps:.1f} runtime_s={runtime:.1f}")
     dist.barrier()
     dist.destroy_process_group()
+
+
+def save_checkpoint(backend, ckpt_dir: Path, step: int, rank: Rank) -> None:
+    """Save, then keep only this checkpoint: SageMaker syncs the folder to S3, and one full
+    optimizer state is all a restart needs."""
+    import torch.distributed as dist
+
+    tag = f"step-{step}"
+    backend.save_checkpoint(ckpt_dir, tag, {"step": step})
+    dist.barrier()
+    if rank.is_main:
+        for old in ckpt_dir.glob("step-*"):
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
 
 
 def _has_checkpoint(ckpt_dir: Path) -> bool:
