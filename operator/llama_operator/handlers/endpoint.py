@@ -304,7 +304,9 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
         if model_uri is None:
             phase = "Failed" if reason == "FinetuneFailed" else "WaitingForModel"
-            if status.get("phase") != phase or status.get("failureReason") != message:
+            said = next((c.get("message") for c in status.get("conditions") or []
+                         if c.get("type") == phase and c.get("status") == "True"), None)
+            if status.get("phase") != phase or said != message:  # write status only when it changes
                 _apply(patch, body, status, es.local_phase(phase, reason, message, status, generation=generation))
             # keep looking: a failed fine-tune may be re-created under the same name
             raise kopf.TemporaryError(message, delay=timing.model_wait * (6 if phase == "Failed" else 1))
