@@ -157,3 +157,17 @@ def test_rejected_spec_goes_failed_with_aws_message_and_no_job(kube, operator, s
     st = wait_for(phase_is(kube, name, "Failed"), timeout=30, what="Failed")
     assert "S3OutputPath" in st["failureReason"] or "outputS3Uri" in st["failureReason"]
     assert jobs_for(sm, name[:20]) == []
+
+
+def test_invalid_spec_goes_failed_naming_the_field_and_creates_nothing(kube, operator, sm):
+    # The emulator runs no admission, so the operator's own validation is what answers here.
+    name = unique("invalid")
+    manifest = finetune(name, BUCKET)
+    manifest["spec"]["resources"] = {"instanceCount": 0}
+    kube.apply(manifest)
+    st = wait_for(phase_is(kube, name, "Failed"), timeout=30, what="Failed")
+    assert "spec.resources.instanceType" in st["failureReason"]
+    assert "spec.resources.instanceCount" in st["failureReason"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "InvalidSpec"
+    assert jobs_for(sm, name[:20]) == []

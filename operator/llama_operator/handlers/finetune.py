@@ -79,8 +79,8 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         spec = dict(spec)
         try:
             model = planning.validate_spec(spec)
-        except Exception as exc:  # pydantic's message names each field
-            message = f"spec rejected: {exc}"
+        except Exception as exc:  # pydantic's errors name each field
+            message = f"spec rejected: {planning.describe_invalid(exc)}"
             _apply(patch, st.failed_before_start(status, "InvalidSpec", message, generation=generation, now=now))
             _event(body, "Warning", "InvalidSpec", message)
             return

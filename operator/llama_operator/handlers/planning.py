@@ -62,6 +62,18 @@ except ImportError:  # pragma: no cover - only before the planner lands
             "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}}
 
 
+def describe_invalid(exc: Exception) -> str:
+    """One line per problem, each naming the field as written in the manifest."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors():
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"spec.{field}: {err.get('msg', 'invalid')}" if field else err.get("msg", "invalid"))
+    return "; ".join(parts) + " (fix the manifest and apply it again)"
+
+
 def deletion_policy(spec: dict) -> str:
     return str(spec.get("deletionPolicy") or "Delete")
 
