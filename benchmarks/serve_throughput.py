@@ -177,6 +177,7 @@ def main(argv=None) -> int:
                     help="client counts at which one-at-a-time generate() is measured; larger counts are "
                          "derived from its measured service time (a serial queue)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (fused kernels)")
+    ap.add_argument("--eager-prefill", action="store_true", help="run prefills eagerly (decode steps stay graphs)")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode steps (to measure what graphs buy)")
     ap.add_argument("--out", help="write the full results as JSON here")
     ap.add_argument("--profile", type=int, metavar="BATCH",
@@ -219,10 +220,11 @@ def main(argv=None) -> int:
         return profile_step(model, args.profile, device, args.compile)
     engine = BatchingEngine(model, None, max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
                             max_len=max(lengths) + args.new_tokens + 8,
-                            use_cuda_graphs=False if args.no_graphs else None, compile_step=args.compile)
+                            use_cuda_graphs=False if args.no_graphs else None, compile_step=args.compile,
+                            graph_prefill=not args.eager_prefill)
     t0 = time.perf_counter()
     captured = engine.warmup(clients)
-    print(f"captured {captured} decode graphs in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"captured {captured} graphs in {time.perf_counter() - t0:.1f} s", flush=True)
 
     def engine_call(ids):
         res = engine.submit(input_ids=ids, params=params).result()

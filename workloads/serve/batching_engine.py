@@ -32,6 +32,8 @@ log = logging.getLogger("batching_engine")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 LENGTH_BUCKET = 128   # attention reads the cache up to the next multiple of this
+PREFILL_BUDGET = 8192  # most prompt tokens in one prefill (its mask is tokens x tokens)
+PREFILL_BUCKET = 256   # captured prefills come in multiples of this many tokens
 SLACK = 2             # slots past max_len: a finished row may run one more step before it is seen
 
 
@@ -112,7 +114,7 @@ class BatchingEngine:
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 32, max_wait_ms: float = 10.0,
                  max_len: int | None = None, use_cuda_graphs: bool | None = None,
-                 default_max_new_tokens: int = 64, compile_step: bool = False):
+                 default_max_new_tokens: int = 64, compile_step: bool = False, graph_prefill: bool = True):
         cfg = model.config
         if getattr(cfg, "model_type", "llama") not in ("llama", "mistral"):
             raise ValueError(f"model_type {cfg.model_type!r} is not a Llama-family model")
@@ -125,6 +127,7 @@ class BatchingEngine:
         self.max_len = int(max_len or min(getattr(cfg, "max_position_embeddings", 2048), 4096))
         self.default_max_new_tokens = default_max_new_tokens
         self.use_graphs = (self.device.type == "cuda") if use_cuda_graphs is None else use_cuda_graphs
+        self.graph_prefill = self.use_graphs and graph_prefill
         # Optionally let inductor fuse the step's small elementwise kernels (norms, rotary, SiLU);
         # the graphs then replay the fused kernels. Sizes stay symbolic: one compile for all buckets.
         self._step = torch.compile(self._decode_step, dynamic=True) if compile_step else self._decode_step
@@ -151,7 +154,8 @@ class BatchingEngine:
         # Whole buckets, so every attention length a step may use is a prefix of the cache.
         self.cache_len = -(-(self.max_len + SLACK) // LENGTH_BUCKET) * LENGTH_BUCKET
         # [layer, slot, 2 (k, v), kv head, position, dim]: one index_put writes a step's k and v.
-        self.kv_cache = torch.zeros((n_layers, self.n_slots, 2, self.n_kv, self.cache_len, self.head_dim),
+        # One row past the slots: a scratch row where a captured prefill's padding tokens write.
+        self.kv_cache = torch.zeros((n_layers, self.n_slots + 1, 2, self.n_kv, self.cache_len, self.head_dim),
                                     dtype=self.dtype, device=dev)
         positions = torch.arange(self.cache_len, device=dev)
         cos, sin = inner.rotary_emb(self.kv_cache[0, 0, 0, 0], positions[None])
@@ -174,6 +178,13 @@ class BatchingEngine:
         self._host_tokens = [torch.zeros(self.n_slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
         self._pool = None
+        # Prefill inputs (token, prompt index, position, slot) packed into PREFILL_BUDGET tokens;
+        # on the GPU the prefill is a graph too, per token-count bucket, as its eager launch
+        # overhead (hundreds of small kernels) cost more than the work.
+        self._p_in = torch.zeros((4, PREFILL_BUDGET), dtype=torch.long, device=dev)
+        self._p_last = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
+        self._p_logits = torch.zeros((self.n_slots, model.config.vocab_size), dtype=torch.float32, device=dev)
+        self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._slots: list[_Request | None] = [None] * self.n_slots
@@ -200,6 +211,8 @@ class BatchingEngine:
         vocab = self._embed.num_embeddings
         if any(not 0 <= t < vocab for t in input_ids):
             raise RequestError("inputs", f"token ids must be in [0, {vocab})")
+        if len(input_ids) > PREFILL_BUDGET:
+            raise RequestError("inputs", f"the prompt is {len(input_ids)} tokens; at most {PREFILL_BUDGET} are accepted")
         if len(input_ids) + params.max_new_tokens > self.max_len:
             room = self.max_len - len(input_ids)
             field_name = "inputs" if room < 1 else "parameters.max_new_tokens"
@@ -215,7 +228,7 @@ class BatchingEngine:
     def generate(self, prompt: str, params: GenerationParams | None = None, timeout: float | None = None):
         return self.submit(prompt, params).result(timeout)
 
-    def warmup(self, batch_sizes=None) -> int:
+    def warmup(self, batch_sizes=None, prefill: bool = True) -> int:
         """Capture the decode graphs for these batch sizes at every attention length now, so no
         request waits for a capture later. Call before serving; returns the graphs captured."""
         if not self.use_graphs:
@@ -230,6 +243,12 @@ class BatchingEngine:
                     for length in range(LENGTH_BUCKET, self.cache_len + 1, LENGTH_BUCKET):
                         if (b, length, False) not in self._graphs:
                             self._capture((b, length, False))
+                if prefill and self.graph_prefill:
+                    self._p_in.zero_()
+                    self._p_in[3].fill_(self.n_slots)  # the scratch row: no slot is touched
+                    for n_tok in range(PREFILL_BUCKET, PREFILL_BUDGET + 1, PREFILL_BUCKET):
+                        if n_tok not in self._prefill_graphs:
+                            self._capture_prefill(n_tok)
             torch.cuda.synchronize()
             done.set()
 
@@ -265,18 +284,32 @@ class BatchingEngine:
         return torch.addmm(x, act, layer.w_down.t())
 
     def _prefill(self, reqs: list[_Request]) -> torch.Tensor:
-        """Run the prompts packed into one sequence (no padding; attention kept within each
-        prompt), store their keys/values in their slots, and return each prompt's last-token
-        logits [n, vocab]."""
-        dev = self.device
+        """Run the prompts packed into one sequence (attention kept within each prompt), store
+        their keys/values in their slots, and return each prompt's last-token logits [n, vocab]."""
         lengths = [len(r.prompt_ids) for r in reqs]
-        ids = torch.tensor([t for r in reqs for t in r.prompt_ids], device=dev)
-        seq = torch.tensor([i for i, n in enumerate(lengths) for _ in range(n)], device=dev)
-        pos = torch.tensor([p for n in lengths for p in range(n)], device=dev)
-        slot = torch.tensor([reqs[i].slot for i, n in enumerate(lengths) for _ in range(n)], device=dev)
-        total = ids.shape[0]
+        total = sum(lengths)
+        n_tok = -(-total // PREFILL_BUCKET) * PREFILL_BUCKET if self.graph_prefill else total
+        pad = n_tok - total
+        packed = torch.tensor([
+            [t for r in reqs for t in r.prompt_ids] + [0] * pad,
+            [i for i, n in enumerate(lengths) for _ in range(n)] + [-1] * pad,  # padding: its own "prompt"
+            [p for n in lengths for p in range(n)] + [0] * pad,
+            [r.slot for r in reqs for _ in r.prompt_ids] + [self.n_slots] * pad,
+        ])
+        last = [sum(lengths[:i + 1]) - 1 for i in range(len(reqs))]
+        self._p_in[:, :n_tok].copy_(packed)
+        self._p_last.copy_(torch.tensor(last + [0] * (self.n_slots - len(reqs))))
+        if not self.graph_prefill:
+            self._prefill_packed(n_tok)
+        else:
+            graph = self._prefill_graphs.get(n_tok) or self._capture_prefill(n_tok)
+            graph.replay()
+        return self._p_logits[:len(reqs)]
+
+    def _prefill_packed(self, n_tok: int) -> None:
+        ids, seq, pos, slot = self._p_in[:, :n_tok]
         allowed = (seq[:, None] == seq[None, :]) & (pos[:, None] >= pos[None, :])
-        mask = torch.zeros((total, total), dtype=self.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
+        mask = torch.where(allowed, 0.0, self._neg_inf).to(self.dtype)
         cos, sin = self.cos[pos], self.sin[pos]
         group = self.n_heads // self.n_kv
         x = self._embed(ids)
@@ -287,9 +320,25 @@ class BatchingEngine:
             v = kv[:, 1].transpose(0, 1).repeat_interleave(group, dim=0)
             o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask[None, None],
                                                scale=self.scale)
-            x = self._layer_rest(layer, x, o[0].transpose(0, 1).reshape(total, -1))
-        last = torch.tensor(lengths, device=dev).cumsum(0) - 1
-        return self._head(self._norm(x[last])).float()
+            x = self._layer_rest(layer, x, o[0].transpose(0, 1).reshape(n_tok, -1))
+        self._p_logits.copy_(self._head(self._norm(x[self._p_last])).float())
+
+    def _capture_prefill(self, n_tok: int) -> "torch.cuda.CUDAGraph":
+        # Warm-up runs write the same keys/values the replay will (same inputs), so they are harmless.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._prefill_packed(n_tok)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._prefill_packed(n_tok)
+        self._prefill_graphs[n_tok] = graph
+        self.stats["graphs"] += 1
+        return graph
 
     def _select(self, logits, temperature, top_p, sample, with_sampling: bool):
         """Greedy argmax, and for rows that sample: temperature, nucleus (top_p) cut, then a draw
@@ -439,7 +488,7 @@ class BatchingEngine:
         for r, slot in zip(new, free):
             r.slot = slot
         # Bound the prefill's memory (its mask is tokens x tokens): pack prompts up to a budget.
-        budget, group, used = 8192, [], 0
+        budget, group, used = PREFILL_BUDGET, [], 0
         for r in new:
             if group and used + len(r.prompt_ids) > budget:
                 self._prefill_group(group)
