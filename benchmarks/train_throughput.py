@@ -91,10 +91,12 @@ VARIANTS = {v.name: v for v in [
     Variant("flex-flce-fused-compile-bs18", batch=18, liger=True, fused_adamw=True, compile_layers=True),
     Variant("flex-flce-fused-autotune-bs16", batch=16, liger=True, fused_adamw=True,
             compile_layers="max-autotune-no-cudagraphs"),
+    Variant("flex-flce-fused-autotune-bs18", batch=18, liger=True, fused_adamw=True,
+            compile_layers="max-autotune-no-cudagraphs"),
     Variant("nomask-liger-fused-bs16", batch=16, doc_mask=False, flex=False, liger=True, fused_adamw=True),
 ]}
 DEFAULT_GPU = ["seed", "packed-nomask-bs8", "flex-bs8", "flex-liger-bs8", "flex-liger-fused-bs8",
-               "flex-flce-fused-compile-bs16"]
+               "flex-flce-fused-compile-bs16", "flex-flce-fused-autotune-bs18"]
 DEFAULT_CPU = ["seed", "packed-posids-sdpa-bs8"]
 
 
@@ -270,6 +272,9 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
     }
     log(json.dumps(row))
     del model, opt
+    # Each variant compiles afresh: otherwise dynamo reuses the previous variant's graphs and, having
+    # seen a second batch size, recompiles them with a dynamic batch dimension.
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     gpu = device.type == "cuda"
-    steps = args.steps or (12 if gpu else 2)
+    steps = args.steps or (20 if gpu else 2)
     warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     seed_steps = args.seed_steps or (40 if gpu else 2)
     logf = args.log.open("a") if args.log else None
