@@ -68,7 +68,8 @@ def test_deepspeed_zero3_round_trips_base_model_and_output_through_s3(tmp_path, 
     for f in tiny_base.iterdir():
         s3.upload_file(str(f), "models", f"base/tiny/{f.name}")
     hps = short_run_hps("s3://models/base/tiny/", tmp_path, method="deepspeed", zero_stage=3,
-                        output_s3_uri="s3://models/finetuned/run-1/")
+                        output_s3_uri="s3://models/finetuned/run-1/", add_special_tokens="<|tool|>",
+                        new_token_init="mean")
     job = run_job(tmp_path, hps, chat_channels, extra_env={"AWS_ENDPOINT_URL_S3": s3_endpoint})
     assert_learned(job)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="finetuned/run-1/")["Contents"]}
@@ -90,6 +91,10 @@ def test_deepspeed_zero3_round_trips_base_model_and_output_through_s3(tmp_path, 
     cfg = AutoConfig.from_pretrained(pulled)
     emb = weights["model.embed_tokens.weight"]
     assert emb.shape == (cfg.vocab_size, cfg.hidden_size) and emb.dtype == torch.bfloat16
+    # the added token's rows were initialised (mean of the others) on partitioned parameters,
+    # then trained: they must be finite and not left at zero
+    assert cfg.vocab_size == AutoConfig.from_pretrained(tiny_base).vocab_size + 1
+    assert torch.isfinite(emb[-1].float()).all() and emb[-1].float().abs().sum() > 0
     assert_generates(pulled)
 
 

@@ -180,6 +180,15 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
         raise RuntimeError("precision=bf16 needs a GPU with bf16 support; set precision to fp16")
 
     model_dir = fetch_base_model(hp, rank)
+    zero3_init = None
+    if hp.method == "deepspeed" and hp.zero_stage == 3:
+        # Kept alive while loading: from_pretrained then builds the model already partitioned
+        # (deepspeed.zero.Init), so no rank ever holds the whole model.
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from .backends import deepspeed_config
+
+        zero3_init = HfDeepSpeedConfig(deepspeed_config(hp, total_steps=1, world_size=rank.world_size, cuda=cuda))
     model, tokenizer, pad_id, added = load_model(hp, model_dir, device)
     if rank.is_main and added:
         log(f"[train] added {added} special tokens ({hp.new_token_init} init)")
@@ -205,6 +214,7 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
     from .backends import make_backend
 
     backend = make_backend(model, hp, total_steps=total, world_size=rank.world_size, device=device)
+    del zero3_init
     ckpt_dir = Path(hp.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     step = 0

@@ -30,20 +30,35 @@ def init_new_rows(weight: torch.Tensor, n_old: int, mode: str, std: float,
             raise ValueError(f"new_token_init must be mean or normal, got {mode!r}")
 
 
+def _gathered(weight):
+    """Under ZeRO-3 a parameter is partitioned across ranks: gather it whole for the edit, and let
+    rank 0's edit be what every rank keeps."""
+    if not hasattr(weight, "ds_id"):
+        import contextlib
+
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([weight], modifier_rank=0)
+
+
 def add_tokens(model, tokenizer, tokens: tuple[str, ...], mode: str, seed: int = 0) -> int:
     """Add ``tokens`` as special tokens, grow the embeddings and initialise the new rows. Returns
     how many were new to the tokenizer."""
     if not tokens:
         return 0
-    n_old = model.get_input_embeddings().weight.shape[0]
+    n_old = model.config.vocab_size
     added = tokenizer.add_tokens(list(tokens), special_tokens=True)
     if len(tokenizer) <= n_old:
         return added
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     std = float(getattr(model.config, "initializer_range", 0.02))
     gen = torch.Generator().manual_seed(seed)
-    init_new_rows(model.get_input_embeddings().weight, n_old, mode, std, gen)
+    emb = model.get_input_embeddings().weight
+    with _gathered(emb):
+        init_new_rows(emb, n_old, mode, std, gen)
     out = model.get_output_embeddings()
-    if out is not None and out.weight is not model.get_input_embeddings().weight:
-        init_new_rows(out.weight, n_old, mode, std, gen)
+    if out is not None and out.weight is not emb:
+        with _gathered(out.weight):
+            init_new_rows(out.weight, n_old, mode, std, gen)
     return added
