@@ -139,3 +139,19 @@ def short_run_hps(base_model, tmp: Path, **overrides) -> dict:
            "checkpoint_dir": tmp / "checkpoints", "seed": 7}
     hps.update(overrides)
     return hps
+
+
+@pytest.fixture(scope="session")
+def prepared_channels(tmp_path_factory, chat_channels, tiny_base) -> dict[str, Path]:
+    """The same conversations already in the training format (as `python -m prepare` writes it)."""
+    from transformers import AutoTokenizer
+
+    from prepare.writer import prepare_to_jsonl
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    root = tmp_path_factory.mktemp("prepared")
+    out = {}
+    for name, src in chat_channels.items():
+        prepare_to_jsonl(tok, src, root / name / "rows.jsonl", data_format="chat_jsonl")
+        out[name] = root / name
+    return out

@@ -61,3 +61,17 @@ def test_each_bad_value_names_its_parameter(name, value):
         validate({"method": "deepspeed", "base_model": "/m", name: value})
     assert str(err.value).startswith(f"invalid hyperparameter {name}={value}: ")
     assert "\n" not in str(err.value)
+
+
+def test_arguments_as_the_sagemaker_training_toolkit_renders_them():
+    """The toolkit JSON-decodes each hyperparameter (so "true" arrives as True, "3" as 3) and
+    renders them with its own mapping; the result must validate to the same values."""
+    from sagemaker_training import mapping
+
+    decoded = {"method": "deepspeed", "base_model": "s3://b/p/", "zero_stage": 2, "packing": True,
+               "gradient_checkpointing": False, "output_s3_uri": "", "learning_rate": 1e-4,
+               "add_special_tokens": "<a>,<b>", "epochs": 2, "max_steps": -1}
+    hp, unknown = validate(parse_argv(mapping.to_cmd_args(decoded)))
+    assert unknown == []
+    assert (hp.zero_stage, hp.packing, hp.gradient_checkpointing, hp.output_s3_uri) == (2, True, False, "")
+    assert (hp.learning_rate, hp.add_special_tokens, hp.epochs, hp.max_steps) == (1e-4, ("<a>", "<b>"), 2.0, -1)

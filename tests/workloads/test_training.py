@@ -35,10 +35,14 @@ def assert_generates(model_dir):
 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("stage", [1, 2])
-def test_deepspeed_zero_trains_and_saves_loadable_model(tmp_path, tiny_base, chat_channels, stage):
+def test_deepspeed_zero_trains_and_saves_loadable_model(tmp_path, tiny_base, chat_channels, prepared_channels,
+                                                        stage):
+    # ZeRO-1 reads data already prepared; ZeRO-2 prepares raw chat JSONL inside the job
+    channels = prepared_channels if stage == 1 else chat_channels
     extra = {"add_special_tokens": "<|tool|>,<|end_tool|>"} if stage == 2 else {}
     job = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, method="deepspeed", zero_stage=stage, **extra),
-                  chat_channels)
+                  channels)
+    assert ("[train] prepared train:" in job.output) == (stage == 2)
     assert_learned(job)
     if extra:  # the new tokens travel with the saved model: tokenizer and both embedding matrices
         from transformers import AutoConfig, AutoTokenizer
@@ -54,7 +58,7 @@ def test_deepspeed_zero_trains_and_saves_loadable_model(tmp_path, tiny_base, cha
     assert_generates(job.model_dir)
     if stage == 1:  # a restarted job (spot interruption) continues from the checkpoint directory
         again = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, method="deepspeed", zero_stage=1,
-                                                max_steps=40), chat_channels)
+                                                max_steps=40), channels)
         assert again.rc == 0, again.output[-3000:]
         assert "at step 30" in again.output
         assert [int(m.group(1)) for m in LOSS_LINE.finditer(again.output)] == [35, 40]
