@@ -39,7 +39,8 @@ def test_deepspeed_zero_trains_and_saves_loadable_model(tmp_path, tiny_base, cha
                                                         stage):
     # ZeRO-1 reads data already prepared; ZeRO-2 prepares raw chat JSONL inside the job
     channels = prepared_channels if stage == 1 else chat_channels
-    extra = {"add_special_tokens": "<|tool|>,<|end_tool|>"} if stage == 2 else {}
+    extra = {"add_special_tokens": "<|tool|>,<|end_tool|>", "per_device_batch_size": 1,
+             "gradient_accumulation_steps": 2} if stage == 2 else {}
     job = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, method="deepspeed", zero_stage=stage, **extra),
                   channels)
     assert ("[train] prepared train:" in job.output) == (stage == 2)
@@ -104,12 +105,20 @@ def test_deepspeed_zero3_round_trips_base_model_and_output_through_s3(tmp_path, 
 
 @pytest.mark.timeout(300)
 def test_smp_falls_back_to_fsdp_trains_and_resumes(tmp_path, tiny_base, chat_channels):
-    job = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, method="smp"), chat_channels)
+    opts = {"method": "smp", "gradient_checkpointing": "true", "per_device_batch_size": 1,
+            "gradient_accumulation_steps": 2}
+    job = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, **opts), chat_channels)
     assert_learned(job)
     assert "method=smp world_size=2" in job.output
+    # each optimizer step consumed 2 micro-batches of 1 row: 60 rows of this rank's share
+    import re
+
+    rows = int(re.search(r"rows_per_rank=(\d+)", job.output).group(1))
+    last_epoch = float(list(LOSS_LINE.finditer(job.output))[-1].group(3))
+    assert abs(last_epoch - 60 / rows) < 0.006, (last_epoch, rows)
     assert_generates(job.model_dir)
     # a restarted job (spot interruption) continues from the checkpoint directory
-    again = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, method="smp", max_steps=40), chat_channels)
+    again = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, **dict(opts, max_steps=40)), chat_channels)
     assert again.rc == 0, again.output[-3000:]
     assert "resumed from" in again.output and "at step 30" in again.output
     steps = [int(m.group(1)) for m in LOSS_LINE.finditer(again.output)]
