@@ -171,3 +171,11 @@ def test_invalid_spec_goes_failed_naming_the_field_and_creates_nothing(kube, ope
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "InvalidSpec"
     assert jobs_for(sm, name[:20]) == []
+    # Fixing the manifest and applying it again starts the job.
+    kube.apply(finetune(name, BUCKET))
+    try:
+        st = wait_for(phase_is(kube, name, "Completed"), timeout=90, what="Completed after the fix")
+    except AssertionError:
+        raise AssertionError(json.dumps(kube.get(PLURAL, "default", name), indent=1)[:4000]) from None
+    assert jobs_for(sm, name[:20]) == [st["trainingJobName"]]
+    assert st["observedGeneration"] == 2

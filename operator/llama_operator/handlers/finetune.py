@@ -127,9 +127,12 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             raise kopf.TemporaryError(message, delay=delay)
 
         app.names[request["TrainingJobName"]] = (namespace, name)
-        values, events = st.from_training_job(described, status, generation=generation, now=now)
-        if not values:  # status already ahead (an event got there first)
-            values = {}
+        # Before a job exists, status holds at most a pre-creation failure (e.g. an invalid spec
+        # since fixed): that is no ordering bound for the job's own story.
+        basis = status if status.get("trainingJobName") else {"conditions": status.get("conditions")}
+        values, events = st.from_training_job(described, basis, generation=generation, now=now)
+        if not status.get("trainingJobName") and status.get("failureReason") and "failureReason" not in values:
+            values["failureReason"] = None
         values.setdefault("trainingJobName", request["TrainingJobName"])
         values["sourceS3Uri"] = source_uri
         values["conditions"] = st.synced(values.get("conditions", status.get("conditions")), True,
@@ -142,6 +145,18 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                + ("" if uploaded else " (source already in S3)"))
         for type_, reason, message in events:
             _event(body, type_, reason, message)
+
+    @kopf.on.update(*RESOURCE, registry=registry, field="spec")
+    async def spec_changed(spec, body, meta, status, name, namespace, uid, patch, retry, **kwargs):
+        if status.get("trainingJobName"):
+            # A training job cannot change once created; the CRD's rules make the spec immutable
+            # in a real cluster, so this is reached only where admission did not run.
+            _event(body, "Warning", "SpecImmutable", "the spec changed after training job "
+                   f"{status['trainingJobName']} was created; the job keeps running as it was created. "
+                   "Create a new LlamaFinetune for a new run")
+            return
+        await reconcile(spec=spec, body=body, meta=meta, status=status, name=name, namespace=namespace, uid=uid,
+                        patch=patch, retry=retry)
 
     @kopf.timer(*RESOURCE, registry=registry, interval=settings.resync_seconds,
                 initial_delay=settings.resync_seconds, idle=None)
