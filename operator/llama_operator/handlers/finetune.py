@@ -52,6 +52,22 @@ def _apply(patch: kopf.Patch, values: dict) -> None:
         patch.status[key] = value
 
 
+def _metric(name: str, **labels) -> None:
+    try:
+        from llama_operator import metrics
+        getattr(metrics, name).labels(**labels).inc()
+    except Exception:  # metrics never break reconciliation
+        pass
+
+
+def _phase_metric(namespace: str, name: str, phase: str | None) -> None:
+    try:
+        from llama_operator import metrics
+        metrics.observe_phase("LlamaFinetune", namespace, name, phase)
+    except Exception:
+        pass
+
+
 def _event(body, type_: str, reason: str, message: str) -> None:
     kopf.event(body, type=type_, reason=reason, message=message)
 
@@ -64,8 +80,10 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         job = status.get("trainingJobName") or planning.training_job_name(namespace, name, uid)
         if type == "DELETED":
             app.names.pop(job, None)
+            _phase_metric(namespace, name, None)
         else:
             app.names[job] = (namespace, name)
+            _phase_metric(namespace, name, status.get("phase") or "Pending")
 
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.resume(*RESOURCE, registry=registry)
@@ -106,6 +124,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             message = f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
             _apply(patch, st.failed_before_start(status, exc.code, message, generation=generation, now=now))
             _event(body, "Warning", exc.code, message)
+            _metric("RECONCILES", kind="LlamaFinetune", outcome="terminal")
             return
         except RetryableError as exc:
             delay = backoff(settings, retry)
@@ -116,6 +135,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                                              generation=generation, now=now)
             _apply(patch, values)
             _event(body, "Warning", reason, message)
+            _metric("RECONCILES", kind="LlamaFinetune", outcome="retry")
             raise kopf.TemporaryError(message, delay=delay)
         except Exception as exc:  # S3, network, anything: retried, never fatal to the operator
             delay = backoff(settings, retry)
@@ -145,6 +165,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                + ("" if uploaded else " (source already in S3)"))
         for type_, reason, message in events:
             _event(body, type_, reason, message)
+        _metric("RECONCILES", kind="LlamaFinetune", outcome="ok")
 
     @kopf.on.update(*RESOURCE, registry=registry, field="spec")
     async def spec_changed(spec, body, meta, status, name, namespace, uid, patch, retry, **kwargs):
@@ -206,6 +227,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         job = detail.get("TrainingJobName", "")
         owner = owner_of(detail)
         where = (owner[0], owner[1]) if owner else app.names.get(job)
+        _metric("EVENTS_RECEIVED", detail_type=TRAINING_DETAIL_TYPE, matched=str(where is not None).lower())
         if where is None:
             log.debug("event for training job %s, which no LlamaFinetune owns", job)
             return
