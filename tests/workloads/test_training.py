@@ -125,3 +125,14 @@ def test_smp_falls_back_to_fsdp_trains_and_resumes(tmp_path, tiny_base, chat_cha
     assert steps == [35, 40]
     assert again.losses[-1] < job.losses[0] - 0.5
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-40"]
+
+
+@pytest.mark.timeout(200)
+def test_missing_s3_base_model_fails_the_job_with_a_clear_reason(tmp_path, chat_channels, s3, s3_endpoint):
+    s3.create_bucket(Bucket="empty-models")
+    hps = short_run_hps("s3://empty-models/nothing-here/", tmp_path, method="smp")
+    job = run_job(tmp_path, hps, chat_channels, extra_env={"AWS_ENDPOINT_URL_S3": s3_endpoint})
+    assert job.rc != 0
+    failure = job.failure.strip()
+    assert failure.startswith("training failed on rank 0: S3SyncError: ") and "\n" not in failure
+    assert "nothing-here" in failure

@@ -59,9 +59,11 @@ def rank_from_env(env=os.environ) -> Rank:
 
 
 def write_failure(paths: JobPaths, line: str) -> None:
-    """SageMaker shows this file's content as the job's FailureReason."""
+    """SageMaker shows this file's content as the job's FailureReason. The first writer wins: when
+    one rank fails, the others then fail on broken connections, which is not the reason."""
     try:
         paths.output_dir.mkdir(parents=True, exist_ok=True)
-        paths.failure_file.write_text(line + "\n")
+        with open(paths.failure_file, "x") as fh:
+            fh.write(line + "\n")
     except OSError:
         pass
