@@ -93,6 +93,8 @@ def test_apply_creates_one_job_and_events_drive_status_to_completed(kube, operat
     assert conds["Ready"]["status"] == "True" and conds["Failed"]["status"] == "False"
     assert conds["Progressing"]["status"] == "False"
     assert conds["Ready"]["observedGeneration"] == 1
+    after = kube.get(PLURAL, "default", name)
+    assert after["spec"] == spec and after["metadata"]["generation"] == 1  # the operator never writes spec
     reasons = [e["reason"] for e in events_for(kube, name)]
     assert "Created" in reasons and "TrainingJobCompleted" in reasons and "Training" in reasons
 
