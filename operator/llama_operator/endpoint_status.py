@@ -235,7 +235,7 @@ def gone(status: Mapping[str, Any] | None, *, generation: int | None = None, now
     back to Pending so the next reconcile creates it again."""
     status = dict(status or {})
     now = now or now_iso()
-    msg = f"endpoint {status.get('endpointName')} no longer exists in SageMaker; it will be created again"
+    msg = f"endpoint {status.get('endpointName')} no longer exists in SageMaker; creating it again"
     return {"phase": "Pending", "endpointArn": None, "invocationUrl": None, "endpointConfigName": None,
             "modelName": None,
             "conditions": conditions_for("Pending", "EndpointMissing", msg, status.get("conditions"),

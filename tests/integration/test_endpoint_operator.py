@@ -437,3 +437,30 @@ def test_a_change_during_an_update_waits_for_it_then_rolls_on(world):
     assert kube.delete("llamaendpoints", "default", "busy") in (200, 202)
     wait_for(lambda: kube.get("llamaendpoints", "default", "busy") is None, 60, "the LlamaEndpoint to go")
     assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+
+
+def test_endpoint_deleted_behind_the_operators_back_comes_back_at_resync(world):
+    """The one test that relies on the Describe fallback: an operator with a 2-second resync."""
+    import dataclasses
+
+    kube, sm = world["kube"], world["sm"]
+    world["ops"][-1].__exit__()
+    world["ops"].append(Operator(dataclasses.replace(world["settings"], resync_seconds=2.0),
+                                 world["kubeconfig"]).__enter__())
+    kube.apply(endpoint("drift", source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}))
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "drift")).get("status", {}).get("phase")
+                  in ("InService", "Failed") and o, 120, "InService")
+    assert ep["status"]["phase"] == "InService", ep["status"].get("failureReason")
+    name, uid = ep["status"]["endpointName"], ep["metadata"]["uid"]
+    sm.delete_endpoint(EndpointName=name)  # someone tidies up in the console
+    wait_for(lambda: not [e for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name], 30,
+             "the endpoint to be deleted by hand")
+    back = wait_for(lambda: [e for e in sm.list_endpoints()["Endpoints"]
+                             if e["EndpointName"] == name and e["EndpointStatus"] == "InService"], 120,
+                    "the endpoint to be created again")
+    assert back
+    wait_for(lambda: phase(world, "drift") == "InService", 30, "status to say InService again")
+
+    assert kube.delete("llamaendpoints", "default", "drift") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "drift") is None, 60, "the LlamaEndpoint to go")
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

@@ -377,11 +377,13 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
 
     @kopf.timer(*RESOURCE, registry=registry, id="resync", interval=settings.resync_seconds,
                 initial_delay=settings.resync_seconds)
-    def resync(status, meta, namespace, name, uid, body, patch, **_):
-        """The fallback: DescribeEndpoint, in case an event was lost."""
+    def resync(spec, status, meta, namespace, name, uid, body, patch, llama_finetunes, **_):
+        """The fallback: DescribeEndpoint, in case an event was lost; an endpoint deleted behind
+        the operator's back is created again, as the spec says."""
         status = dict(status or {})
         endpoint = status.get("endpointName")
-        if not endpoint or meta.get("deletionTimestamp") or status.get("phase") in ("WaitingForModel", "Deleting"):
+        # (phase Deleting without a deletionTimestamp: someone else deleted the endpoint)
+        if not endpoint or meta.get("deletionTimestamp") or status.get("phase") == "WaitingForModel":
             return
         try:
             describe = gw.describe_endpoint(endpoint)
@@ -390,7 +392,10 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         except SageMakerError as exc:
             log.warning("%s/%s: resync failed: %s", namespace, name, exc)
             return
-        _apply(patch, body, status, update)
+        status = _apply(patch, body, status, update)
+        if describe is None and update:
+            reconcile(spec=spec, status=status, meta=meta, namespace=namespace, name=name, uid=uid, body=body,
+                      patch=patch, retry=0, llama_finetunes=llama_finetunes)
 
     @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")
     def finalize(spec, status, meta, namespace, name, uid, body, patch, retry, **_):
