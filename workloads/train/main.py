@@ -2,16 +2,11 @@
 and push. Run by ``train_entry.py`` under torchrun (one process per GPU, or per CPU test rank)."""
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
-import tempfile
-import time
 import traceback
 from pathlib import Path
 
-from .environment import JobPaths, job_paths, rank_from_env, write_failure
+from .environment import job_paths, rank_from_env, write_failure
 from .hparams import HyperparameterError, raw_hyperparameters, validate
 
 
