@@ -58,6 +58,24 @@ class _Request:
     pos: int = 0                # host mirror of the slot's next cache position
 
 
+def _qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: int):
+    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_qkv, b_qkv)
+    head_dim = cos.shape[-1]
+    qkv = qkv.view(x.shape[0], n_heads + 2 * n_kv, head_dim)
+    qk = qkv[:, :n_heads + n_kv]
+    qk = torch.addcmul(qk * cos[:, None], qk.roll(head_dim // 2, dims=-1), sin[:, None])
+    kv = torch.cat((qk[:, n_heads:], qkv[:, n_heads + n_kv:]), dim=1)
+    return qk[:, :n_heads], kv.view(x.shape[0], 2, n_kv, head_dim)
+
+
+def _rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act):
+    """Output projection and MLP, residuals folded into the matmuls (addmm)."""
+    x = torch.addmm(x, attn_out, w_o.t()) if b_o is None else x + F.linear(attn_out, w_o, b_o)
+    gu = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_gu)
+    inter = gu.shape[-1] // 2
+    return torch.addmm(x, act(gu[:, :inter]) * gu[:, inter:], w_down.t())
+
+
 @dataclass
 class _Call:
     """Work to run on the engine's thread (which owns the GPU state) when it is idle."""
@@ -78,7 +96,8 @@ class _FusedLayer:
             raise ValueError("MLP biases are not supported (Llama has none)")
         self.w_o, self.b_o = attn.o_proj.weight, attn.o_proj.bias
         self.w_down = mlp.down_proj.weight
-        self.act = mlp.act_fn
+        # One function object for every layer, so a compiled step is not specialised per layer.
+        self.act = F.silu if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") else mlp.act_fn
         self.ln1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.ln2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
 
@@ -130,7 +149,13 @@ class BatchingEngine:
         self.graph_prefill = self.use_graphs and graph_prefill
         # Optionally let inductor fuse the step's small elementwise kernels (norms, rotary, SiLU);
         # the graphs then replay the fused kernels. Sizes stay symbolic: one compile for all buckets.
-        self._step = torch.compile(self._decode_step, dynamic=True) if compile_step else self._decode_step
+        self._step = self._decode_step
+        self._qkv_fn, self._rest_fn = _qkv_math, _rest_math
+        if compile_step:
+            # Inductor fuses the small kernels around the matmuls (norms, rotary, SiLU); compiling
+            # the whole 22-layer step took too long, these two pure functions compile once each.
+            self._qkv_fn = torch.compile(_qkv_math, dynamic=True)
+            self._rest_fn = torch.compile(_rest_math, dynamic=True)
 
         inner = model.model
         self._embed, self._norm, self._head = inner.embed_tokens, inner.norm, model.lm_head
@@ -268,20 +293,11 @@ class BatchingEngine:
     def _layer_qkv(self, layer, x, cos, sin):
         """Norm, fused q/k/v projection and rotary embedding for x [N, hidden], cos/sin [N, D].
         Returns q [N, H, D] and the new keys and values [N, 2, KV, D]."""
-        qkv = F.linear(F.rms_norm(x, (x.shape[-1],), layer.ln1, layer.eps1), layer.w_qkv, layer.b_qkv)
-        qkv = qkv.view(x.shape[0], self.n_heads + 2 * self.n_kv, self.head_dim)
-        qk = qkv[:, :self.n_heads + self.n_kv]
-        qk = torch.addcmul(qk * cos[:, None], qk.roll(self.head_dim // 2, dims=-1), sin[:, None])
-        kv = torch.cat((qk[:, self.n_heads:], qkv[:, self.n_heads + self.n_kv:]), dim=1)
-        return qk[:, :self.n_heads], kv.view(x.shape[0], 2, self.n_kv, self.head_dim)
+        return self._qkv_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, cos, sin, self.n_heads, self.n_kv)
 
     def _layer_rest(self, layer, x, attn_out):
-        """Output projection and MLP, residuals folded into the matmuls (addmm)."""
-        x = torch.addmm(x, attn_out, layer.w_o.t()) if layer.b_o is None else x + F.linear(attn_out, layer.w_o, layer.b_o)
-        gu = F.linear(F.rms_norm(x, (x.shape[-1],), layer.ln2, layer.eps2), layer.w_gu)
-        inter = gu.shape[-1] // 2
-        act = layer.act(gu[:, :inter]) * gu[:, inter:]
-        return torch.addmm(x, act, layer.w_down.t())
+        return self._rest_fn(x, attn_out, layer.w_o, layer.b_o, layer.ln2, layer.eps2, layer.w_gu, layer.w_down,
+                             layer.act)
 
     def _prefill(self, reqs: list[_Request]) -> torch.Tensor:
         """Run the prompts packed into one sequence (attention kept within each prompt), store

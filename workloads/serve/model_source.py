@@ -151,6 +151,9 @@ def load_engine(settings: ServeSettings, device: str | None = None):
     dtype = settings.dtype or ("bfloat16" if device == "cuda" else "float32")
     model = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=getattr(torch, dtype)).to(device)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_dir)
-    return BatchingEngine(model, tokenizer, max_batch_size=settings.max_batch_size,
-                          max_wait_ms=settings.max_wait_ms, max_len=settings.max_model_len,
-                          default_max_new_tokens=settings.default_max_new_tokens)
+    engine = BatchingEngine(model, tokenizer, max_batch_size=settings.max_batch_size,
+                            max_wait_ms=settings.max_wait_ms, max_len=settings.max_model_len,
+                            default_max_new_tokens=settings.default_max_new_tokens)
+    if engine.use_graphs:  # capture every graph before /ping says ready, not on a client's time
+        log.info("captured %d CUDA graphs", engine.warmup(range(1, settings.max_batch_size + 1)))
+    return engine
