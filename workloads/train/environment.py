@@ -14,6 +14,9 @@ class JobPaths:
     model_dir: Path
     output_dir: Path
     output_data_dir: Path
+    # SageMaker syncs /opt/ml/checkpoints with CheckpointConfig's S3 prefix; under a base dir (local
+    # service, tests) each job gets its own, so one job never resumes from another's leftovers
+    checkpoints_dir: Path = Path("/opt/ml/checkpoints")
 
     @property
     def failure_file(self) -> Path:
@@ -33,7 +36,8 @@ def job_paths(env=os.environ) -> JobPaths:
     output = Path(env.get("SM_OUTPUT_DIR", base / "output"))
     return JobPaths(train=channel("train"), validation=channel("validation"),
                     model_dir=Path(env.get("SM_MODEL_DIR", base / "model")), output_dir=output,
-                    output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", output / "data")))
+                    output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", output / "data")),
+                    checkpoints_dir=base / "checkpoints")
 
 
 @dataclass(frozen=True)

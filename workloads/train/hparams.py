@@ -43,7 +43,7 @@ class Hyperparameters:
     logging_steps: int = 10
     save_steps: int = 0
     seed: int = 42
-    checkpoint_dir: str = "/opt/ml/checkpoints"
+    checkpoint_dir: str = ""  # "" = the job's checkpoints directory ($SAGEMAKER_BASE_DIR/checkpoints)
 
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

@@ -214,7 +214,7 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
 
     backend = make_backend(model, hp, total_steps=total, world_size=rank.world_size, device=device)
     del zero3_init
-    ckpt_dir = Path(hp.checkpoint_dir)
+    ckpt_dir = Path(hp.checkpoint_dir) if hp.checkpoint_dir else paths.checkpoints_dir
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     step = 0
     state = backend.load_checkpoint(ckpt_dir) if _has_checkpoint(ckpt_dir) else None
