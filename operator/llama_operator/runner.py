@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -96,6 +98,7 @@ def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemak
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.persistence.finalizer = "llamaops.dev/finalizer"
+        settings.peering.priority = peering_priority(os.environ.get("POD_NAME"))
         if app.settings.events_queue_url:
             consumer = EventConsumer(make_client("sqs", app.settings.region), app.settings.events_queue_url,
                                      app.on_event, wait_seconds=app.settings.events_wait_seconds)
@@ -110,6 +113,14 @@ def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemak
 
     registry.app = app
     return registry
+
+
+def peering_priority(pod_name: str | None) -> int:
+    """A priority distinct per replica: kopf pauses every peer of equal priority, so two replicas
+    left at the default would both stand still. The pod name is unique; its hash orders replicas."""
+    if not pod_name:
+        return 0
+    return int(hashlib.sha256(pod_name.encode()).hexdigest()[:7], 16) + 1
 
 
 def _login_from_kubeconfig(path: str):
