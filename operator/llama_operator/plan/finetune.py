@@ -13,7 +13,8 @@ from .tags import owner_tags
 
 ENTRY_POINT = "train_entry.py"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-LOSS_REGEX = r"loss=([0-9.eE+-]+)"
+# the per-step line's " loss=", not the summary's "train_loss=" (an average over the run)
+LOSS_REGEX = r"step=\S+ (?:.* )?loss=([0-9.eE+-]+)"
 METRIC_DEFINITIONS = [
     {"Name": "train:loss", "Regex": LOSS_REGEX},
     {"Name": "train:learning_rate", "Regex": r" lr=([0-9.eE+-]+)"},
