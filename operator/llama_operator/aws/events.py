@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from typing import Awaitable, Callable
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,32 @@ def owner_of(detail: dict) -> tuple[str, str, str] | None:
     return (ns, name, tags.get("llamaops.dev/uid", "")) if ns and name else None
 
 
+async def in_daemon_thread(fn, /, **kwargs):
+    """Run a blocking call on a daemon thread. A long poll cannot be interrupted; on the default
+    executor it would hold up the operator's exit for up to WaitTimeSeconds after SIGTERM."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(setter, value):
+        if not future.done():
+            setter(value)
+
+    def work():
+        try:
+            result = fn(**kwargs)
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            outcome = (future.set_exception, exc)
+        else:
+            outcome = (future.set_result, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: the operator has stopped, nobody waits
+            pass
+
+    threading.Thread(target=work, name="sqs-receive", daemon=True).start()
+    return await future
+
+
 class EventConsumer:
     def __init__(self, sqs, queue_url: str, handle: Callable[[dict], Awaitable[None]], *,
                  wait_seconds: int = 20, batch: int = 10):
@@ -63,8 +90,8 @@ class EventConsumer:
                 pause = min(pause * 2, 60.0)
 
     async def poll_once(self) -> int:
-        resp = await asyncio.to_thread(self.sqs.receive_message, QueueUrl=self.queue_url,
-                                       MaxNumberOfMessages=self.batch, WaitTimeSeconds=self.wait_seconds)
+        resp = await in_daemon_thread(self.sqs.receive_message, QueueUrl=self.queue_url,
+                                      MaxNumberOfMessages=self.batch, WaitTimeSeconds=self.wait_seconds)
         handled = 0
         for msg in resp.get("Messages", []):
             event = parse_message(msg.get("Body", ""))
