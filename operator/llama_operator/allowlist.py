@@ -48,6 +48,8 @@ class RoleAllowlist:
             return None
         if not patterns:
             return (f"spec.roleArn {role_arn} is not allowed: namespace {namespace!r} has no SageMaker "
-                    "execution roles in the operator's role allowlist; ask the platform team to add one")
+                    "execution roles in the operator's role allowlist; ask the platform team to add this "
+                    "role for the namespace to the operator's role allowlist")
         return (f"spec.roleArn {role_arn} is not allowed in namespace {namespace!r}; "
-                f"use one of: {', '.join(patterns)}")
+                f"use one of: {', '.join(patterns)}, or ask the platform team to add this role for the "
+                "namespace to the operator's role allowlist")

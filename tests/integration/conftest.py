@@ -49,3 +49,28 @@ def workloads(tmp_path_factory):
     from operator_harness import write_workloads
 
     return write_workloads(tmp_path_factory.mktemp("workloads"))
+
+
+@pytest.fixture(scope="module")
+def stub_serving_aws(tmp_path_factory):
+    """Like `local_aws`, and endpoints whose image is operator_harness.STUB_IMAGE are served by a
+    stub server that is ready at once (for tests about the operator, not about serving)."""
+    from llama_operator.local.stack import LocalStack
+    from operator_harness import write_stub_server
+
+    containers = write_stub_server(tmp_path_factory.mktemp("stub-serving"))
+    with LocalStack(tmp_path_factory.mktemp("sagemaker"), containers=containers) as stack:
+        s3 = stack.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="models/tiny/config.json", Body=b'{"model_type": "llama"}')
+        s3.put_object(Bucket=BUCKET, Key="data/dailydialog/train.txt", Body=b"Person1: hi##Person2: hello")
+        saved = {k: os.environ.get(k) for k in stack.env}
+        os.environ.update(stack.env)
+        try:
+            yield stack
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

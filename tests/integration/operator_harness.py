@@ -62,18 +62,80 @@ def finetune(name: str, bucket: str, *, namespace: str = "default", policy: str 
             "spec": body}
 
 
-class InProcessOperator:
-    """kopf.operator() in a thread with its own event loop, stopped through kopf's stop flag."""
+# A stand-in model server for endpoints: SageMaker's inference container contract (GET /ping,
+# POST /invocations on SAGEMAKER_BIND_TO_PORT) and nothing else; ready at once.
+STUB_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/stub-serving:1"
+STUB_SERVER = '''
+import http.server, json, os
 
-    def __init__(self, settings: Settings, kubeconfig: Path, sagemaker_client=None):
+class Handler(http.server.BaseHTTPRequestHandler):
+    def _send(self, code, body=b""):
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200 if self.path == "/ping" else 404)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(200, json.dumps({"generated_text": "stub"}).encode())
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["SAGEMAKER_BIND_TO_PORT"])), Handler).serve_forever()
+'''
+
+
+def write_stub_server(root: Path) -> dict[str, str]:
+    """The stub server under `root`, as the local SageMaker service's `containers` table entry
+    (image regex -> command) that serves STUB_IMAGE with it."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "stub_server.py"
+    path.write_text(STUB_SERVER)
+    return {"stub-serving": f"{{python}} {path}"}
+
+
+def endpoint(name: str, *, namespace: str = "default", source: dict, role: str,
+             image: str = STUB_IMAGE, policy: str = "Delete") -> dict:
+    """A LlamaEndpoint served by the stub server (quick to become InService)."""
+    return {"apiVersion": API, "kind": "LlamaEndpoint", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": source,
+                     "serving": {"engine": "batching", "maxNewTokens": 8, "maxBatchSize": 4, "maxWaitMs": 5,
+                                 "dtype": "fp32"},
+                     "resources": {"instanceType": "ml.g5.xlarge", "instanceCount": 1,
+                                   "containerStartupHealthCheckTimeoutSeconds": 60},
+                     "roleArn": role, "image": image,
+                     "deployment": {"strategy": "AllAtOnce", "waitIntervalSeconds": 0},
+                     "deletionPolicy": policy}}
+
+
+class InProcessOperator:
+    """kopf.operator() in a thread with its own event loop, stopped through kopf's stop flag.
+    `endpoints`: also the LlamaEndpoint handlers, with short waits; `peering`: run with kopf
+    peering under that ClusterKopfPeering name instead of standalone."""
+
+    def __init__(self, settings: Settings, kubeconfig: Path, sagemaker_client=None, *, endpoints: bool = False,
+                 peering: str | None = None):
         self.registry = runner.build_registry(settings, kubeconfig=str(kubeconfig), sagemaker_client=sagemaker_client)
+        if endpoints:
+            from llama_operator.handlers import endpoint as endpoint_handlers
+
+            endpoint_handlers.register(self.registry, self.registry.app,
+                                       timing=endpoint_handlers.Timing(model_wait=1.0, busy_retry=1.0,
+                                                                       delete_poll=0.5))
+        self.peering = peering
         self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="operator", daemon=True)
 
     def _run(self) -> None:
         try:
-            asyncio.run(runner.operator_coroutine(self.registry, stop_flag=self.stop_flag, ready_flag=self.ready_flag))
+            asyncio.run(runner.operator_coroutine(self.registry, peering=self.peering, stop_flag=self.stop_flag,
+                                                  ready_flag=self.ready_flag))
         except BaseException as exc:
             self.error = exc
 

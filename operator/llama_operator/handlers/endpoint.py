@@ -301,6 +301,26 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             _apply(patch, body, status, update)
             return  # a new spec (an update) runs this handler again
 
+        # Multi-tenancy: a namespace hands SageMaker only the execution roles the operator's
+        # allowlist gives it. Checked before anything is created; a spec fixed to an allowed
+        # role (an update) runs this handler again and proceeds.
+        allowlist = getattr(app, "allowlist", None)
+        denied = allowlist.check(namespace, spec.get("roleArn") or "") if allowlist is not None else None
+        if denied:
+            update = es.local_phase("Failed", "RoleNotAllowed", denied, status, generation=generation)
+            update["conditions"] = _synced(update["conditions"], True, "RoleNotAllowed", denied, generation)
+            update["observedGeneration"] = generation
+            for key, value in update.items():
+                patch.status[key] = value
+            # One Warning named by the cause (not the generic phase-change Event `_apply` posts).
+            kopf.event(body, type="Warning", reason="RoleNotAllowed", message=denied[:1000])
+            _observe_metrics(namespace, name, "Failed")
+            return
+        if any(c.get("type") == "Failed" and c.get("status") == "True" and c.get("reason") == "RoleNotAllowed"
+               for c in status.get("conditions") or []):
+            patch.status["failureReason"] = None  # the refusal no longer holds (what follows may set a new one)
+            status.pop("failureReason", None)
+
         model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
         if model_uri is None:
             phase = "Failed" if reason == "FinetuneFailed" else "WaitingForModel"

@@ -1,0 +1,158 @@
+"""Multi-tenancy: the operator's role allowlist, with the real operator (kopf, both kinds'
+handlers) against the embedded Kubernetes API and the local SageMaker service.
+
+Namespace team-a may hand SageMaker role A, team-b role B. A LlamaFinetune and a LlamaEndpoint in
+team-a that ask for role B are refused before anything exists in SageMaker; an allowed one in the
+same run goes ahead; a refused spec fixed to an allowed role proceeds; a refused resource is
+deleted at once, without SageMaker delete calls."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from conftest import BUCKET
+from operator_harness import InProcessOperator, endpoint, finetune, wait_for
+from llama_operator.settings import Settings
+
+ROLE_A = "arn:aws:iam::123456789012:role/sagemaker-team-a"
+ROLE_B = "arn:aws:iam::123456789012:role/sagemaker-team-b"
+NS = "team-a"
+FINETUNES, ENDPOINTS = "llamafinetunes", "llamaendpoints"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def sagemaker_calls():
+    """Every SageMaker operation the operator sends, by name, in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def operator(stub_serving_aws, kube, workloads, tmp_path_factory, sagemaker_calls):
+    allowlist = tmp_path_factory.mktemp("tenancy") / "role-allowlist.yaml"
+    allowlist.write_text(f"team-a:\n  - {ROLE_A}\nteam-b:\n  - {ROLE_B}\n")
+    env = stub_serving_aws.env
+    settings = Settings(region=env["AWS_DEFAULT_REGION"], events_queue_url=env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
+                        resync_seconds=3600, workloads_dir=workloads, retry_seconds=0.5, stop_poll_seconds=0.5,
+                        events_wait_seconds=1, role_allowlist=str(allowlist),
+                        source_s3_uri=f"s3://{BUCKET}/operator")
+    with InProcessOperator(settings, kube.kubeconfig_path, endpoints=True) as op:
+        app = op.registry.app
+        for client in (app.sagemaker.client, app.endpoint_gateway.sm):
+            client.meta.events.register("before-call.sagemaker",
+                                        lambda model, **_: sagemaker_calls.append(model.name))
+        yield op
+
+
+@pytest.fixture(scope="module")
+def sm(stub_serving_aws):
+    return stub_serving_aws.client("sagemaker")
+
+
+def obj(kube, plural: str, name: str) -> dict:
+    return kube.get(plural, NS, name) or {}
+
+
+def phase_in(kube, plural: str, name: str, *phases):
+    def check():
+        o = obj(kube, plural, name)
+        return o if (o.get("status") or {}).get("phase") in phases else None
+    return check
+
+
+def condition(o: dict, type_: str) -> dict:
+    return next((c for c in (o.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def warnings_for(kube, name: str) -> list[dict]:
+    return [e for e in kube.list("events", NS, api_version="v1")
+            if e["involvedObject"]["name"] == name and e.get("type") == "Warning"]
+
+
+def training_jobs(sm) -> list[str]:
+    return [j["TrainingJobName"] for j in sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]]
+
+
+def endpoint_objects(sm) -> dict[str, list[str]]:
+    return {"models": [m["ModelName"] for m in sm.list_models(MaxResults=100)["Models"]],
+            "configs": [c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]],
+            "endpoints": [e["EndpointName"] for e in sm.list_endpoints(MaxResults=100)["Endpoints"]]}
+
+
+def assert_refused(o: dict, kind: str) -> None:
+    st = o["status"]
+    assert st["phase"] == "Failed", st
+    failed = condition(o, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "RoleNotAllowed", failed
+    # the message names the role, the namespace and the way out
+    for part in (f"spec.roleArn {ROLE_B}", repr(NS), ROLE_A, "platform team", "role allowlist"):
+        assert part in failed["message"], (kind, part, failed["message"])
+    assert st["failureReason"] == failed["message"]
+
+
+def test_a_role_of_another_namespace_is_refused_before_sagemaker_and_an_allowed_one_runs(kube, operator, sm,
+                                                                                          sagemaker_calls):
+    denied_ft, denied_ep, allowed_ft = unique("denied-ft"), unique("denied-ep"), unique("allowed-ft")
+    kube.apply(finetune(denied_ft, BUCKET, namespace=NS, roleArn=ROLE_B))
+    kube.apply(endpoint(denied_ep, namespace=NS, role=ROLE_B, source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}))
+    kube.apply(finetune(allowed_ft, BUCKET, namespace=NS, roleArn=ROLE_A))
+
+    for plural, name, kind in ((FINETUNES, denied_ft, "LlamaFinetune"), (ENDPOINTS, denied_ep, "LlamaEndpoint")):
+        o = wait_for(phase_in(kube, plural, name, "Failed", "InService", "Completed"), timeout=20,
+                     what=f"{name} to be refused")
+        assert_refused(o, kind)
+        warnings = wait_for(lambda: [e for e in warnings_for(kube, name) if e["reason"] == "RoleNotAllowed"],
+                            timeout=10, what=f"a RoleNotAllowed Warning for {name}")
+        assert ROLE_B in warnings[0]["message"] and warnings[0]["involvedObject"]["kind"] == kind
+
+    # The allowed one in the same namespace goes ahead (and finishes: the stand-in job is quick).
+    done = wait_for(phase_in(kube, FINETUNES, allowed_ft, "Completed", "Failed"), timeout=30,
+                    what=f"{allowed_ft} to finish")
+    assert done["status"]["phase"] == "Completed", done["status"]
+    jobs = training_jobs(sm)
+    assert jobs == [done["status"]["trainingJobName"]]
+    assert sm.describe_training_job(TrainingJobName=jobs[0])["RoleArn"] == ROLE_A
+    # Nothing of the refused ones exists in SageMaker, and nothing was asked for.
+    assert endpoint_objects(sm) == {"models": [], "configs": [], "endpoints": []}
+    assert not [c for c in sagemaker_calls if c.startswith(("CreateModel", "CreateEndpoint"))], sagemaker_calls
+    assert sagemaker_calls.count("CreateTrainingJob") == 1, sagemaker_calls
+
+    # Deleting a refused resource releases the finalizer at once, with no SageMaker deletes.
+    before = len(sagemaker_calls)
+    kube.delete(ENDPOINTS, NS, denied_ep)
+    kube.delete(FINETUNES, NS, denied_ft)
+    wait_for(lambda: not obj(kube, ENDPOINTS, denied_ep) and not obj(kube, FINETUNES, denied_ft), timeout=10,
+             what="the refused resources to go")
+    deletes = [c for c in sagemaker_calls[before:] if c.startswith(("Delete", "Stop"))]
+    assert deletes == [], deletes
+
+
+def test_a_refused_spec_fixed_to_an_allowed_role_proceeds(kube, operator, sm):
+    ft, ep = unique("fixed-ft"), unique("fixed-ep")
+    kube.apply(finetune(ft, BUCKET, namespace=NS, roleArn=ROLE_B))
+    kube.apply(endpoint(ep, namespace=NS, role=ROLE_B, source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}))
+    for plural, name in ((FINETUNES, ft), (ENDPOINTS, ep)):
+        assert_refused(wait_for(phase_in(kube, plural, name, "Failed"), timeout=20, what=f"{name} refused"), plural)
+
+    kube.apply(finetune(ft, BUCKET, namespace=NS, roleArn=ROLE_A))
+    kube.apply(endpoint(ep, namespace=NS, role=ROLE_A, source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}))
+
+    tuned = wait_for(phase_in(kube, FINETUNES, ft, "Completed"), timeout=30, what=f"{ft} to complete")
+    assert tuned["status"].get("failureReason") is None
+    assert condition(tuned, "Failed")["status"] == "False"
+    served = wait_for(phase_in(kube, ENDPOINTS, ep, "InService"), timeout=40, what=f"{ep} InService")
+    st = served["status"]
+    assert st.get("failureReason") is None and condition(served, "Failed")["status"] == "False"
+    assert sm.describe_endpoint(EndpointName=st["endpointName"])["EndpointStatus"] == "InService"
+    assert sm.describe_model(ModelName=st["modelName"])["ExecutionRoleArn"] == ROLE_A
+
+    kube.delete(ENDPOINTS, NS, ep)
+    kube.delete(FINETUNES, NS, ft)
+    wait_for(lambda: not obj(kube, ENDPOINTS, ep) and not obj(kube, FINETUNES, ft), timeout=30,
+             what="both to be deleted")
+    assert endpoint_objects(sm) == {"models": [], "configs": [], "endpoints": []}
