@@ -319,12 +319,16 @@ class EmbeddedKubernetes:
             kube.apply(manifest)
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, crds_dir: Path | None = None):
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, crds_dir: Path | None = None,
+                 extra_resources: dict[str, dict] | None = None):
         self.host, self.port = host, port
         if crds_dir is None:
             from llama_operator import paths
             crds_dir = paths.crds_dir()
         self.crds_dir = crds_dir
+        # more "group/version/plural" -> ResourceInfo kwargs (e.g. kopf's peering kind, or
+        # apiextensions' CRDs), registered before the server answers its first request
+        self.extra_resources = dict(extra_resources or {})
         self.url = ""
         self.emulator: Emulator | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -361,6 +365,8 @@ class EmbeddedKubernetes:
                                                "verbs": _VERBS, "shortnames": {"ns"}}
         emulator.resources["v1/events"] = {"kind": "Event", "singular": "event", "namespaced": True,
                                            "verbs": _VERBS, "shortnames": {"ev"}}
+        for key, info in self.extra_resources.items():
+            emulator.resources[key] = info
         async with emulator:
             server = aiohttp.test_utils.RawTestServer(emulator, host=self.host, port=self.port or None)
             await server.start_server()
@@ -382,6 +388,12 @@ class EmbeddedKubernetes:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def requests(self) -> list:
+        """Every request served so far, oldest first: kmock records each one it parses
+        (`kmock.Request`: method, url, params, headers, data; what it took them for: action,
+        resource, namespace, name, subresource). A snapshot, safe to take while serving."""
+        return list(self.emulator) if self.emulator is not None else []
 
     # clients -------------------------------------------------------------------------------
     def kubeconfig(self) -> dict:
