@@ -22,6 +22,8 @@ from llama_operator.local.stack import LocalStack
 from llama_operator.paths import crds_dir
 from llama_operator.settings import Settings
 
+from crd_schema import undeclared_fields
+
 pytestmark = pytest.mark.slow
 
 API = "llamaops.dev/v1alpha1"
@@ -217,6 +219,9 @@ def test_from_finetune_waits_serves_rolls_blue_green_and_deletes_everything(worl
                   in ("InService", "Failed") and o, 180, "InService")
     st = ep["status"]
     assert st["phase"] == "InService", st.get("failureReason")
+    # a real API server prunes what the CRD does not declare: every field written must be in it
+    assert undeclared_fields("llamaendpoints", ep) == []
+    assert undeclared_fields("llamafinetunes", tuned) == []
     uid = ep["metadata"]["uid"]
     name = st["endpointName"]
     described = sm.describe_endpoint(EndpointName=name)

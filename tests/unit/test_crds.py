@@ -51,7 +51,8 @@ def test_schema_is_structural_and_every_field_is_described(kind):
      ["Pending", "WaitingForModel", "Creating", "InService", "Updating", "Degraded", "Failed", "Deleting"],
      {"phase": "string", "endpointName": "string", "endpointArn": "string", "invocationUrl": "string",
       "modelName": "string", "endpointConfigName": "string", "modelS3Uri": "string", "specHash": "string",
-      "failureReason": "string", "observedGeneration": "integer", "conditions": "array"}),
+      "failureReason": "string", "lastEventTime": "string", "observedGeneration": "integer",
+      "conditions": "array"}),
 ])
 def test_shared_names(kind, short, columns, phases, fields):
     crd = crdtools.crd(kind)
