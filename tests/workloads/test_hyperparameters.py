@@ -55,6 +55,7 @@ def test_defaults_follow_the_contract():
     ("warmup_ratio", "1"), ("max_seq_length", "8"), ("per_device_batch_size", "0"), ("packing", "maybe"),
     ("precision", "fp8"), ("output_s3_uri", "/local"), ("max_steps", "0"), ("epochs", "nan"),
     ("add_special_tokens", "<a>,<a>"), ("weight_decay", "-0.1"), ("lr_scheduler", "step"),
+    ("torch_compile", "reduce-overhead"),
 ])
 def test_each_bad_value_names_its_parameter(name, value):
     with pytest.raises(HyperparameterError) as err:
@@ -75,3 +76,21 @@ def test_arguments_as_the_sagemaker_training_toolkit_renders_them():
     assert unknown == []
     assert (hp.zero_stage, hp.packing, hp.gradient_checkpointing, hp.output_s3_uri) == (2, True, False, "")
     assert (hp.learning_rate, hp.add_special_tokens, hp.epochs, hp.max_steps) == (1e-4, ("<a>", "<b>"), 2.0, -1)
+
+
+@pytest.mark.parametrize("hps, expected", [
+    ({"method": "deepspeed", "zero_stage": "1"}, {"fused_kernels": True, "compile": True}),
+    ({"method": "smp"}, {"fused_kernels": True, "compile": True}),
+    # ZeRO-3 shards lm_head: the fused loss would read an empty shard, and hooks break compiled graphs
+    ({"method": "deepspeed", "zero_stage": "3"}, {"fused_kernels": False, "compile": False}),
+    ({"method": "deepspeed", "zero_stage": "2", "gradient_checkpointing": "true"}, {"fused_kernels": True, "compile": False}),
+    ({"method": "deepspeed", "zero_stage": "3", "torch_compile": "on"}, {"fused_kernels": False, "compile": True}),
+    ({"method": "deepspeed", "zero_stage": "2", "torch_compile": "max-autotune-no-cudagraphs"},
+     {"fused_kernels": True, "compile": "max-autotune-no-cudagraphs"}),
+    ({"method": "smp", "torch_compile": "off"}, {"fused_kernels": True, "compile": False}),
+])
+def test_gpu_fast_path_follows_the_method(hps, expected):
+    from train.job import fast_path_options
+
+    hp, _ = validate({"base_model": "/m", **hps})
+    assert fast_path_options(hp) == expected

@@ -37,6 +37,7 @@ class Hyperparameters:
     gradient_checkpointing: bool = False
     precision: str = "bf16"
     attn_implementation: str = "auto"
+    torch_compile: str = "auto"
     add_special_tokens: tuple[str, ...] = field(default_factory=tuple)
     new_token_init: str = "normal"
     data_format: str = "auto"
@@ -52,6 +53,7 @@ _CHOICES = {
     "lr_scheduler": ("cosine", "linear", "constant"),
     "precision": ("bf16", "fp16", "fp32"),
     "attn_implementation": ("auto", "sdpa", "flex_attention", "eager"),
+    "torch_compile": ("auto", "off", "on", "max-autotune-no-cudagraphs"),
     "new_token_init": ("mean", "normal"),
     "data_format": ("auto", "dailydialog", "chat_jsonl", "prepared"),
 }

@@ -108,10 +108,29 @@ def load_model(hp, model_dir: Path, device: torch.device):
         try:
             from . import fastpath
 
-            model = fastpath.optimize_model(model, packed=hp.packing, fused_kernels=True)
+            model = fastpath.optimize_model(model, packed=hp.packing, **fast_path_options(hp))
         except ImportError:
             pass
     return model, tokenizer, pad_id, added
+
+
+def fast_path_options(hp) -> dict:
+    """Fused kernels and compilation for the CUDA fast path, as far as the method allows.
+
+    ZeRO-3 gathers each weight in its module's forward hook; the fused linear + cross-entropy reads
+    lm_head's weight outside that forward, where it is an empty shard, and compiled layers would
+    break their graphs at every hook. Activation checkpointing re-runs layers outside the compiled
+    region, so `auto` leaves compilation off with it too."""
+    zero3 = hp.method == "deepspeed" and hp.zero_stage == 3
+    if hp.torch_compile == "auto":
+        compile_: bool | str = not (zero3 or hp.gradient_checkpointing)
+    elif hp.torch_compile == "off":
+        compile_ = False
+    elif hp.torch_compile == "on":
+        compile_ = True
+    else:
+        compile_ = hp.torch_compile
+    return {"fused_kernels": not zero3, "compile": compile_}
 
 
 def batch_kwargs(batch: dict, device: torch.device) -> dict:

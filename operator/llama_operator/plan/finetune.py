@@ -61,6 +61,7 @@ def hyperparameters(spec: LlamaFinetuneSpec, *, job_name: str, source_s3_uri: st
         "gradient_checkpointing": hp.gradient_checkpointing,
         "precision": hp.precision,
         "attn_implementation": hp.attn_implementation,
+        "torch_compile": hp.torch_compile,
         "add_special_tokens": ",".join(hp.add_special_tokens),
         "new_token_init": hp.new_token_init,
         "data_format": spec.dataset.format,

@@ -71,6 +71,7 @@ class Hyperparameters(SpecModel):
     gradient_checkpointing: bool = False
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     attn_implementation: Literal["auto", "sdpa", "flex_attention", "eager"] = "auto"
+    torch_compile: Literal["auto", "off", "on", "max-autotune-no-cudagraphs"] = "auto"
     add_special_tokens: Annotated[
         List[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,]+$")]],
         Field(max_length=64)] = []
