@@ -3,7 +3,7 @@ SQS), the embedded Kubernetes API, and the AWS variables pointing boto3 at them.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import sys
 from pathlib import Path
 
@@ -14,25 +14,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 BUCKET = "finetune-it"
 
 
-@pytest.fixture(scope="module")
-def local_aws(tmp_path_factory):
+@contextlib.contextmanager
+def _seeded_stack(state_dir, **stack_options):
+    """The local SageMaker service with a bucket holding a stand-in base model and dataset, and the
+    AWS variables pointing boto3 at it."""
     from llama_operator.local.stack import LocalStack
+    from operator_harness import environment
 
-    with LocalStack(tmp_path_factory.mktemp("sagemaker")) as stack:
+    with LocalStack(state_dir, **stack_options) as stack:
         s3 = stack.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="models/tiny/config.json", Body=b'{"model_type": "llama"}')
         s3.put_object(Bucket=BUCKET, Key="data/dailydialog/train.txt", Body=b"Person1: hi##Person2: hello")
-        saved = {k: os.environ.get(k) for k in stack.env}
-        os.environ.update(stack.env)
-        try:
+        with environment(stack.env):
             yield stack
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def local_aws(tmp_path_factory):
+    with _seeded_stack(tmp_path_factory.mktemp("sagemaker")) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +56,8 @@ def workloads(tmp_path_factory):
 def stub_serving_aws(tmp_path_factory):
     """Like `local_aws`, and endpoints whose image is operator_harness.STUB_IMAGE are served by a
     stub server that is ready at once (for tests about the operator, not about serving)."""
-    from llama_operator.local.stack import LocalStack
     from operator_harness import write_stub_server
 
     containers = write_stub_server(tmp_path_factory.mktemp("stub-serving"))
-    with LocalStack(tmp_path_factory.mktemp("sagemaker"), containers=containers) as stack:
-        s3 = stack.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_object(Bucket=BUCKET, Key="models/tiny/config.json", Body=b'{"model_type": "llama"}')
-        s3.put_object(Bucket=BUCKET, Key="data/dailydialog/train.txt", Body=b"Person1: hi##Person2: hello")
-        saved = {k: os.environ.get(k) for k in stack.env}
-        os.environ.update(stack.env)
-        try:
-            yield stack
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with _seeded_stack(tmp_path_factory.mktemp("sagemaker"), containers=containers) as stack:
+        yield stack

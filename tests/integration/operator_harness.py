@@ -4,6 +4,7 @@ SageMaker service, for the integration tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,22 @@ for step, loss in enumerate((1.5, 0.9, 0.42)):
     print(f"step={step} loss={loss}", flush=True)
     print(json.dumps({"loss": loss, "step": step}), flush=True)
 '''
+
+
+@contextlib.contextmanager
+def environment(values: dict):
+    """These variables set for the duration (boto3 and the operator's settings read os.environ),
+    then restored as they were."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def write_workloads(root: Path) -> Path:

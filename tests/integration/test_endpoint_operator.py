@@ -23,6 +23,7 @@ from llama_operator.paths import crds_dir
 from llama_operator.settings import Settings
 
 from crd_schema import undeclared_fields
+from operator_harness import environment
 
 pytestmark = pytest.mark.slow
 
@@ -103,28 +104,18 @@ def world(tmp_path_factory):
         s3.put_object(Bucket=BUCKET, Key="data/chat/train.jsonl", Body=chat_rows(48).encode())
 
         fast = {"LLAMA_OPERATOR_MODEL_WAIT_SECONDS": "1", "LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS": "1"}
-        saved = {k: os.environ.get(k) for k in [*stack.env, *fast]}
-        os.environ.update(stack.env)
-        os.environ.update(fast)
-        try:
-            with EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
-                kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
-                settings = Settings.from_env(region=stack.env["AWS_DEFAULT_REGION"],
-                                             events_queue_url=stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
-                                             resync_seconds=3600.0, source_s3_uri=f"s3://{BUCKET}/operator")
-                ops = [Operator(settings, kubeconfig).__enter__()]
-                try:
-                    yield {"stack": stack, "kube": kube, "ops": ops, "settings": settings, "kubeconfig": kubeconfig,
-                           "sm": stack.client("sagemaker"), "rt": stack.client("sagemaker-runtime"), "s3": s3}
-                finally:
-                    for op in ops:
-                        op.__exit__()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with environment({**stack.env, **fast}), EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
+            kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
+            settings = Settings.from_env(region=stack.env["AWS_DEFAULT_REGION"],
+                                         events_queue_url=stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
+                                         resync_seconds=3600.0, source_s3_uri=f"s3://{BUCKET}/operator")
+            ops = [Operator(settings, kubeconfig).__enter__()]
+            try:
+                yield {"stack": stack, "kube": kube, "ops": ops, "settings": settings, "kubeconfig": kubeconfig,
+                       "sm": stack.client("sagemaker"), "rt": stack.client("sagemaker-runtime"), "s3": s3}
+            finally:
+                for op in ops:
+                    op.__exit__()
 
 
 def finetune(name: str) -> dict:
