@@ -299,9 +299,8 @@ def run(args: argparse.Namespace) -> int:
         print()
         if args.keep_running:
             print("Everything stays up. In another shell:")
-            for name, value in stack.env.items():
-                if "SECRET" not in name and "KEY_ID" not in name:
-                    print(f"  export {name}={value}")
+            for name, value in stack.env.items():  # the local services' fixed dummy credentials included
+                print(f"  export {name}={value}")
             print(f"  export KUBECONFIG={kubeconfig}")
             print("  kubectl get llamafinetunes,llamaendpoints")
             print("Press Ctrl-C to stop.")

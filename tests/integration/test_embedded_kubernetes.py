@@ -75,3 +75,29 @@ def test_lists_carry_kind_and_kubectl_can_read_them(kube, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "listed" in [i["metadata"]["name"] for i in json.loads(out.stdout)["items"]]
+
+
+def test_kubectl_get_prints_the_crd_printer_columns(kube, tmp_path):
+    # what a user of the embedded default types: the columns must be the CRD's, as in a cluster
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed")
+    kube.request("POST", BASE, manifest("columns", {"roleArn": "arn:aws:iam::123456789012:role/r",
+                                                   "resources": {"instanceType": "ml.g5.2xlarge", "instanceCount": 2}}))
+    kube.request("PATCH", f"{BASE}/columns/status",
+                 {"status": {"phase": "InProgress", "trainingJobName": "team-a-columns-1a2b3c4d", "trainingLoss": 1.25}},
+                 content_type=MERGE)
+    config = kube.write_kubeconfig(tmp_path / "config")
+
+    def kubectl(*args):
+        out = subprocess.run(["kubectl", "--kubeconfig", str(config), *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out
+
+    table = kubectl("get", "lft", "-n", "team-a")
+    assert "could also match" not in table.stderr  # the status subresource carries no short name
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "JOB", "INSTANCE", "NODES", "LOSS", "AGE"]
+    row = next(line.split() for line in lines[1:] if line.startswith("columns "))
+    assert row[:6] == ["columns", "InProgress", "team-a-columns-1a2b3c4d", "ml.g5.2xlarge", "2", "1.25"]
+    one = kubectl("get", "llamafinetune", "columns", "-n", "team-a").stdout.splitlines()
+    assert one[0].split()[:2] == ["NAME", "STATUS"] and one[1].split()[:2] == ["columns", "InProgress"]

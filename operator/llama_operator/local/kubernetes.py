@@ -105,6 +105,37 @@ def json_patch(doc: Any, ops: list) -> Any:
     return doc
 
 
+def crd_printer_columns(crds_dir: Path | None) -> dict[str, list[dict]]:
+    """{plural: additionalPrinterColumns} of our CRDs, for server-side tables."""
+    columns: dict[str, list[dict]] = {}
+    if crds_dir and crds_dir.is_dir():
+        import yaml
+
+        for path in sorted(crds_dir.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                    for ver in doc["spec"].get("versions", []):
+                        columns[doc["spec"]["names"]["plural"]] = list(ver.get("additionalPrinterColumns", []))
+    return columns
+
+
+def as_table(objects: list[dict], columns: list[dict], resource_version: str) -> dict:
+    """A meta.k8s.io/v1 Table, as the API server answers `kubectl get` (Accept: ...;as=Table):
+    the CRD's printer columns, ages already human-readable as the server renders date columns."""
+    from llama_operator.table import rows
+
+    header = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
+               "description": "Name of the object"}]
+    header += [{"name": c["name"], "type": c.get("type", "string"), "format": c.get("format", ""),
+                "priority": c.get("priority", 0), "description": c.get("description", "")} for c in columns]
+    body = rows(objects, columns)[1:]
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
+            "columnDefinitions": header,
+            "rows": [{"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                 "metadata": obj.get("metadata", {})}}
+                     for cells, obj in zip(body, objects)]}
+
+
 def crd_resources(crds_dir: Path | None) -> dict[str, dict]:
     """{"group/version/plural": ResourceInfo kwargs} for our kinds, from the CRD files if any."""
     found: dict[str, dict] = {}
@@ -136,6 +167,20 @@ class Emulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self._rv = itertools.count(1)
         self._last_rv = 0
+        self.printer_columns: dict[str, list[dict]] = {}
+
+    async def _serve_version(self, request):
+        # a subresource entry carries no short names, as on a real API server; kubectl warns that
+        # `lft` is ambiguous otherwise
+        listing = await super()._serve_version(request)
+        for entry in listing.get("resources", []):
+            if "/" in entry["name"]:
+                entry["shortNames"], entry["singularName"], entry["categories"] = [], "", []
+        return listing
+
+    def _wants_table(self, request) -> bool:
+        accept = next((v for k, v in (request.headers or {}).items() if k.lower() == "accept"), "")
+        return "as=Table" in accept and request.resource.plural in self.printer_columns
 
     def _next_rv(self) -> str:
         self._last_rv = next(self._rv)
@@ -155,7 +200,18 @@ class Emulator(kmock.KubernetesEmulator):
             method == "PUT" and request.name)
         try:
             if request.action == enums.action.LIST and request.resource.plural:
-                return aiohttp.web.json_response(await self._list(request))
+                listing = await self._list(request)
+                if self._wants_table(request):
+                    listing = as_table(listing["items"], self.printer_columns[request.resource.plural],
+                                       listing["metadata"]["resourceVersion"])
+                return aiohttp.web.json_response(listing)
+            if method == "GET" and request.name and self._wants_table(request) and request.subresource is None:
+                listing = await self._list(request)
+                found = [o for o in listing["items"] if o["metadata"]["name"] == request.name]
+                if not found:
+                    raise kmock.KubernetesObjectNotFoundError()
+                return aiohttp.web.json_response(as_table(found, self.printer_columns[request.resource.plural],
+                                                          listing["metadata"]["resourceVersion"]))
             if not is_write:
                 return await super()._handle(request)
             async with self._lock:
@@ -361,6 +417,7 @@ class EmbeddedKubernetes:
         emulator = self.emulator = Emulator()
         for key, info in crd_resources(self.crds_dir).items():
             emulator.resources[key] = info
+        emulator.printer_columns = crd_printer_columns(self.crds_dir)
         emulator.resources["v1/namespaces"] = {"kind": "Namespace", "singular": "namespace", "namespaced": False,
                                                "verbs": _VERBS, "shortnames": {"ns"}}
         emulator.resources["v1/events"] = {"kind": "Event", "singular": "event", "namespaced": True,
