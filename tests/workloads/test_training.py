@@ -125,6 +125,9 @@ def test_smp_falls_back_to_fsdp_trains_and_resumes(tmp_path, tiny_base, chat_cha
     assert steps == [35, 40]
     assert again.losses[-1] < job.losses[0] - 0.5
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-40"]
+    # the Hugging Face Trainer ran the steps: its state is saved with the checkpoint and resumed from it
+    trainer_state = json.loads((tmp_path / "checkpoints" / "step-40" / "trainer_state.json").read_text())
+    assert trainer_state["global_step"] == 40
 
 
 @pytest.mark.timeout(200)

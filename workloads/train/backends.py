@@ -1,13 +1,13 @@
-"""The two distributed methods behind one small interface:
+"""The two distributed methods. Both offer
 
-    loss = backend.forward_backward(batch)   # one micro-batch
-    stepped = backend.step()                  # True when an optimizer step happened
-    backend.lr(); backend.save_checkpoint(dir, tag, state); backend.load_checkpoint(dir) -> state
+    backend.train(mode); backend.forward(batch) -> loss; backend.module
+    backend.save_checkpoint(dir, tag, state); backend.load_checkpoint(dir) -> state
     backend.full_state_dict() -> {name: tensor} on global rank 0 (16-bit when training in 16 bit)
 
-``deepspeed``: ZeRO 1/2/3 from a generated config. ``smp``: SageMaker model parallelism v2
-(``torch.sagemaker.transform``) when importable, then PyTorch FSDP2 (``fully_shard``) with the same
-hyperparameters; outside SMP images the FSDP part alone runs."""
+``deepspeed``: ZeRO 1/2/3 from a generated config, stepped by the job's own loop
+(``forward_backward``, ``step``, ``lr``). ``smp``: SageMaker model parallelism v2
+(``torch.sagemaker.transform``) when importable, then PyTorch FSDP2 (``fully_shard``), stepped by the
+Hugging Face Trainer (train/hf_trainer.py); outside SMP images the FSDP part alone runs."""
 from __future__ import annotations
 
 import json
@@ -93,6 +93,12 @@ class DeepSpeedBackend:
 
 
 class FsdpBackend:
+    """The model of method ``smp``, sharded, with its optimizer and schedule. The Hugging Face Trainer
+    (train/hf_trainer.py) runs the steps; this keeps what the Trainer cannot do for a model it did
+    not shard itself: the per-rank checkpoint and the gathered full weights."""
+
+    STATE = "fsdp_state.json"
+
     def __init__(self, model, hp, *, total_steps: int, world_size: int, device: torch.device):
         import torch.distributed as dist
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -107,14 +113,8 @@ class FsdpBackend:
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         self.module = model
-        self.scaler = None
-        if hp.precision == "fp16":
-            from torch.amp import GradScaler
-
-            self.scaler = GradScaler(device.type)
         self.optimizer = _optimizer(model, hp, device)
         self.scheduler = make_scheduler(self.optimizer, total_steps, hp.warmup_ratio, hp.lr_scheduler)
-        self.micro = 0
         self.dist = dist
 
     def train(self, mode: bool = True):
@@ -122,31 +122,6 @@ class FsdpBackend:
 
     def forward(self, batch):
         return self.module(**batch).loss
-
-    def forward_backward(self, batch):
-        loss = self.module(**batch).loss
-        scaled = loss / self.hp.gradient_accumulation_steps
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self.micro += 1
-        return loss.detach()
-
-    def step(self) -> bool:
-        if self.micro % self.hp.gradient_accumulation_steps:
-            return False
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return True
-
-    def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
 
     def _state(self):
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -159,8 +134,8 @@ class FsdpBackend:
 
         dcp.save(self._state(), checkpoint_id=str(ckpt_dir / tag))
         if self.dist.get_rank() == 0:
-            extra = dict(state, scheduler=self.scheduler.state_dict(), micro=self.micro)
-            (ckpt_dir / tag / "trainer_state.json").write_text(json.dumps(extra))
+            extra = dict(state, scheduler=self.scheduler.state_dict())
+            (ckpt_dir / tag / self.STATE).write_text(json.dumps(extra))
             (ckpt_dir / "latest").write_text(tag)
         self.dist.barrier()
 
@@ -175,10 +150,9 @@ class FsdpBackend:
         sd = self._state()
         dcp.load(sd, checkpoint_id=str(ckpt_dir / tag))
         set_state_dict(self.module, self.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-        extra = json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
+        extra = json.loads((ckpt_dir / tag / self.STATE).read_text())
         self.scheduler.load_state_dict(extra.pop("scheduler"))
-        self.micro = extra.pop("micro")
-        return extra
+        return dict(extra, tag=tag)
 
     def full_state_dict(self, is_main: bool) -> dict | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -219,8 +193,3 @@ def _smp_transform(hp, world_size: int):
     tsm.init({"hybrid_shard_degree": hp.smp_shard_degree or world_size,
               "tensor_parallel_degree": hp.smp_tp_degree})
     return tsm.transform
-
-
-def make_backend(model, hp, **kw):
-    cls = DeepSpeedBackend if hp.method == "deepspeed" else FsdpBackend
-    return cls(model, hp, **kw)

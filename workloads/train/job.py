@@ -1,5 +1,5 @@
-"""Everything after validation: distributed setup, base model, data, the training loop, the
-final save and push."""
+"""Everything after validation: distributed setup, base model, data, the deepspeed method's loop (method
+smp trains through train/hf_trainer.py), logging, the final save and push."""
 from __future__ import annotations
 
 import datetime
@@ -178,6 +178,52 @@ def peak_flops(device: torch.device) -> float:
     return 1e12  # nominal for a CPU: the figure is only comparable run to run
 
 
+class LossMeter:
+    """Loss and real tokens since the last log line, reduced over all ranks at each logging step.
+    Both methods log through it, so their lines match the operator's metric regexes."""
+
+    def __init__(self, hp, rank: Rank, device: torch.device, *, total: int, micro_per_epoch: int,
+                 flops_per_token: float, peak: float):
+        self.hp, self.rank, self.device, self.total = hp, rank, device, total
+        self.micro_per_epoch, self.fpt, self.peak = micro_per_epoch, flops_per_token, peak
+        self.window_loss = torch.zeros(2, dtype=torch.float64)
+        self.window_tokens = 0
+        self.losses: list[float] = []
+        self.total_tokens = 0
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.t_window = time.time()
+
+    def add(self, loss, tokens: int) -> None:
+        self.window_loss += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+        self.window_tokens += tokens
+
+    def end_step(self, step: int, lr: float) -> None:
+        """After optimizer step ``step`` (1-based) on every rank: a collective at logging steps."""
+        import torch.distributed as dist
+
+        if not (step % self.hp.logging_steps == 0 or step == self.total):
+            return
+        # on the collective's device: nccl reduces only CUDA tensors
+        stats = torch.tensor([self.window_loss[0], self.window_loss[1], self.window_tokens], dtype=torch.float64,
+                             device=self.device)
+        dist.all_reduce(stats)
+        stats = stats.cpu()
+        now = time.time()
+        mean_loss = float(stats[0] / stats[1])
+        tps = float(stats[2]) / max(now - self.t_window, 1e-9)
+        self.losses.append(mean_loss)
+        self.total_tokens += int(stats[2])
+        if self.rank.is_main:
+            ep = (step * self.hp.gradient_accumulation_steps) / self.micro_per_epoch
+            log(f"[train] step={step}/{self.total} epoch={ep:.2f} loss={mean_loss:.4f} lr={lr:.3e} "
+                f"tokens_per_s={tps:.1f} mfu={tps * self.fpt / self.peak:.4f}")
+        self.window_loss.zero_()
+        self.window_tokens = 0
+        self.t_window = now
+
+
 def run(hp, paths: JobPaths, rank: Rank) -> None:
     import torch.distributed as dist
 
@@ -222,80 +268,40 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
     micro_per_epoch = len(train_rows) // hp.per_device_batch_size
     total = count_steps(micro_per_epoch, hp.gradient_accumulation_steps, hp.epochs, hp.max_steps)
     mean_ctx = sum(len(r["input_ids"]) ** 2 for r in rows) / max(1, sum(len(r["input_ids"]) for r in rows)) / 2
-    fpt = flops_per_token(model.config, mean_ctx)
-    peak = peak_flops(device) * rank.world_size
+    meter = LossMeter(hp, rank, device, total=total, micro_per_epoch=micro_per_epoch,
+                      flops_per_token=flops_per_token(model.config, mean_ctx),
+                      peak=peak_flops(device) * rank.world_size)
     if rank.is_main:
         log(f"[train] method={hp.method}{' zero_stage=' + str(hp.zero_stage) if hp.method == 'deepspeed' else ''} "
             f"world_size={rank.world_size} device={device.type} conversations={len(rows)} "
             f"rows_per_rank={len(train_rows)} packing={hp.packing} steps={total}")
 
-    from .backends import make_backend
-
-    backend = make_backend(model, hp, total_steps=total, world_size=rank.world_size, device=device)
-    del zero3_init
     ckpt_dir = Path(hp.checkpoint_dir) if hp.checkpoint_dir else paths.checkpoints_dir
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    step = 0
-    state = backend.load_checkpoint(ckpt_dir) if _has_checkpoint(ckpt_dir) else None
-    if state:
-        step = int(state.get("step", 0))
-        if rank.is_main:
-            log(f"[train] resumed from {ckpt_dir} at step {step}")
-
     # packed rows are nearly full anyway; one width on CUDA keeps compiled attention from recompiling
     pad_to = hp.max_seq_length if (cuda and hp.packing) else None
-    stream = micro_batches(train_rows, hp)
-    for _ in range(step * hp.gradient_accumulation_steps):  # replay the data order up to the checkpoint
-        next(stream)
-    backend.train()
-    losses: list[float] = []
-    window_loss = torch.zeros(2, dtype=torch.float64)
-    window_tokens = 0
-    total_tokens = 0
-    t_window = t_loop = time.time()
-    first_step = step
-    epoch = 0
-    while step < total:
-        epoch, examples = next(stream)
-        batch = batch_kwargs(D.collate(examples, pad_id, pad_to), device)
-        loss = backend.forward_backward(batch)
-        window_loss += torch.tensor([float(loss), 1.0], dtype=torch.float64)
-        window_tokens += D.real_tokens(examples)
-        if not backend.step():
-            continue
-        step += 1
-        if step % hp.logging_steps == 0 or step == total:
-            # on the collective's device: nccl reduces only CUDA tensors
-            stats = torch.tensor([window_loss[0], window_loss[1], window_tokens], dtype=torch.float64,
-                                 device=device)
-            dist.all_reduce(stats)
-            stats = stats.cpu()
-            now = time.time()
-            mean_loss = float(stats[0] / stats[1])
-            tps = float(stats[2]) / max(now - t_window, 1e-9)
-            losses.append(mean_loss)
-            total_tokens += int(stats[2])
-            if rank.is_main:
-                ep = (step * hp.gradient_accumulation_steps) / micro_per_epoch
-                log(f"[train] step={step}/{total} epoch={ep:.2f} loss={mean_loss:.4f} lr={backend.lr():.3e} "
-                    f"tokens_per_s={tps:.1f} mfu={tps * fpt / peak:.4f}")
-            window_loss.zero_()
-            window_tokens = 0
-            t_window = now
-        if hp.save_steps and step % hp.save_steps == 0 and step < total:
-            save_checkpoint(backend, ckpt_dir, step, rank)
-    runtime = time.time() - t_loop
-    if step > first_step:
-        save_checkpoint(backend, ckpt_dir, step, rank)
+    if hp.method == "deepspeed":
+        from .backends import DeepSpeedBackend
+
+        backend = DeepSpeedBackend(model, hp, total_steps=total, world_size=rank.world_size, device=device)
+        del zero3_init
+        step, first_step, runtime = train_loop(backend, hp, train_rows, pad_id, device, pad_to, meter, ckpt_dir,
+                                               rank)
+    else:
+        from .hf_trainer import train_with_trainer
+
+        backend, step, first_step, runtime = train_with_trainer(model, hp, train_rows, pad_id, device, pad_to,
+                                                                meter, ckpt_dir, rank)
 
     eval_loss = evaluate(backend, val_rows, hp, pad_id, device, pad_to) if val_rows else None
-    tps = total_tokens / max(runtime, 1e-9)
+    losses = meter.losses
+    tps = meter.total_tokens / max(runtime, 1e-9)
     summary = {
         "method": hp.method, "zero_stage": hp.zero_stage if hp.method == "deepspeed" else None,
         "steps": step, "resumed_from_step": first_step or None, "world_size": rank.world_size,
         "train_loss": sum(losses) / len(losses) if losses else None,
         "first_logged_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-        "eval_loss": eval_loss, "tokens_per_s": tps, "mfu": tps * fpt / peak,
+        "eval_loss": eval_loss, "tokens_per_s": tps, "mfu": tps * meter.fpt / meter.peak,
         "runtime_s": runtime, "total_runtime_s": time.time() - t_start,
         "packing": hp.packing, "precision": hp.precision, "added_special_tokens": list(hp.add_special_tokens),
     }
@@ -307,12 +313,52 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
     dist.destroy_process_group()
 
 
+def resume(backend, ckpt_dir: Path, rank: Rank) -> dict | None:
+    """The saved state of the latest checkpoint in ``ckpt_dir`` (with ``step``), loaded into the backend."""
+    state = backend.load_checkpoint(ckpt_dir) if _has_checkpoint(ckpt_dir) else None
+    if state and rank.is_main:
+        log(f"[train] resumed from {ckpt_dir} at step {int(state.get('step', 0))}")
+    return state
+
+
+def train_loop(backend, hp, train_rows, pad_id, device, pad_to, meter: LossMeter, ckpt_dir: Path,
+               rank: Rank) -> tuple[int, int, float]:
+    """The deepspeed method's loop -> (final step, step it resumed from, seconds)."""
+    state = resume(backend, ckpt_dir, rank)
+    step = int(state.get("step", 0)) if state else 0
+    stream = micro_batches(train_rows, hp)
+    for _ in range(step * hp.gradient_accumulation_steps):  # replay the data order up to the checkpoint
+        next(stream)
+    backend.train()
+    first_step = step
+    t_loop = time.time()
+    meter.restart_clock()
+    while step < meter.total:
+        _, examples = next(stream)
+        batch = batch_kwargs(D.collate(examples, pad_id, pad_to), device)
+        meter.add(backend.forward_backward(batch), D.real_tokens(examples))
+        if not backend.step():
+            continue
+        step += 1
+        meter.end_step(step, backend.lr())
+        if hp.save_steps and step % hp.save_steps == 0 and step < meter.total:
+            save_checkpoint(backend, ckpt_dir, step, rank)
+    runtime = time.time() - t_loop
+    if step > first_step:
+        save_checkpoint(backend, ckpt_dir, step, rank)
+    return step, first_step, runtime
+
+
+def checkpoint_tag(step: int) -> str:
+    return f"step-{step}"
+
+
 def save_checkpoint(backend, ckpt_dir: Path, step: int, rank: Rank) -> None:
     """Save, then keep only this checkpoint: SageMaker syncs the folder to S3, and one full
     optimizer state is all a restart needs."""
     import torch.distributed as dist
 
-    tag = f"step-{step}"
+    tag = checkpoint_tag(step)
     backend.save_checkpoint(ckpt_dir, tag, {"step": step})
     dist.barrier()
     if rank.is_main:
