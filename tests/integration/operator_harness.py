@@ -170,8 +170,9 @@ class InProcessOperator:
 class SubprocessOperator:
     """`llama-operator run` as a process of its own, which a test may kill outright."""
 
-    def __init__(self, kubeconfig: Path, env: dict, log_path: Path, extra=()):
-        self.cmd = [sys.executable, "-m", "llama_operator", "run", "-A", "--standalone",
+    def __init__(self, kubeconfig: Path, env: dict, log_path: Path, extra=(), peering: str | None = None):
+        mode = ["--peering", peering] if peering else ["--standalone"]
+        self.cmd = [sys.executable, "-m", "llama_operator", "run", "-A", *mode,
                     "--kubeconfig", str(kubeconfig), *extra]
         self.env = {**os.environ, **env}
         self.log_path = log_path
@@ -189,6 +190,16 @@ class SubprocessOperator:
         if self.proc:
             self.proc.wait(30)
         self._log.close()
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, as Kubernetes stops a pod; kopf then leaves the peering at once."""
+        self.proc.terminate()
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def wait_for(fn, timeout: float = 60, interval: float = 0.2, what: str = "condition"):

@@ -228,25 +228,32 @@ class Emulator(kmock.KubernetesEmulator):
         stale version right after a newer one)."""
         yield b""
         since = _rv(request.params.get("resourceVersion"))
+        bus = self._buses[request.resource]
         async with self._lock:
+            # Subscribe while writers are locked out: an event put between the snapshot and a later
+            # subscription would be lost (two kopf peers then never saw each other's keep-alive).
+            marker = await bus.mark()
             snapshot = self._last_rv
             replay = [{"type": "ADDED", "object": obj.raw} for (res, ns, _), obj in self._objects.items()
                       if res == request.resource and not obj.deleted
                       and (request.namespace is None or ns == request.namespace)
                       and (request.name is None or obj.raw.get("metadata", {}).get("name") == request.name)
                       and _rv(obj.raw.get("metadata", {}).get("resourceVersion")) > since]
-        for event in replay:
-            yield event
-        floor = max(since, snapshot)
-        async for event in self._buses[request.resource]:
-            meta = event.get("object", {}).get("metadata", {})
-            if _rv(meta.get("resourceVersion")) <= floor:
-                continue
-            if request.namespace is not None and meta.get("namespace") != request.namespace:
-                continue
-            if request.name is not None and meta.get("name") != request.name:
-                continue
-            yield event
+        try:
+            for event in replay:
+                yield event
+            floor = max(since, snapshot)
+            async for event in bus.stream(since=marker):
+                meta = event.get("object", {}).get("metadata", {})
+                if _rv(meta.get("resourceVersion")) <= floor:
+                    continue
+                if request.namespace is not None and meta.get("namespace") != request.namespace:
+                    continue
+                if request.name is not None and meta.get("name") != request.name:
+                    continue
+                yield event
+        finally:
+            await bus.unmark(marker)
 
     async def _list(self, request) -> dict:
         resource, info = self._info(request.resource)
