@@ -101,3 +101,17 @@ def test_kubectl_get_prints_the_crd_printer_columns(kube, tmp_path):
     assert row[:6] == ["columns", "InProgress", "team-a-columns-1a2b3c4d", "ml.g5.2xlarge", "2", "1.25"]
     one = kubectl("get", "llamafinetune", "columns", "-n", "team-a").stdout.splitlines()
     assert one[0].split()[:2] == ["NAME", "STATUS"] and one[1].split()[:2] == ["columns", "InProgress"]
+
+
+def test_a_write_based_on_a_stale_read_is_refused(kube):
+    # optimistic concurrency, which the operator's status writers rely on to never lose an update
+    kube.request("POST", BASE, manifest("racy"))
+    _, read = kube.request("GET", f"{BASE}/racy")
+    stale = read["metadata"]["resourceVersion"]
+    code, _ = kube.request("PATCH", f"{BASE}/racy/status", {"metadata": {"resourceVersion": stale},
+                                                            "status": {"phase": "InProgress"}}, content_type=MERGE)
+    assert code == 200
+    code, body = kube.request("PATCH", f"{BASE}/racy/status", {"metadata": {"resourceVersion": stale},
+                                                               "status": {"phase": "Pending"}}, content_type=MERGE)
+    assert code == 409 and body["reason"] == "Conflict"
+    assert kube.request("GET", f"{BASE}/racy")[1]["status"]["phase"] == "InProgress"

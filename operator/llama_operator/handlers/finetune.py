@@ -146,20 +146,31 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             _apply(patch, values)
             raise kopf.TemporaryError(message, delay=delay)
 
-        app.names[request["TrainingJobName"]] = (namespace, name)
-        # Before a job exists, status holds at most a pre-creation failure (e.g. an invalid spec
-        # since fixed): that is no ordering bound for the job's own story.
-        basis = status if status.get("trainingJobName") else {"conditions": status.get("conditions")}
-        values, events = st.from_training_job(described, basis, generation=generation, now=now)
-        if not status.get("trainingJobName") and status.get("failureReason") and "failureReason" not in values:
-            values["failureReason"] = None
-        values.setdefault("trainingJobName", request["TrainingJobName"])
-        values["sourceS3Uri"] = source_uri
-        values["conditions"] = st.synced(values.get("conditions", status.get("conditions")), True,
-                                         "Created" if created else "Adopted",
-                                         f"{'created' if created else 'adopted'} training job "
-                                         f"{request['TrainingJobName']}", generation=generation, now=now)
-        _apply(patch, values)
+        job = request["TrainingJobName"]
+        app.names[job] = (namespace, name)
+        transitions: list = []
+
+        def observed(obj: dict) -> dict:
+            # From the object as it is now, not as this handler started: SQS events for the new
+            # job may already have moved status on (a tiny job can finish within a second).
+            current = obj.get("status") or {}
+            # Before a job exists, status holds at most a pre-creation failure (e.g. an invalid
+            # spec since fixed): that is no ordering bound for the job's own story.
+            basis = current if current.get("trainingJobName") else {"conditions": current.get("conditions")}
+            values, events = st.from_training_job(described, basis, generation=generation, now=now)
+            if not current.get("trainingJobName") and current.get("failureReason") and "failureReason" not in values:
+                values["failureReason"] = None
+            values.setdefault("trainingJobName", job)
+            values["sourceS3Uri"] = source_uri
+            values["conditions"] = st.synced(values.get("conditions", current.get("conditions")), True,
+                                             "Created" if created else "Adopted",
+                                             f"{'created' if created else 'adopted'} training job {job}",
+                                             generation=generation, now=now)
+            transitions[:] = events
+            return values
+
+        await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+        events = transitions
         _event(body, "Normal", "Created" if created else "Adopted",
                f"{'created' if created else 'adopted existing'} training job {request['TrainingJobName']}"
                + ("" if uploaded else " (source already in S3)"))
@@ -194,9 +205,15 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             return
         if described is None:
             return
-        values, events = st.from_training_job(described, status, generation=meta.get("generation"), now=now_iso())
-        _apply(patch, values)
-        for type_, reason, message in events:
+        transitions: list = []
+
+        def observed(obj: dict) -> dict:
+            values, transitions[:] = st.from_training_job(described, obj.get("status") or {},
+                                                          generation=obj["metadata"].get("generation"), now=now_iso())
+            return values
+
+        await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+        for type_, reason, message in transitions:
             _event(body, type_, reason, message)
 
     @kopf.on.delete(*RESOURCE, registry=registry)
@@ -231,18 +248,18 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         if where is None:
             log.debug("event for training job %s, which no LlamaFinetune owns", job)
             return
-        obj = await app.kube.get(f"{GROUP}/{VERSION}", PLURAL, *where)
-        if obj is None:
-            return
-        if owner and owner[2] and owner[2] != obj["metadata"].get("uid"):
-            return  # an older object of the same name
-        current = obj.get("status") or {}
-        values, events = st.from_training_job(detail, current, generation=obj["metadata"].get("generation"),
-                                              now=now_iso())
-        if not values:
-            return
-        await app.kube.patch_status(f"{GROUP}/{VERSION}", PLURAL, *where, values)
-        for type_, reason, message in events:
-            await app.kube.post_event(obj, type_, reason, message)
+        transitions: list = []
+
+        def observed(obj: dict) -> dict | None:
+            if owner and owner[2] and owner[2] != obj["metadata"].get("uid"):
+                return None  # an older object of the same name
+            values, transitions[:] = st.from_training_job(detail, obj.get("status") or {},
+                                                          generation=obj["metadata"].get("generation"), now=now_iso())
+            return values
+
+        obj, written = await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, *where, observed)
+        if written:
+            for type_, reason, message in transitions:
+                await app.kube.post_event(obj, type_, reason, message)
 
     app.on_event = on_event

@@ -77,6 +77,32 @@ class KubeWriter:
             if resp.status != 404:
                 resp.raise_for_status()
 
+    async def update_status(self, group_version: str, plural: str, namespace: str, name: str, compute,
+                            attempts: int = 8):
+        """Read-modify-write of status with the read's resourceVersion as precondition: a writer
+        that raced us (kopf's handler, another event) makes the API server answer 409, and we
+        recompute from the fresh object, so no update is lost or applied over a newer one.
+        `compute(obj)` returns the status values to merge, or None for nothing to write.
+        Returns (object as read, values written) or (None, None) when the object is gone."""
+        http = await self._http()
+        for _ in range(attempts):
+            obj = await self.get(group_version, plural, namespace, name)
+            if obj is None:
+                return None, None
+            values = compute(obj)
+            if not values:
+                return obj, None
+            body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": values}
+            async with http.patch(self._url(group_version, plural, namespace, name, "status"), json=body,
+                                  headers={"Content-Type": "application/merge-patch+json"}) as resp:
+                if resp.status == 409:
+                    continue
+                if resp.status == 404:
+                    return None, None
+                resp.raise_for_status()
+                return obj, values
+        raise RuntimeError(f"status of {namespace}/{name} kept changing under {attempts} attempts to update it")
+
     async def post_event(self, obj: dict, type_: str, reason: str, message: str) -> None:
         meta = obj["metadata"]
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

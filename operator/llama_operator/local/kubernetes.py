@@ -275,6 +275,11 @@ class Emulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesObjectNotFoundError()
         stored = self._objects[key]
         old = copy.deepcopy(stored.raw)
+        expected = (data.get("metadata") or {}).get("resourceVersion")
+        if method in ("PATCH", "PUT") and expected and expected != old["metadata"].get("resourceVersion"):
+            # optimistic concurrency, as the API server: a write based on an older read is refused
+            raise kmock.KubernetesError(status=409, reason="Conflict",
+                                        message=f"the object has been modified; resourceVersion {expected} is stale")
         if request.action == enums.action.DELETE:
             meta = old.get("metadata", {})
             if meta.get("finalizers"):
