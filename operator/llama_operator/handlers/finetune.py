@@ -205,14 +205,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             return
         if described is None:
             return
-        transitions: list = []
-
-        def observed(obj: dict) -> dict:
-            values, transitions[:] = st.from_training_job(described, obj.get("status") or {},
-                                                          generation=obj["metadata"].get("generation"), now=now_iso())
-            return values
-
-        await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+        _, transitions = await record_observation(namespace, name, described)
         for type_, reason, message in transitions:
             _event(body, type_, reason, message)
 
@@ -236,6 +229,22 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         patch.status["phase"] = "Stopping"
         raise kopf.TemporaryError(f"waiting for training job {job} to stop", delay=settings.stop_poll_seconds)
 
+    async def record_observation(namespace: str, name: str, detail: dict, *, uid: str | None = None):
+        """One observation of the job (an event's detail, or a Describe) into status, guarded
+        against concurrent writers; returns (object, transitions to report: none if nothing was
+        written)."""
+        transitions: list = []
+
+        def observed(obj: dict) -> dict | None:
+            if uid and uid != obj["metadata"].get("uid"):
+                return None  # an older object of the same name
+            values, transitions[:] = st.from_training_job(detail, obj.get("status") or {},
+                                                          generation=obj["metadata"].get("generation"), now=now_iso())
+            return values
+
+        obj, written = await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+        return obj, (transitions if written else [])
+
     async def on_event(event: dict) -> None:
         """One SageMaker state-change event from SQS -> the resource's status, at once."""
         if event.get("detail-type") != TRAINING_DETAIL_TYPE:
@@ -248,18 +257,8 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         if where is None:
             log.debug("event for training job %s, which no LlamaFinetune owns", job)
             return
-        transitions: list = []
-
-        def observed(obj: dict) -> dict | None:
-            if owner and owner[2] and owner[2] != obj["metadata"].get("uid"):
-                return None  # an older object of the same name
-            values, transitions[:] = st.from_training_job(detail, obj.get("status") or {},
-                                                          generation=obj["metadata"].get("generation"), now=now_iso())
-            return values
-
-        obj, written = await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, *where, observed)
-        if written:
-            for type_, reason, message in transitions:
-                await app.kube.post_event(obj, type_, reason, message)
+        obj, transitions = await record_observation(*where, detail, uid=owner[2] if owner else None)
+        for type_, reason, message in transitions:
+            await app.kube.post_event(obj, type_, reason, message)
 
     app.on_event = on_event
