@@ -5,8 +5,13 @@ hash; deletion removes everything the resource owns (found by owner tags) unless
 The handlers send requests and record what they sent. Progress (Creating -> InService, Updating ->
 InService or Degraded) arrives as "SageMaker Endpoint State Change" events from the SQS consumer
 (`register` chains `app.on_event`); a timer re-reads DescribeEndpoint as the slow fallback. Both
-end in `settle`, which maps the observation to status (monotonic, endpoint_status.py) and, once the
-desired configuration serves, deletes the superseded models and configurations.
+end in `settle`, which maps the observation to status (monotonic, endpoint_status.py); once the
+desired configuration serves, the superseded models and configurations are deleted.
+
+Every status write (handlers, events, resync) is a read-modify-write through `write_status`: the
+update is computed from the object as read for the write, with its resourceVersion as the
+precondition, and computed again on a conflict. So a handler's view from before a fast state
+change, or a late event, never overwrites newer status.
 
 `register(registry, app)` is called with the LlamaFinetune handlers' `App` (settings, S3 client,
 Kubernetes writer), after `finetune.register`."""
@@ -182,26 +187,56 @@ def _observe_metrics(namespace: str, name: str, phase: str | None) -> None:
         pass
 
 
-def _apply(patch_obj, body, status: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
-    """Put a status update into kopf's patch and post the Event its phase change deserves;
-    returns status as it will be."""
-    merged = dict(status)
-    if not update:
-        return merged
-    for key, value in update.items():
-        patch_obj.status[key] = value
-    merged.update(update)
-    ev = es.transition_event(status.get("phase"), update)
-    if ev:
-        kopf.event(body, type=ev[0], reason=ev[1], message=ev[2][:1000])
-    if update.get("phase"):
-        _observe_metrics(body["metadata"].get("namespace"), body["metadata"].get("name"), update["phase"])
-    return merged
-
-
 def _synced(conditions, ok: bool, reason: str, message: str, generation) -> list[dict]:
     return es.set_condition(conditions, "Synced", ok, reason, message[:1000], generation=generation,
                             now=es.now_iso())
+
+
+def _refused(status: Mapping[str, Any]) -> bool:
+    """Status records the role allowlist's refusal (Failed=True, reason RoleNotAllowed)."""
+    return any(c.get("type") == "Failed" and c.get("status") == "True" and c.get("reason") == "RoleNotAllowed"
+               for c in status.get("conditions") or [])
+
+
+def clearing_refusal(change):
+    """`change`, and status.failureReason removed where the role allowlist's refusal set it: the
+    refusal no longer holds (what `change` writes may set a new reason)."""
+    def compute(status: dict, meta: Mapping[str, Any]) -> dict:
+        if not _refused(status):
+            return change(status, meta)
+        status = {k: v for k, v in status.items() if k != "failureReason"}
+        return {"failureReason": None, **(change(status, meta) or {})}
+    return compute
+
+
+async def write_status(kube, namespace: str, name: str, uid: str | None, change
+                       ) -> tuple[dict | None, dict | None]:
+    """Read-modify-write of one LlamaEndpoint's status through `KubeWriter.update_status`: the
+    read's resourceVersion is the precondition, so a writer that raced us (an SQS event, the
+    resync, a handler) makes the API server answer 409 and `change` runs again on the fresh
+    object. `change(status, meta)` maps status as it is now (not as a handler or an event saw
+    it earlier) to the values to merge, {} for none; it does no I/O. Returns (object as read,
+    values written); (None, None) when the object is gone or the name now holds another uid."""
+    def compute(obj: dict) -> dict | None:
+        meta = obj.get("metadata") or {}
+        if uid and meta.get("uid") != uid:
+            return None  # deleted and created again under the same name
+        return change(dict(obj.get("status") or {}), meta) or None
+
+    obj, written = await kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, compute)
+    if obj is None or (uid and obj.get("metadata", {}).get("uid") != uid):
+        return None, None
+    return obj, written
+
+
+def merged(obj: Mapping[str, Any] | None, written: Mapping[str, Any] | None) -> dict:
+    """Status as a write left it: the object as read, with the values written."""
+    return {**((obj or {}).get("status") or {}), **(written or {})}
+
+
+def transition(obj: Mapping[str, Any], written: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
+    """The Event a write deserves: its phase against the phase it replaced."""
+    return es.transition_event((obj.get("status") or {}).get("phase"), written) if written else None
 
 
 def collect(gw: EndpointGateway, namespace: str, name: str, uid: str, *, model: str, config: str) -> None:
@@ -218,36 +253,37 @@ def collect(gw: EndpointGateway, namespace: str, name: str, uid: str, *, model: 
         log.warning("%s/%s: could not delete superseded objects: %s", namespace, name, exc)
 
 
-def settle(gw: EndpointGateway, describe: Mapping[str, Any] | None, *, namespace: str, name: str, uid: str,
+def settle(describe: Mapping[str, Any] | None, *, namespace: str, name: str, uid: str,
            status: Mapping[str, Any], generation) -> dict:
-    """Status update for one observation of the endpoint (an event's detail or DescribeEndpoint),
-    collecting superseded objects once the desired configuration serves. {} when stale."""
+    """Status update for one observation of the endpoint (an event's detail or DescribeEndpoint)
+    against `status`; {} when stale or when it changes nothing. Pure: a `write_status` change."""
     status = dict(status or {})
     if describe is None:
         return es.gone(status, generation=generation) if status.get("endpointArn") else {}
     config, model = desired_names(namespace, name, uid, status)
-    update = es.observe(describe, status, desired_config=config, desired_model=model, generation=generation)
-    if config and describe.get("EndpointStatus") == "InService" and describe.get("EndpointConfigName") == config:
+    return es.observe(describe, status, desired_config=config, desired_model=model, generation=generation)
+
+
+def collect_if_serving(gw: EndpointGateway, describe: Mapping[str, Any] | None, *, namespace: str, name: str,
+                       uid: str, status: Mapping[str, Any]) -> None:
+    """Once an observation shows the configuration status.specHash asks for in service, delete
+    the superseded models and configurations. Blocking."""
+    config, model = desired_names(namespace, name, uid, status or {})
+    if config and describe and describe.get("EndpointStatus") == "InService" \
+            and describe.get("EndpointConfigName") == config:
         collect(gw, namespace, name, uid, model=model, config=config)
-    return update
 
 
-def on_endpoint_event(gw: EndpointGateway, event: Mapping[str, Any], obj: Mapping[str, Any]
-                      ) -> tuple[dict, list[tuple[str, str, str]]]:
-    """(status update for a merge patch of `status`, Events as (type, reason, message)) that one
-    "SageMaker Endpoint State Change" event makes to its LlamaEndpoint `obj`; ({}, []) when
-    stale or about another endpoint. Blocking (it may delete superseded objects)."""
+def event_update(event: Mapping[str, Any], obj: Mapping[str, Any]) -> dict:
+    """The status update one "SageMaker Endpoint State Change" event makes to its LlamaEndpoint
+    `obj` (as read just now); {} when stale or about another endpoint."""
     meta = obj.get("metadata", {})
     status = dict(obj.get("status") or {})
     detail = event.get("detail") or {}
     if status.get("endpointName") and detail.get("EndpointName") not in (None, status["endpointName"]):
-        return {}, []
-    update = settle(gw, detail, namespace=meta.get("namespace"), name=meta.get("name"), uid=meta.get("uid"),
-                    status=status, generation=meta.get("generation"))
-    if update.get("phase"):
-        _observe_metrics(meta.get("namespace"), meta.get("name"), update["phase"])
-    ev = es.transition_event(status.get("phase"), update) if update else None
-    return update, [ev] if ev else []
+        return {}
+    return settle(detail, namespace=meta.get("namespace"), name=meta.get("name"), uid=meta.get("uid"),
+                  status=status, generation=meta.get("generation"))
 
 
 # ---- handlers --------------------------------------------------------------------------------
@@ -277,6 +313,18 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
     def backoff(retry: int) -> float:
         return min(timing.busy_retry * (2 ** min(retry, 8)), MAX_RETRY_DELAY)
 
+    async def record(body, change, *, event: bool = True) -> tuple[dict | None, dict | None]:
+        """`write_status` for a handler, then the Event its phase change deserves (unless the
+        handler posts its own) and the phase metric. Returns what `write_status` does."""
+        meta = body["metadata"]
+        obj, written = await write_status(app.kube, meta["namespace"], meta["name"], meta.get("uid"), change)
+        ev = transition(obj, written) if event and obj is not None else None
+        if ev:
+            kopf.event(body, type=ev[0], reason=ev[1], message=ev[2][:1000])
+        if written and written.get("phase"):
+            _observe_metrics(meta["namespace"], meta["name"], written["phase"])
+        return obj, written
+
     @kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")
     def llama_finetunes(namespace, name, status, **_):
         """LlamaFinetunes by (namespace, name): what an endpoint `fromFinetune` needs."""
@@ -284,11 +332,49 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         return {(namespace, name): {"phase": status.get("phase"), "modelS3Uri": status.get("modelS3Uri"),
                                     "failureReason": status.get("failureReason")}}
 
+    def send_requests(spec_model, model_uri: str, *, namespace: str, name: str, uid: str,
+                      status: Mapping[str, Any], retry: int) -> tuple[Plan, dict, str]:
+        """Model, config, endpoint (create, adopt, or blue/green): (plan, DescribeEndpoint after
+        the requests, what was done). Blocking; raises kopf.TemporaryError to come back later."""
+        plan = make_plan(spec_model, namespace=namespace, name=name, uid=uid, model_s3_uri=model_uri,
+                         region=settings.region, s3=app.s3, source_s3_uri=settings.source_s3_uri)
+        gw.ensure_model(plan.model_request, uid)
+        gw.ensure_endpoint_config(plan.config_request, uid)
+        current = gw.describe_endpoint(plan.endpoint_name)
+        if current is None:
+            current = gw.ensure_endpoint(plan.endpoint_request, uid)
+            action = f"created endpoint {plan.endpoint_name} with configuration {plan.config_name}"
+        elif current.get("EndpointConfigName") == plan.config_name:
+            action = f"endpoint {plan.endpoint_name} uses configuration {plan.config_name}"
+        elif (current["EndpointStatus"] == "InService" and status.get("phase") == "Degraded"
+              and status.get("specHash") == plan.spec_hash):
+            # Resumed after a restart: this very update failed and rolled back; trying it again
+            # takes a spec change, not a restart.
+            action = f"update to {plan.config_name} failed before; {current['EndpointConfigName']} serves"
+        elif current["EndpointStatus"] == "InService":
+            gw.update_endpoint(plan.update_request)
+            current = gw.describe_endpoint(plan.endpoint_name) or current
+            action = f"updating endpoint {plan.endpoint_name} to configuration {plan.config_name} (blue/green)"
+        elif current["EndpointStatus"] == "Failed":
+            # A Failed endpoint cannot be updated: SageMaker wants it deleted and created again.
+            gw.delete_endpoint(plan.endpoint_name)
+            raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} failed; re-creating it with "
+                                      f"{plan.config_name}", delay=timing.busy_retry)
+        else:
+            # SageMaker refuses a second update while one runs (real ones take minutes): ask
+            # again less and less often, at most once a minute.
+            raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} is {current['EndpointStatus']}; "
+                                      f"the change to {plan.config_name} waits for it",
+                                      delay=min(backoff(retry), 60.0))
+        return plan, current, action
+
     @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")
     @kopf.on.create(*RESOURCE, registry=registry, id="reconcile")
     @kopf.on.update(*RESOURCE, registry=registry, id="reconcile", field="spec")
-    def reconcile(spec, status, meta, namespace, name, uid, body, patch, retry, llama_finetunes, **_):
-        """Bring SageMaker to the spec: model, config, endpoint (create, adopt, or blue/green)."""
+    async def reconcile(spec, status, meta, namespace, name, uid, body, retry, llama_finetunes, **_):
+        """Bring SageMaker to the spec: model, config, endpoint (create, adopt, or blue/green).
+        Every status write is computed from the object as it is at the write (`record`), not
+        from `status` as this handler started: SQS events may have moved it on meanwhile."""
         status = dict(status or {})
         generation = meta.get("generation")
         if meta.get("deletionTimestamp"):
@@ -296,9 +382,10 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         try:
             spec_model = validate_spec(spec)
         except ValueError as exc:
-            update = es.local_phase("Failed", "InvalidSpec", str(exc), status, generation=generation)
-            update["observedGeneration"] = generation
-            _apply(patch, body, status, update)
+            invalid = str(exc)
+            await record(body, lambda current, _: {
+                **es.local_phase("Failed", "InvalidSpec", invalid, current, generation=generation),
+                "observedGeneration": generation})
             return  # a new spec (an update) runs this handler again
 
         # Multi-tenancy: a namespace hands SageMaker only the execution roles the operator's
@@ -307,97 +394,88 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         allowlist = getattr(app, "allowlist", None)
         denied = allowlist.check(namespace, spec.get("roleArn") or "") if allowlist is not None else None
         if denied:
-            update = es.local_phase("Failed", "RoleNotAllowed", denied, status, generation=generation)
-            update["conditions"] = _synced(update["conditions"], True, "RoleNotAllowed", denied, generation)
-            update["observedGeneration"] = generation
-            for key, value in update.items():
-                patch.status[key] = value
-            # One Warning named by the cause (not the generic phase-change Event `_apply` posts).
+            def refused(current, _):
+                update = es.local_phase("Failed", "RoleNotAllowed", denied, current, generation=generation)
+                update["conditions"] = _synced(update["conditions"], True, "RoleNotAllowed", denied, generation)
+                update["observedGeneration"] = generation
+                return update
+
+            # One Warning named by the cause (not the generic phase-change Event `record` posts).
+            await record(body, refused, event=False)
             kopf.event(body, type="Warning", reason="RoleNotAllowed", message=denied[:1000])
             _observe_metrics(namespace, name, "Failed")
             return
-        if any(c.get("type") == "Failed" and c.get("status") == "True" and c.get("reason") == "RoleNotAllowed"
-               for c in status.get("conditions") or []):
-            patch.status["failureReason"] = None  # the refusal no longer holds (what follows may set a new one)
-            status.pop("failureReason", None)
 
         model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
         if model_uri is None:
             phase = "Failed" if reason == "FinetuneFailed" else "WaitingForModel"
-            said = next((c.get("message") for c in status.get("conditions") or []
-                         if c.get("type") == phase and c.get("status") == "True"), None)
-            if status.get("phase") != phase or said != message:  # write status only when it changes
-                _apply(patch, body, status, es.local_phase(phase, reason, message, status, generation=generation))
+
+            def waiting(current, _):
+                said = next((c.get("message") for c in current.get("conditions") or []
+                             if c.get("type") == phase and c.get("status") == "True"), None)
+                if current.get("phase") != phase or said != message:  # write status only when it changes
+                    return es.local_phase(phase, reason, message, current, generation=generation)
+                return {}
+
+            if waiting(status, meta) or _refused(status):  # as kopf saw it: no read while nothing changes
+                await record(body, clearing_refusal(waiting))
             # keep looking: a failed fine-tune may be re-created under the same name
             raise kopf.TemporaryError(message, delay=timing.model_wait * (6 if phase == "Failed" else 1))
 
         try:
-            plan = make_plan(spec_model, namespace=namespace, name=name, uid=uid, model_s3_uri=model_uri,
-                             region=settings.region, s3=app.s3, source_s3_uri=settings.source_s3_uri)
-            gw.ensure_model(plan.model_request, uid)
-            gw.ensure_endpoint_config(plan.config_request, uid)
-            current = gw.describe_endpoint(plan.endpoint_name)
-            if current is None:
-                current = gw.ensure_endpoint(plan.endpoint_request, uid)
-                action = f"created endpoint {plan.endpoint_name} with configuration {plan.config_name}"
-            elif current.get("EndpointConfigName") == plan.config_name:
-                action = f"endpoint {plan.endpoint_name} uses configuration {plan.config_name}"
-            elif (current["EndpointStatus"] == "InService" and status.get("phase") == "Degraded"
-                  and status.get("specHash") == plan.spec_hash):
-                # Resumed after a restart: this very update failed and rolled back; trying it again
-                # takes a spec change, not a restart.
-                action = f"update to {plan.config_name} failed before; {current['EndpointConfigName']} serves"
-            elif current["EndpointStatus"] == "InService":
-                gw.update_endpoint(plan.update_request)
-                current = gw.describe_endpoint(plan.endpoint_name) or current
-                action = f"updating endpoint {plan.endpoint_name} to configuration {plan.config_name} (blue/green)"
-            elif current["EndpointStatus"] == "Failed":
-                # A Failed endpoint cannot be updated: SageMaker wants it deleted and created again.
-                gw.delete_endpoint(plan.endpoint_name)
-                raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} failed; re-creating it with "
-                                          f"{plan.config_name}", delay=timing.busy_retry)
-            else:
-                # SageMaker refuses a second update while one runs (real ones take minutes): ask
-                # again less and less often, at most once a minute.
-                raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} is {current['EndpointStatus']}; "
-                                          f"the change to {plan.config_name} waits for it",
-                                          delay=min(backoff(retry), 60.0))
+            plan, described, action = await asyncio.to_thread(send_requests, spec_model, model_uri,
+                                                            namespace=namespace, name=name, uid=uid,
+                                                            status=status, retry=retry)
         except TerminalError as exc:
-            message = f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
-            update = es.local_phase("Failed", exc.code, message, status, generation=generation)
-            update["conditions"] = _synced(update["conditions"], True, exc.code, message, generation)
-            update["observedGeneration"] = generation
-            _apply(patch, body, status, update)
+            code, message = exc.code, f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
+
+            def rejected(current, _):
+                update = es.local_phase("Failed", code, message, current, generation=generation)
+                update["conditions"] = _synced(update["conditions"], True, code, message, generation)
+                update["observedGeneration"] = generation
+                return update
+
+            await record(body, clearing_refusal(rejected))
             return  # no retry storm: the same request would fail again; a spec change retries
         except kopf.TemporaryError:
+            if _refused(status):
+                await record(body, clearing_refusal(lambda current, _: {}))
             raise
         except Exception as exc:  # throttling, 5xx, S3, network: retried, never fatal to the operator
             delay = backoff(retry)
             reason = ("Throttled" if getattr(exc, "throttled", False)
                       else "ServiceUnavailable" if isinstance(exc, RetryableError) else "Error")
             message = f"{exc}; retrying in {delay:.0f}s (attempt {retry + 1})"
-            patch.status["conditions"] = _synced(status.get("conditions"), False, reason, message, generation)
+            await record(body, clearing_refusal(lambda current, _: {
+                "conditions": _synced(current.get("conditions"), False, reason, message, generation)}))
             kopf.event(body, type="Warning", reason=reason, message=message[:1000])
             raise kopf.TemporaryError(message, delay=delay) from exc
 
         desired = {"specHash": plan.spec_hash, "modelS3Uri": plan.model_s3_uri,
                    "endpointName": plan.endpoint_name, "observedGeneration": generation}
-        base = {**status, **desired}
-        update = dict(desired)
-        update.update(es.observe(current, base, desired_config=plan.config_name, desired_model=plan.model_name,
-                                 generation=generation))
-        if not base.get("modelName") and "modelName" not in update:
-            update["modelName"] = plan.model_name
-        update["conditions"] = _synced(update.get("conditions", status.get("conditions")), True, "RequestsSent",
-                                       action, generation)
-        merged = _apply(patch, body, status, update)
+
+        def sent(current, _):
+            # The Describe after our requests is dropped by es.observe if an event has recorded
+            # a newer state meanwhile (e.g. InService while this handler waited on SageMaker).
+            base = {**current, **desired}
+            update = dict(desired)
+            update.update(es.observe(described, base, desired_config=plan.config_name,
+                                     desired_model=plan.model_name, generation=generation))
+            if not base.get("modelName") and "modelName" not in update:
+                update["modelName"] = plan.model_name
+            update["conditions"] = _synced(update.get("conditions", current.get("conditions")), True,
+                                           "RequestsSent", action, generation)
+            return update
+
+        obj, written = await record(body, clearing_refusal(sent))
         log.info("%s/%s: %s", namespace, name, action)
-        if merged.get("phase") == "InService":
-            collect(gw, namespace, name, uid, model=plan.model_name, config=plan.config_name)
+        if merged(obj, written).get("phase") == "InService":
+            await asyncio.to_thread(collect, gw, namespace, name, uid, model=plan.model_name,
+                                    config=plan.config_name)
 
     @kopf.timer(*RESOURCE, registry=registry, id="resync", interval=settings.resync_seconds,
                 initial_delay=settings.resync_seconds)
-    def resync(spec, status, meta, namespace, name, uid, body, patch, llama_finetunes, **_):
+    async def resync(spec, status, meta, namespace, name, uid, body, llama_finetunes, **_):
         """The fallback: DescribeEndpoint, in case an event was lost; an endpoint deleted behind
         the operator's back is created again, as the spec says."""
         status = dict(status or {})
@@ -406,19 +484,22 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         if not endpoint or meta.get("deletionTimestamp") or status.get("phase") == "WaitingForModel":
             return
         try:
-            describe = gw.describe_endpoint(endpoint)
-            update = settle(gw, describe, namespace=namespace, name=name, uid=uid, status=status,
-                            generation=meta.get("generation"))
+            describe = await asyncio.to_thread(gw.describe_endpoint, endpoint)
         except SageMakerError as exc:
             log.warning("%s/%s: resync failed: %s", namespace, name, exc)
             return
-        status = _apply(patch, body, status, update)
-        if describe is None and update:
-            reconcile(spec=spec, status=status, meta=meta, namespace=namespace, name=name, uid=uid, body=body,
-                      patch=patch, retry=0, llama_finetunes=llama_finetunes)
+        obj, written = await record(body, lambda current, fresh: settle(
+            describe, namespace=namespace, name=name, uid=uid, status=current, generation=fresh.get("generation")))
+        if obj is None:
+            return
+        await asyncio.to_thread(collect_if_serving, gw, describe, namespace=namespace, name=name, uid=uid,
+                                status=obj.get("status") or {})
+        if describe is None and written:
+            await reconcile(spec=spec, status=merged(obj, written), meta=meta, namespace=namespace, name=name,
+                            uid=uid, body=body, retry=0, llama_finetunes=llama_finetunes)
 
     @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")
-    def finalize(spec, status, meta, namespace, name, uid, body, patch, retry, **_):
+    async def finalize(spec, status, meta, namespace, name, uid, body, retry, **_):
         """Deletion policy Delete (default): the endpoint, then every config and model this
         resource owns; the finalizer goes only when SageMaker lists none of them. Retain: leave."""
         status = dict(status or {})
@@ -429,22 +510,32 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             return
         from llama_operator.plan import names
 
-        try:
+        def delete_endpoints() -> list[str]:
             owned = gw.owned(uid)
             endpoint = status.get("endpointName") or names.endpoint_name(namespace, name, uid)
             endpoints = sorted(set(owned.endpoints) | ({endpoint} if gw.describe_endpoint(endpoint) else set()))
+            for ep in endpoints:
+                gw.delete_endpoint(ep)
+            return endpoints
+
+        def delete_the_rest():
+            gw.delete_owned(uid, endpoints=True)
+            return gw.owned(uid)
+
+        try:
+            endpoints = await asyncio.to_thread(delete_endpoints)
             if endpoints:
-                for ep in endpoints:
-                    gw.delete_endpoint(ep)
                 if status.get("phase") != "Deleting":
-                    _apply(patch, body, status, es.local_phase(
-                        "Deleting", "Deleting", f"deleting endpoint {', '.join(endpoints)}", status,
-                        generation=meta.get("generation")))
-                if not all(gw.wait_endpoint_gone(ep, timeout=15, interval=0.5) for ep in endpoints):
+                    message = f"deleting endpoint {', '.join(endpoints)}"
+                    await record(body, lambda current, _: {} if current.get("phase") == "Deleting" else
+                                 es.local_phase("Deleting", "Deleting", message, current,
+                                                generation=meta.get("generation")))
+                gone = await asyncio.to_thread(
+                    lambda: all(gw.wait_endpoint_gone(ep, timeout=15, interval=0.5) for ep in endpoints))
+                if not gone:
                     raise kopf.TemporaryError(f"waiting for endpoint {', '.join(endpoints)} to be deleted",
                                               delay=timing.delete_poll)
-            gw.delete_owned(uid, endpoints=True)
-            left = gw.owned(uid)
+            left = await asyncio.to_thread(delete_the_rest)
         except SageMakerError as exc:
             raise kopf.TemporaryError(f"deleting SageMaker objects: {exc}", delay=backoff(retry)) from exc
         if not left.empty():
@@ -471,7 +562,9 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
 
 async def handle_event(gw: EndpointGateway, event: Mapping[str, Any], kube) -> bool:
     """Apply one "SageMaker Endpoint State Change" event to the LlamaEndpoint its owner tags name,
-    through the Kubernetes writer (`get`, `patch_status`, `post_event`). False when not ours."""
+    through the Kubernetes writer (`update_status`, `post_event`): the update is computed from
+    the object as read for the write and computed again if another writer got there first, so
+    an event never overwrites newer status. False when not ours."""
     from llama_operator.aws.events import owner_of
 
     detail = event.get("detail") or {}
@@ -482,12 +575,17 @@ async def handle_event(gw: EndpointGateway, event: Mapping[str, Any], kube) -> b
     if owner is None or tags.get("llamaops.dev/kind") not in (None, KIND):
         return False
     namespace, name, uid = owner
-    obj = await kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
-    if obj is None or (uid and obj.get("metadata", {}).get("uid") != uid):
+    obj, written = await write_status(kube, namespace, name, uid,
+                                      lambda status, meta: event_update(event, {"metadata": meta, "status": status}))
+    if obj is None:
         return False  # deleted, or a newer object under the same name
-    update, events = await asyncio.to_thread(on_endpoint_event, gw, event, obj)
-    if update:
-        await kube.patch_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, update)
-    for type_, reason, message in events:
-        await kube.post_event(obj, type_, reason, message)
+    status = obj.get("status") or {}
+    if not status.get("endpointName") or detail.get("EndpointName") in (None, status["endpointName"]):
+        await asyncio.to_thread(collect_if_serving, gw, detail, namespace=namespace, name=name,
+                                uid=obj["metadata"].get("uid"), status=status)
+    if written and written.get("phase"):
+        _observe_metrics(namespace, name, written["phase"])
+    ev = transition(obj, written)
+    if ev:
+        await kube.post_event(obj, *ev)
     return True

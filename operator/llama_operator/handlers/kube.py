@@ -1,6 +1,7 @@
-"""The few Kubernetes calls made outside kopf's handlers (the SQS consumer updates status as soon
-as an event arrives, not at the next handler run): GET an object, merge-patch its status, post an
-Event. Authenticated with the same ConnectionInfo kopf logged in with."""
+"""The few Kubernetes calls made outside kopf's own patching (the SQS consumer updates status as
+soon as an event arrives, not at the next handler run; handlers update status with the same guard):
+GET an object, update its status (a merge patch guarded by the read's resourceVersion, never a
+blind one), post an Event. Authenticated with the same ConnectionInfo kopf logged in with."""
 
 from __future__ import annotations
 
@@ -69,13 +70,6 @@ class KubeWriter:
                 return None
             resp.raise_for_status()
             return await resp.json()
-
-    async def patch_status(self, group_version: str, plural: str, namespace: str, name: str, status: dict) -> None:
-        http = await self._http()
-        async with http.patch(self._url(group_version, plural, namespace, name, "status"), json={"status": status},
-                              headers={"Content-Type": "application/merge-patch+json"}) as resp:
-            if resp.status != 404:
-                resp.raise_for_status()
 
     async def update_status(self, group_version: str, plural: str, namespace: str, name: str, compute,
                             attempts: int = 8):
