@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
@@ -18,22 +19,28 @@ from typing import Any, Mapping
 from llama_operator.paths import workloads_dir
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _lmi_module() -> ModuleType:
     # workloads/ is shipped beside the package, not inside it (it runs in SageMaker's images),
     # so its renderer is loaded from the file rather than imported as a package.
     path = Path(workloads_dir()) / "serve" / "lmi.py"
     name = "_llama_operator_workloads_serve_lmi"
-    cached = sys.modules.get(name)
-    if cached is not None and getattr(cached, "__file__", None) == str(path):
-        return cached
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the serving workload ships with the operator "
-                                "(set LLAMA_OPERATOR_WORKLOADS_DIR to the folder holding serve/lmi.py)")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    # Handlers render from worker threads: one loads the file while the others wait, and the module
+    # is published only once it has run, so no thread sees it half-initialised.
+    with _LOAD_LOCK:
+        cached = sys.modules.get(name)
+        if cached is not None and getattr(cached, "__file__", None) == str(path):
+            return cached
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the serving workload ships with the operator "
+                                    "(set LLAMA_OPERATOR_WORKLOADS_DIR to the folder holding serve/lmi.py)")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+        return module
 
 
 def lmi_settings(engine: str, settings: Mapping[str, Any]) -> dict[str, Any]:
