@@ -140,25 +140,29 @@ def check_against_generate(args, lengths, rng) -> None:
         torch.cuda.empty_cache()
 
 
-def profile_step(model, batch, device, compiled=False) -> int:
-    """Kernel by kernel, what an eager decode step spends (graphs replay the same kernels)."""
+def profile_step(model, batch, device, compiled=False, attention=None, context=256) -> int:
+    """Kernel by kernel, what an eager decode step spends (graphs replay the same kernels), every
+    row at `context` tokens."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from batching_engine import BatchingEngine
+    from batching_engine import LENGTH_BUCKET, BatchingEngine
 
-    engine = BatchingEngine(model, None, max_batch_size=batch, max_len=512, use_cuda_graphs=False,
-                            compile_step=compiled)
+    engine = BatchingEngine(model, None, max_batch_size=batch, max_len=max(512, context + 8), use_cuda_graphs=False,
+                            compile_step=compiled, attention=attention)
     engine.close()
+    engine.pos[:batch] = context - 1
+    length = -(-context // LENGTH_BUCKET) * LENGTH_BUCKET
     with torch.no_grad():
         for _ in range(3):
-            engine._step(batch, 256, False)
+            engine._step(batch, length, False)
         sync(device)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            engine._step(batch, 256, False)
+            engine._step(batch, length, False)
             sync(device)
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.device_time for e in events)
-    print(f"decode step{' (compiled)' if compiled else ''}, batch {batch}: {len(events)} kernels, {total / 1e3:.2f} ms of kernel time")
+    print(f"decode step{' (compiled)' if compiled else ''}, {engine.attention} attention, batch {batch}, "
+          f"context {context}: {len(events)} kernels, {total / 1e3:.2f} ms of kernel time")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=25, max_name_column_width=70))
     return 0
 
@@ -177,6 +181,10 @@ def main(argv=None) -> int:
                     help="client counts at which one-at-a-time generate() is measured; larger counts are "
                          "derived from its measured service time (a serial queue)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (fused kernels)")
+    ap.add_argument("--attention", choices=("triton", "flash", "sdpa"),
+                    help="attention kernels (default: triton decode + flash prefill where the GPU has them, "
+                         "else masked SDPA); tests/serve/test_engine_gpu.py checks them against each other")
+    ap.add_argument("--profile-context", type=int, default=256, help="context length of each row in --profile")
     ap.add_argument("--eager-prefill", action="store_true", help="run prefills eagerly (decode steps stay graphs)")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode steps (to measure what graphs buy)")
     ap.add_argument("--out", help="write the full results as JSON here")
@@ -217,30 +225,40 @@ def main(argv=None) -> int:
                "generate": {}}
 
     if args.profile:
-        return profile_step(model, args.profile, device, args.compile)
+        return profile_step(model, args.profile, device, args.compile, args.attention, args.profile_context)
     engine = BatchingEngine(model, None, max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
                             max_len=max(lengths) + args.new_tokens + 8,
                             use_cuda_graphs=False if args.no_graphs else None, compile_step=args.compile,
-                            graph_prefill=not args.eager_prefill)
+                            graph_prefill=not args.eager_prefill, attention=args.attention)
+    results["attention"] = engine.attention
     t0 = time.perf_counter()
     captured = engine.warmup(clients)
-    print(f"captured {captured} graphs in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"{engine.attention} attention; captured {captured} graphs in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    def engine_call(ids):
-        res = engine.submit(input_ids=ids, params=params).result()
-        assert len(res.token_ids) == args.new_tokens, len(res.token_ids)
+    def engine_call(ids, p=params):
+        res = engine.submit(input_ids=ids, params=p).result()
+        assert len(res.token_ids) == p.max_new_tokens, len(res.token_ids)
+
+    one = GenerationParams(max_new_tokens=1, ignore_eos=True)
 
     for n in clients:
         run_clients(engine_call, prompts_for(lengths, n, vocab, rng))  # captures this size's graphs
         walls, lat = [], []
+        admit0 = engine.stats["admit_s"]
         for _ in range(args.rounds):
             wall, l = run_clients(engine_call, prompts_for(lengths, n, vocab, rng))
             walls.append(wall)
             lat += l
         tps = n * args.new_tokens * args.rounds / sum(walls)
-        results["engine"][n] = dict(tokens_per_s=tps, p50_s=percentile(lat, 50), p95_s=percentile(lat, 95))
+        admit = (engine.stats["admit_s"] - admit0) / args.rounds
+        # Time to first token: the same arrival pattern asking for one token (batch wait + prefill).
+        ttft = statistics.median(run_clients(lambda ids: engine_call(ids, one), prompts_for(lengths, n, vocab, rng))[0]
+                                 for _ in range(args.rounds))
+        results["engine"][n] = dict(tokens_per_s=tps, p50_s=percentile(lat, 50), p95_s=percentile(lat, 95),
+                                    first_token_round_s=ttft, admit_s_per_round=admit)
         print(f"engine   clients {n:3d}: {tps:9.0f} tok/s  p50 {percentile(lat, 50) * 1e3:7.1f} ms  "
-              f"p95 {percentile(lat, 95) * 1e3:7.1f} ms", flush=True)
+              f"p95 {percentile(lat, 95) * 1e3:7.1f} ms  first-token round {ttft * 1e3:6.1f} ms  "
+              f"admission {admit * 1e3:5.1f} ms a round", flush=True)
 
     # Decode step time at each batch size, context = mean prompt + half the new tokens.
     from batching_engine import LENGTH_BUCKET
@@ -259,6 +277,32 @@ def main(argv=None) -> int:
                 engine._launch_step(b, length, False)
             sync(device)
             step_ms[n] = (time.perf_counter() - t0) / reps * 1e3
+    # Prefill alone (graph replay on the GPU) for n prompts of the mix, in free slots, packed into
+    # groups of at most PREFILL_BUDGET tokens as admission packs them.
+    from batching_engine import PREFILL_BUDGET, _Request
+    prefill_ms = {}
+    with torch.no_grad():
+        for n in clients:
+            reqs = [_Request(p, params, None, slot=i) for i, p in enumerate(prompts_for(lengths, min(n, engine.n_slots),
+                                                                                         vocab, rng))]
+            groups, used = [[]], 0
+            for r in reqs:
+                if groups[-1] and used + len(r.prompt_ids) > PREFILL_BUDGET:
+                    groups.append([])
+                    used = 0
+                groups[-1].append(r)
+                used += len(r.prompt_ids)
+            times = []
+            for _ in range(4):
+                sync(device)
+                t0 = time.perf_counter()
+                for group in groups:
+                    engine._prefill(group)
+                sync(device)
+                times.append(time.perf_counter() - t0)
+            prefill_ms[n] = statistics.median(times[1:]) * 1e3
+            print(f"prefill  clients {n:3d}: {sum(len(r.prompt_ids) for r in reqs)} tokens in {prefill_ms[n]:.1f} ms",
+                  flush=True)
     engine.close()
 
     # Roofline: every decode step reads all weights but the embedding table, plus the KV cache.
@@ -268,7 +312,8 @@ def main(argv=None) -> int:
     weight_bytes = sum(p.numel() for p in model.parameters()) * elt - model.model.embed_tokens.weight.numel() * elt
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     kv_per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * elt
-    results.update(copy_bandwidth_Bps=bw, weight_bytes=weight_bytes, context=ctx, step_ms=step_ms, roofline={})
+    results.update(copy_bandwidth_Bps=bw, weight_bytes=weight_bytes, context=ctx, step_ms=step_ms,
+                   prefill_ms=prefill_ms, roofline={})
     for n in clients:
         step_s = (weight_bytes + n * ctx * kv_per_token) / bw
         results["roofline"][n] = n / step_s

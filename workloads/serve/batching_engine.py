@@ -8,11 +8,13 @@ a batch equals the same prompt alone.
 
 Why not `generate()`: with a static cache it spent 5 ms a step at batch 32 on an H100, mostly in
 Python, and `torch.compile(mode="reduce-overhead")` over it broke. So the engine owns the loop:
-an eager prefill writes the prompt's keys and values into its slot, then every decode step is one
-CUDA-graph replay (captured lazily per (batch-size bucket, attention-length bucket, sampling)),
-with the next token and positions fed back on the device. On the CPU the same step runs eagerly.
+a prefill writes the prompts' keys and values into their slots, then every decode step is one
+CUDA-graph replay (captured per batch-size bucket and sampling), with the next token and
+positions fed back on the device. On the CPU the same step runs eagerly.
 The weights are the model's own modules (norms, projections, MLP); only attention and the cache
-are ours."""
+are ours. On the GPU, prefill attention is flash attention's varlen form (no mask) and decode
+attention is our Triton kernel (decode_attention.py), each row reading only its own length;
+elsewhere, masked SDPA over a bucketed prefix of the cache."""
 
 from __future__ import annotations
 
@@ -76,6 +78,38 @@ def _rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act):
     return torch.addmm(x, act(gu[:, :inter]) * gu[:, inter:], w_down.t())
 
 
+# sdpa: masked scaled_dot_product_attention over a bucketed prefix of the cache (any device).
+# flash: flash attention's varlen form, prefill and decode, each row reading its own length.
+# triton: flash prefill; decode by our kernel, which also writes the cache (decode_attention.py).
+ATTENTION = ("triton", "flash", "sdpa")
+
+
+def default_attention(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    if not flash_attention_usable(device, dtype):
+        return "sdpa"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "flash"
+    return "triton" if head_dim & (head_dim - 1) == 0 else "flash"
+
+
+def flash_attention_usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Flash attention (varlen, with per-row key lengths) runs on CUDA GPUs of compute capability
+    8.0 or newer, in bf16 or fp16."""
+    return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+            and torch.backends.cuda.is_flash_attention_available()
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
+def _flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, causal: bool, seqused_k=None):
+    """Attention over packed sequences: q [Nq, H, D], k/v [Nk, KV, D]; sequence i is queries
+    cu_q[i]:cu_q[i+1] and keys from cu_k[i], seqused_k[i] of them when given (else up to cu_k[i+1]).
+    Grouped-query heads are native (no repeat of k/v); no mask is materialised."""
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False,
+                                                   scale=scale, seqused_k=seqused_k)[0]
+
+
 @dataclass
 class _Call:
     """Work to run on the engine's thread (which owns the GPU state) when it is idle."""
@@ -133,7 +167,8 @@ class BatchingEngine:
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 32, max_wait_ms: float = 10.0,
                  max_len: int | None = None, use_cuda_graphs: bool | None = None,
-                 default_max_new_tokens: int = 64, compile_step: bool = False, graph_prefill: bool = True):
+                 default_max_new_tokens: int = 64, compile_step: bool = False, graph_prefill: bool = True,
+                 attention: str | None = None):
         cfg = model.config
         if getattr(cfg, "model_type", "llama") not in ("llama", "mistral"):
             raise ValueError(f"model_type {cfg.model_type!r} is not a Llama-family model")
@@ -147,6 +182,16 @@ class BatchingEngine:
         self.default_max_new_tokens = default_max_new_tokens
         self.use_graphs = (self.device.type == "cuda") if use_cuda_graphs is None else use_cuda_graphs
         self.graph_prefill = self.use_graphs and graph_prefill
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.attention = attention or default_attention(self.device, self.dtype, head_dim)
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+        if self.attention != "sdpa" and not flash_attention_usable(self.device, self.dtype):
+            raise ValueError(f"attention {self.attention!r} needs a CUDA device of compute capability 8.0+ and "
+                             f"bf16/fp16 weights; this model is {self.dtype} on {self.device}")
+        if self.attention == "triton":
+            from decode_attention import decode_attention
+            self._decode_attention = decode_attention
         # Optionally let inductor fuse the step's small elementwise kernels (norms, rotary, SiLU);
         # the graphs then replay the fused kernels. Sizes stay symbolic: one compile for all buckets.
         self._step = self._decode_step
@@ -178,18 +223,25 @@ class BatchingEngine:
         dev, n_layers = self.device, len(self._layers)
         # Whole buckets, so every attention length a step may use is a prefix of the cache.
         self.cache_len = -(-(self.max_len + SLACK) // LENGTH_BUCKET) * LENGTH_BUCKET
-        # [layer, slot, 2 (k, v), kv head, position, dim]: one index_put writes a step's k and v.
-        # One row past the slots: a scratch row where a captured prefill's padding tokens write.
-        self.kv_cache = torch.zeros((n_layers, self.n_slots + 1, 2, self.n_kv, self.cache_len, self.head_dim),
+        # [layer, 2 (k, v), slot, position, kv head, dim]: a layer's keys are one packed
+        # [slots * cache_len, kv, dim] tensor, slot s starting at s * cache_len, which is the varlen
+        # layout flash attention reads (each row only up to its own length), and one index_put per
+        # layer writes a step's k and v. One row past the slots: a scratch row where a captured
+        # prefill's padding tokens write.
+        self.kv_cache = torch.zeros((n_layers, 2, self.n_slots + 1, self.cache_len, self.n_kv, self.head_dim),
                                     dtype=self.dtype, device=dev)
         positions = torch.arange(self.cache_len, device=dev)
-        cos, sin = inner.rotary_emb(self.kv_cache[0, 0, 0, 0], positions[None])
+        cos, sin = inner.rotary_emb(self.kv_cache[0, 0, 0, :, 0], positions[None])
         half = self.head_dim // 2
         # rotate_half(x) * sin == roll(x, half) * [-sin_first_half, sin_second_half]
         sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
         self.cos, self.sin = cos[0].to(self.dtype), sin.to(self.dtype)
         self.slot_index = positions
         self._neg_inf = torch.tensor(float("-inf"), dtype=self.dtype, device=dev)
+        # Sequence offsets for flash attention's varlen form: decode row i is query i and keys
+        # [i * cache_len, i * cache_len + pos_i]; a prefill fills its own (fixed-size) offsets.
+        idx = torch.arange(self.n_slots + 2, dtype=torch.int32, device=dev)
+        self._cu_q, self._cu_k = idx, idx * self.cache_len
 
         # Decode-step state, read and advanced on the device by each (captured) step.
         self.tokens = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
@@ -208,6 +260,7 @@ class BatchingEngine:
         # overhead (hundreds of small kernels) cost more than the work.
         self._p_in = torch.zeros((4, PREFILL_BUDGET), dtype=torch.long, device=dev)
         self._p_last = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
+        self._p_cu = torch.zeros(self.n_slots + 2, dtype=torch.int32, device=dev)
         self._p_logits = torch.zeros((self.n_slots, model.config.vocab_size), dtype=torch.float32, device=dev)
         self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
@@ -215,7 +268,8 @@ class BatchingEngine:
         self._slots: list[_Request | None] = [None] * self.n_slots
         self._stopping = False
         self._calls: list[_Call] = []
-        self.stats = {"steps": 0, "prefills": 0, "graphs": 0}
+        # admit_s: host time spent admitting requests (prefill included), which decode steps wait on.
+        self.stats = {"steps": 0, "prefills": 0, "graphs": 0, "admit_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
         self._thread.start()
 
@@ -265,7 +319,7 @@ class BatchingEngine:
         def capture():
             with torch.no_grad():
                 for b in buckets:
-                    for length in range(LENGTH_BUCKET, self.cache_len + 1, LENGTH_BUCKET):
+                    for length in self._attention_lengths():
                         if (b, length, False) not in self._graphs:
                             self._capture((b, length, False))
                 if prefill and self.graph_prefill:
@@ -280,6 +334,13 @@ class BatchingEngine:
         self._queue.put(_Call(capture))  # on the worker thread, between steps
         done.wait()
         return self.stats["graphs"] - before
+
+    def _attention_lengths(self) -> range:
+        """The key lengths a decode step is specialised for: flash attention reads each row's own
+        length, so one covers all; the masked SDPA path reads a bucketed prefix of the cache."""
+        if self.attention != "sdpa":
+            return range(self.cache_len, self.cache_len + 1)
+        return range(LENGTH_BUCKET, self.cache_len + 1, LENGTH_BUCKET)
 
     def _bucket(self, n: int) -> int:
         return next((x for x in BATCH_BUCKETS if x >= n and x <= self.n_slots), self.n_slots)
@@ -313,6 +374,9 @@ class BatchingEngine:
             [r.slot for r in reqs for _ in r.prompt_ids] + [self.n_slots] * pad,
         ])
         last = [sum(lengths[:i + 1]) - 1 for i in range(len(reqs))]
+        # Prompt i is tokens cu[i]:cu[i+1]; the padding is one more sequence; the rest are empty.
+        cu = [0] + [n + 1 for n in last] + [n_tok] * (self.n_slots + 1 - len(reqs))
+        self._p_cu.copy_(torch.tensor(cu, dtype=torch.int32))
         self._p_in[:, :n_tok].copy_(packed)
         self._p_last.copy_(torch.tensor(last + [0] * (self.n_slots - len(reqs))))
         if not self.graph_prefill:
@@ -324,20 +388,36 @@ class BatchingEngine:
 
     def _prefill_packed(self, n_tok: int) -> None:
         ids, seq, pos, slot = self._p_in[:, :n_tok]
-        allowed = (seq[:, None] == seq[None, :]) & (pos[:, None] >= pos[None, :])
-        mask = torch.where(allowed, 0.0, self._neg_inf).to(self.dtype)
+        flash = self.attention != "sdpa"
+        if not flash:
+            allowed = (seq[:, None] == seq[None, :]) & (pos[:, None] >= pos[None, :])
+            mask = torch.where(allowed, 0.0, self._neg_inf).to(self.dtype)
         cos, sin = self.cos[pos], self.sin[pos]
+        where = slot * self.cache_len + pos
+        # No sequence is longer than max_len (a prompt) or a bucket (the padding). Flash attention
+        # launches max_q / 128 query blocks for every sequence, most of which exit at once, so
+        # the whole packed length here would cost hundreds of empty blocks a layer.
+        max_q = min(n_tok, max(self.max_len, PREFILL_BUCKET))
         group = self.n_heads // self.n_kv
         x = self._embed(ids)
         for li, layer in enumerate(self._layers):
             q, kv = self._layer_qkv(layer, x, cos, sin)
-            self.kv_cache[li, slot, :, :, pos] = kv
+            self._write_kv(li, where, kv)
+            if flash:
+                o = _flash_varlen(q, kv[:, 0].contiguous(), kv[:, 1].contiguous(), self._p_cu, self._p_cu, max_q,
+                                  max_q, self.scale, causal=True)
+                x = self._layer_rest(layer, x, o.reshape(n_tok, -1))
+                continue
             k = kv[:, 0].transpose(0, 1).repeat_interleave(group, dim=0)
             v = kv[:, 1].transpose(0, 1).repeat_interleave(group, dim=0)
             o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask[None, None],
                                                scale=self.scale)
             x = self._layer_rest(layer, x, o[0].transpose(0, 1).reshape(n_tok, -1))
         self._p_logits.copy_(self._head(self._norm(x[self._p_last])).float())
+
+    def _write_kv(self, layer: int, where, kv) -> None:
+        """Store kv [N, 2, KV, D] at flat cache positions `where` (slot * cache_len + position)."""
+        self.kv_cache[layer].view(2, -1, self.n_kv, self.head_dim)[:, where] = kv.transpose(0, 1)
 
     def _capture_prefill(self, n_tok: int) -> "torch.cuda.CUDAGraph":
         # Warm-up runs write the same keys/values the replay will (same inputs), so they are harmless.
@@ -374,20 +454,33 @@ class BatchingEngine:
         """One token for slots [0, b): reads self.tokens/pos, writes next_tokens, advances state.
         Fixed shapes and no host syncs, so it can be captured as a CUDA graph."""
         tok, pos = self.tokens[:b], self.pos[:b]
-        rows = self.slot_index[:b]
         cos, sin = self.cos[pos], self.sin[pos]
-        # Additive mask shared by all layers: a slot sees cache positions up to its own.
-        mask = torch.where(self.slot_index[:length][None, :] <= pos[:, None], 0.0, self._neg_inf)
-        mask = mask.to(self.dtype)[:, None, None]
+        kind = self.attention
+        where = None if kind == "triton" else self.slot_index[:b] * self.cache_len + pos
+        if kind == "flash":
+            used = (pos + 1).to(torch.int32)  # row i reads only its own pos_i + 1 keys
+            cu_q, cu_k = self._cu_q[:b + 1], self._cu_k[:b + 1]
+        elif kind == "sdpa":
+            # Additive mask shared by all layers: a slot sees cache positions up to its own.
+            mask = torch.where(self.slot_index[:length][None, :] <= pos[:, None], 0.0, self._neg_inf)
+            mask = mask.to(self.dtype)[:, None, None]
         group = self.n_heads // self.n_kv
         x = self._embed(tok)
         for li, layer in enumerate(self._layers):
             q, kv = self._layer_qkv(layer, x, cos, sin)
-            self.kv_cache[li, rows, :, :, pos] = kv
-            cache = self.kv_cache[li, :b, :, :, :length]
-            # Query heads sharing a key/value head become that head's query rows (no k/v repeat).
-            o = F.scaled_dot_product_attention(q.view(b, self.n_kv, group, self.head_dim), cache[:, 0], cache[:, 1],
-                                               attn_mask=mask, scale=self.scale)
+            keys, values = self.kv_cache[li, 0], self.kv_cache[li, 1]   # [slots, cache_len, kv, dim]
+            if kind == "triton":  # writes kv into the cache itself
+                o = self._decode_attention(q, kv, keys, values, pos, self.scale)
+            elif kind == "flash":
+                self._write_kv(li, where, kv)
+                o = _flash_varlen(q, keys.view(-1, self.n_kv, self.head_dim), values.view(-1, self.n_kv, self.head_dim),
+                                  cu_q, cu_k, 1, self.cache_len, self.scale, causal=False, seqused_k=used)
+            else:
+                self._write_kv(li, where, kv)
+                # Query heads sharing a key/value head become that head's query rows (no k/v repeat).
+                o = F.scaled_dot_product_attention(q.view(b, self.n_kv, group, self.head_dim),
+                                                   keys[:b, :length].transpose(1, 2), values[:b, :length].transpose(1, 2),
+                                                   attn_mask=mask, scale=self.scale)
             x = self._layer_rest(layer, x, o.reshape(b, -1))
         logits = self._head(self._norm(x)).float()
         nxt = self._select(logits, self.temperature[:b], self.top_p[:b], self.sample[:b], with_sampling)
@@ -396,6 +489,8 @@ class BatchingEngine:
         self.pos[:b].add_(self.active[:b])
 
     def _launch_step(self, b: int, length: int, with_sampling: bool) -> None:
+        if self.attention != "sdpa":
+            length = self.cache_len  # each row reads its own length; one graph serves all
         if not self.use_graphs:
             self._step(b, length, with_sampling)
             return
@@ -497,6 +592,13 @@ class BatchingEngine:
         return new
 
     def _admit(self, new: list[_Request]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._admit_now(new)
+        finally:
+            self.stats["admit_s"] += time.perf_counter() - t0
+
+    def _admit_now(self, new: list[_Request]) -> None:
         new = [r for r in new if r.future.set_running_or_notify_cancel()]
         if not new:
             return
