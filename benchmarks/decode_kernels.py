@@ -1,6 +1,6 @@
 """Micro-benchmark of decode attention on the GPU (TinyLlama-1.1B heads, bf16): our Triton kernel
-at several block/warp/stage settings against flash attention's varlen path, every row at the same
-context. Times are CUDA-graph replays (triton.testing.do_bench_cudagraph), in microseconds; a
+(rotary and the cache write included) at several block/warp/stage settings against flash
+attention's varlen path (attention alone), every row at the same context. Times are CUDA-graph replays (triton.testing.do_bench_cudagraph), in microseconds; a
 cache that fits in L2 stays there between replays, so these are lower bounds for a real step.
 
   python3 benchmarks/decode_kernels.py
@@ -31,7 +31,8 @@ def attention(batch: int, context: int, cache_len: int = 1152) -> None:
     dev = "cuda"
     cache = torch.randn(2, batch + 1, cache_len, KV, DIM, device=dev, dtype=torch.bfloat16)
     qkv = torch.randn(batch, HEADS + 2 * KV, DIM, device=dev, dtype=torch.bfloat16)
-    q, kv_new = qkv[:, :HEADS], qkv[:, HEADS:].reshape(batch, 2, KV, DIM)
+    q = qkv[:, :HEADS]
+    cos, sin = (torch.randn(cache_len, DIM, device=dev, dtype=torch.bfloat16) for _ in range(2))
     pos = torch.full((batch,), context - 1, device=dev)
     cu_q = torch.arange(batch + 1, dtype=torch.int32, device=dev)
     used = (pos + 1).to(torch.int32)
@@ -40,8 +41,8 @@ def attention(batch: int, context: int, cache_len: int = 1152) -> None:
     row = [f"attention b={batch:2d} ctx={context:4d} ({kv_bytes / 1e6:5.1f} MB)"]
     row.append(f"flash {us(lambda: _flash_varlen(q, keys, values, cu_q, cu_q * cache_len, 1, cache_len, 0.125, False, used)):6.1f}")
     for block, warps, stages in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 4, 3), (128, 8, 2), (32, 4, 3)):
-        t = us(lambda: decode_attention(q, kv_new, cache[0], cache[1], pos, 0.125, block=block, num_warps=warps,
-                                        num_stages=stages))
+        t = us(lambda: decode_attention(qkv, cache[0], cache[1], pos, cos, sin, HEADS, 0.125, block=block,
+                                        num_warps=warps, num_stages=stages))
         row.append(f"triton {block}/{warps}/{stages} {t:6.1f}")
     print("  ".join(row), flush=True)
 

@@ -50,19 +50,33 @@ def _decode_inputs(seed=0, heads=32, kv=4, dim=64, cache_len=320):
     return cache, q, kv_new, pos
 
 
-def test_triton_decode_kernel_writes_the_cache_and_attends_up_to_each_rows_position():
+def _rotary(x, cos, sin):
+    """The engine's rotary: x * cos + roll(x, D/2) * sin' (sin' with its first half negated)."""
+    return (x.float() * cos.float() + x.float().roll(x.shape[-1] // 2, dims=-1) * sin.float()).to(x.dtype)
+
+
+def test_triton_decode_kernel_rotates_writes_the_cache_and_attends_up_to_each_rows_position():
     from decode_attention import decode_attention
 
-    cache, q, kv_new, pos = _decode_inputs()
+    cache, _, _, pos = _decode_inputs()
+    heads, kv, dim = 32, 4, 64
+    qkv = torch.randn(len(ROWS), heads + 2 * kv, dim, device="cuda", dtype=torch.bfloat16)
+    angles = torch.rand(cache.shape[2], dim // 2, device="cuda") * 6.28
+    cos = torch.cat((angles.cos(), angles.cos()), -1).to(torch.bfloat16)
+    sin = torch.cat((-angles.sin(), angles.sin()), -1).to(torch.bfloat16)
     before = cache.clone()
-    scale = q.shape[-1] ** -0.5
-    out = decode_attention(q, kv_new, cache[0], cache[1], pos, scale)
-    expect = before.clone()
+    scale = dim ** -0.5
+    out = decode_attention(qkv, cache[0], cache[1], pos, cos, sin, heads, scale)
+    written = torch.zeros(cache.shape[:3], dtype=torch.bool, device="cuda")
     for i, p in enumerate(ROWS):
-        expect[:, i, p] = kv_new[i]
-    assert torch.equal(cache, expect)  # the new k/v landed at each row's position, nothing else moved
+        written[:, i, p] = True
+        torch.testing.assert_close(cache[0, i, p], _rotary(qkv[i, heads:heads + kv], cos[p], sin[p]),
+                                   atol=1e-2, rtol=1e-2)
+        assert torch.equal(cache[1, i, p], qkv[i, heads + kv:])
+    assert torch.equal(cache[~written], before[~written])  # nothing else in the cache moved
     for i, p in enumerate(ROWS):
-        ref = reference(q[i:i + 1], cache[0, i, :p + 1], cache[1, i, :p + 1], 1, p + 1, scale)
+        q = _rotary(qkv[i:i + 1, :heads], cos[p], sin[p])
+        ref = reference(q, cache[0, i, :p + 1], cache[1, i, :p + 1], 1, p + 1, scale)
         assert rel_err(out[i:i + 1], ref) < 1e-2, i
 
 

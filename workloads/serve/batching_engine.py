@@ -13,7 +13,8 @@ CUDA-graph replay (captured per batch-size bucket and sampling), with the next t
 positions fed back on the device. On the CPU the same step runs eagerly.
 The weights are the model's own modules (norms, projections, MLP); only attention and the cache
 are ours. On the GPU, prefill attention is flash attention's varlen form (no mask) and decode
-attention is our Triton kernel (decode_attention.py), each row reading only its own length;
+attention is our Triton kernel (decode_attention.py, rotary and the cache write included), each
+row reading only its own length;
 elsewhere, masked SDPA over a bucketed prefix of the cache."""
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def _qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: i
     qk = torch.addcmul(qk * cos[:, None], qk.roll(head_dim // 2, dims=-1), sin[:, None])
     kv = torch.cat((qk[:, n_heads:], qkv[:, n_heads + n_kv:]), dim=1)
     return qk[:, :n_heads], kv.view(x.shape[0], 2, n_kv, head_dim)
+
+
+def _qkv_raw_math(x, ln_w, eps: float, w_qkv, b_qkv, n_heads: int, n_kv: int):
+    """Norm and fused q/k/v projection, [N, H + 2 KV, D], for a kernel that does rotary itself."""
+    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_qkv, b_qkv)
+    return qkv.view(x.shape[0], n_heads + 2 * n_kv, -1)
 
 
 def _rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act):
@@ -195,11 +202,12 @@ class BatchingEngine:
         # Optionally let inductor fuse the step's small elementwise kernels (norms, rotary, SiLU);
         # the graphs then replay the fused kernels. Sizes stay symbolic: one compile for all buckets.
         self._step = self._decode_step
-        self._qkv_fn, self._rest_fn = _qkv_math, _rest_math
+        self._qkv_fn, self._qkv_raw_fn, self._rest_fn = _qkv_math, _qkv_raw_math, _rest_math
         if compile_step:
             # Inductor fuses the small kernels around the matmuls (norms, rotary, SiLU); compiling
             # the whole 22-layer step took too long, these two pure functions compile once each.
             self._qkv_fn = torch.compile(_qkv_math, dynamic=True)
+            self._qkv_raw_fn = torch.compile(_qkv_raw_math, dynamic=True)
             self._rest_fn = torch.compile(_rest_math, dynamic=True)
 
         inner = model.model
@@ -454,8 +462,9 @@ class BatchingEngine:
         """One token for slots [0, b): reads self.tokens/pos, writes next_tokens, advances state.
         Fixed shapes and no host syncs, so it can be captured as a CUDA graph."""
         tok, pos = self.tokens[:b], self.pos[:b]
-        cos, sin = self.cos[pos], self.sin[pos]
         kind = self.attention
+        if kind != "triton":  # the Triton kernel reads the tables at pos itself
+            cos, sin = self.cos[pos], self.sin[pos]
         where = None if kind == "triton" else self.slot_index[:b] * self.cache_len + pos
         if kind == "flash":
             used = (pos + 1).to(torch.int32)  # row i reads only its own pos_i + 1 keys
@@ -467,11 +476,14 @@ class BatchingEngine:
         group = self.n_heads // self.n_kv
         x = self._embed(tok)
         for li, layer in enumerate(self._layers):
-            q, kv = self._layer_qkv(layer, x, cos, sin)
             keys, values = self.kv_cache[li, 0], self.kv_cache[li, 1]   # [slots, cache_len, kv, dim]
-            if kind == "triton":  # writes kv into the cache itself
-                o = self._decode_attention(q, kv, keys, values, pos, self.scale)
-            elif kind == "flash":
+            if kind == "triton":  # rotary and the cache write happen in the kernel
+                qkv = self._qkv_raw_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, self.n_heads, self.n_kv)
+                o = self._decode_attention(qkv, keys, values, pos, self.cos, self.sin, self.n_heads, self.scale)
+                x = self._layer_rest(layer, x, o.reshape(b, -1))
+                continue
+            q, kv = self._layer_qkv(layer, x, cos, sin)
+            if kind == "flash":
                 self._write_kv(li, where, kv)
                 o = _flash_varlen(q, keys.view(-1, self.n_kv, self.head_dim), values.view(-1, self.n_kv, self.head_dim),
                                   cu_q, cu_k, 1, self.cache_len, self.scale, causal=False, seqused_k=used)
