@@ -14,13 +14,16 @@ cfg = LlamaConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=2816,
 m = LlamaForCausalLM(cfg); m.save_pretrained("/tmp/base", safe_serialization=True); tok.save_pretrained("/tmp/base")
 print("params", sum(p.numel() for p in m.parameters()) / 1e6, "M")
 PY
-for mode in auto off; do
-  t=$([ $mode = auto ] && echo 95 || echo 45)
+# RUNS: torch_compile:precision pairs (default: compiled and not, both bf16).
+for run in ${RUNS:-auto:bf16 off:bf16}; do
+  mode=${run%%:*}; precision=${run##*:}
+  t=$([ $mode = off ] && echo 45 || echo 95)
   rm -rf /tmp/job-$mode; mkdir -p /tmp/job-$mode/model /tmp/job-$mode/output
-  echo "=== smp (FSDP fallback), torch_compile=$mode"
+  echo "=== smp (FSDP fallback), torch_compile=$mode, precision=$precision"
   SAGEMAKER_BASE_DIR=/tmp/job-$mode SM_CHANNEL_TRAIN=$DIR/train SM_MODEL_DIR=/tmp/job-$mode/model SM_OUTPUT_DIR=/tmp/job-$mode/output \
   timeout $t torchrun --standalone --nproc_per_node 1 workloads/train_entry.py --method smp --base_model /tmp/base \
     --data_format prepared --max_steps 30 --logging_steps 10 --per_device_batch_size 8 --max_seq_length 1024 \
-    --torch_compile $mode --learning_rate 3e-4 2>&1 | grep -E "\[train\]|Error|error|Traceback" | head -20
+    --torch_compile $mode --precision $precision --learning_rate 3e-4 2>&1 | grep -E "\[train\]|Error|error|Traceback" | head -20
   cat /tmp/job-$mode/output/failure 2>/dev/null || true
+  ls /tmp/job-$mode/model | head -5
 done

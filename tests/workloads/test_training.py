@@ -130,6 +130,22 @@ def test_smp_falls_back_to_fsdp_trains_and_resumes(tmp_path, tiny_base, chat_cha
     assert trainer_state["global_step"] == 40
 
 
+@pytest.mark.timeout(300)
+def test_smp_on_its_own_loop_trains_and_resumes(tmp_path, tiny_base, chat_channels):
+    """smp_loop=own: what a transformers older than 5.19 gets (its Trainer would wrap the sharded
+    model in DDP), here forced."""
+    opts = {"method": "smp", "smp_loop": "own", "per_device_batch_size": 1, "gradient_accumulation_steps": 2}
+    job = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, **opts), chat_channels)
+    assert_learned(job)
+    assert "method smp runs the job's own loop: smp_loop=own" in job.output
+    assert_generates(job.model_dir)
+    again = run_job(tmp_path, short_run_hps(tiny_base, tmp_path, **dict(opts, max_steps=40)), chat_channels)
+    assert again.rc == 0, again.output[-3000:]
+    assert "at step 30" in again.output
+    assert [int(m.group(1)) for m in LOSS_LINE.finditer(again.output)] == [35, 40]
+    assert not (tmp_path / "checkpoints" / "step-40" / "trainer_state.json").exists()  # no Trainer ran
+
+
 @pytest.mark.timeout(200)
 def test_missing_s3_base_model_fails_the_job_with_a_clear_reason(tmp_path, chat_channels, s3, s3_endpoint):
     s3.create_bucket(Bucket="empty-models")

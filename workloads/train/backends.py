@@ -94,8 +94,10 @@ class DeepSpeedBackend:
 
 class FsdpBackend:
     """The model of method ``smp``, sharded, with its optimizer and schedule. The Hugging Face Trainer
-    (train/hf_trainer.py) runs the steps; this keeps what the Trainer cannot do for a model it did
-    not shard itself: the per-rank checkpoint and the gathered full weights."""
+    (train/hf_trainer.py) runs the steps where transformers accepts a model sharded before it;
+    otherwise the job's own loop does, through ``forward_backward`` / ``step``. This keeps what the
+    Trainer cannot do for a model it did not shard itself: the per-rank checkpoint and the gathered
+    full weights."""
 
     STATE = "fsdp_state.json"
 
@@ -116,12 +118,44 @@ class FsdpBackend:
         self.optimizer = _optimizer(model, hp, device)
         self.scheduler = make_scheduler(self.optimizer, total_steps, hp.warmup_ratio, hp.lr_scheduler)
         self.dist = dist
+        self.micro = 0
+        self.scaler = None  # the own loop's fp16 loss scaling (the Trainer brings its own)
+        if hp.precision == "fp16":
+            from torch.amp import GradScaler
+
+            self.scaler = GradScaler(device.type)
 
     def train(self, mode: bool = True):
         self.module.train(mode)
 
     def forward(self, batch):
         return self.module(**batch).loss
+
+    # The own loop (job.train_loop); checkpoints are taken at step boundaries, so `micro` restarts at 0.
+    def forward_backward(self, batch):
+        loss = self.module(**batch).loss
+        scaled = loss / self.hp.gradient_accumulation_steps
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        self.micro += 1
+        return loss.detach()
+
+    def step(self) -> bool:
+        if self.micro % self.hp.gradient_accumulation_steps:
+            return False
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
 
     def _state(self):
         from torch.distributed.checkpoint.state_dict import get_state_dict

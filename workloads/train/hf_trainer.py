@@ -125,12 +125,19 @@ def training_arguments(hp, total: int, ckpt_dir: Path, device: torch.device) -> 
     )
 
 
+def trainer_takes_sharded_model(model) -> bool:
+    """Whether this transformers' Trainer accepts a model sharded before it (5.19 on); an older one
+    would wrap the FSDP2 model in DDP."""
+    return hasattr(type(model), "is_distributed_loading_by_transformers")
+
+
 def make_trainer(backend: FsdpBackend, hp, stream: MicroBatches, meter: LossMeter, ckpt_dir: Path,
                  rank: Rank, device: torch.device) -> JobTrainer:
     model = backend.module
-    if not hasattr(type(model), "is_distributed_loading_by_transformers"):
-        raise RuntimeError("method smp needs a transformers whose Trainer accepts a model sharded before it "
-                           "(is_distributed_loading_by_transformers); this one would wrap the FSDP2 model in DDP")
+    if not trainer_takes_sharded_model(model):
+        raise RuntimeError("smp_loop=trainer needs transformers 5.19 or newer, whose Trainer accepts a model "
+                           "sharded before it; this one would wrap the FSDP2 model in DDP. Set smp_loop to "
+                           "auto or own")
     # Tells the Trainer the model is sharded already: no DDP wrap, no second shard (see module docstring).
     model._is_distributed_loading_by_transformers = True
     trainer = JobTrainer(model=model, args=training_arguments(hp, meter.total, ckpt_dir, device),

@@ -38,6 +38,9 @@ class Hyperparameters:
     precision: str = "bf16"
     attn_implementation: str = "auto"
     torch_compile: str = "auto"
+    # method smp: "trainer" (Hugging Face Trainer), "own" (the job's loop), "auto" (the Trainer
+    # where the installed transformers accepts a model sharded before it, 5.19 on; else own)
+    smp_loop: str = "auto"
     add_special_tokens: tuple[str, ...] = field(default_factory=tuple)
     new_token_init: str = "normal"
     data_format: str = "auto"
@@ -54,6 +57,7 @@ _CHOICES = {
     "precision": ("bf16", "fp16", "fp32"),
     "attn_implementation": ("auto", "sdpa", "flex_attention", "eager"),
     "torch_compile": ("auto", "off", "on", "max-autotune-no-cudagraphs"),
+    "smp_loop": ("auto", "trainer", "own"),
     "new_token_init": ("mean", "normal"),
     "data_format": ("auto", "dailydialog", "chat_jsonl", "prepared"),
 }

@@ -1,5 +1,6 @@
-"""Everything after validation: distributed setup, base model, data, the deepspeed method's loop (method
-smp trains through train/hf_trainer.py), logging, the final save and push."""
+"""Everything after validation: distributed setup, base model, data, the job's own loop (method
+deepspeed; method smp trains through train/hf_trainer.py where transformers allows, else this loop
+too), logging, the final save and push."""
 from __future__ import annotations
 
 import datetime
@@ -288,10 +289,21 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
         step, first_step, runtime = train_loop(backend, hp, train_rows, pad_id, device, pad_to, meter, ckpt_dir,
                                                rank)
     else:
-        from .hf_trainer import train_with_trainer
+        from .hf_trainer import train_with_trainer, trainer_takes_sharded_model
 
-        backend, step, first_step, runtime = train_with_trainer(model, hp, train_rows, pad_id, device, pad_to,
-                                                                meter, ckpt_dir, rank)
+        if hp.smp_loop == "trainer" or (hp.smp_loop == "auto" and trainer_takes_sharded_model(model)):
+            backend, step, first_step, runtime = train_with_trainer(model, hp, train_rows, pad_id, device, pad_to,
+                                                                    meter, ckpt_dir, rank)
+        else:
+            from .backends import FsdpBackend
+
+            if rank.is_main:
+                why = ("smp_loop=own" if hp.smp_loop == "own" else
+                       f"transformers {transformers_version()} cannot take a model sharded before its Trainer (5.19 can)")
+                log(f"[train] method smp runs the job's own loop: {why}")
+            backend = FsdpBackend(model, hp, total_steps=total, world_size=rank.world_size, device=device)
+            step, first_step, runtime = train_loop(backend, hp, train_rows, pad_id, device, pad_to, meter,
+                                                   ckpt_dir, rank)
 
     eval_loss = evaluate(backend, val_rows, hp, pad_id, device, pad_to) if val_rows else None
     losses = meter.losses
@@ -321,9 +333,16 @@ def resume(backend, ckpt_dir: Path, rank: Rank) -> dict | None:
     return state
 
 
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def train_loop(backend, hp, train_rows, pad_id, device, pad_to, meter: LossMeter, ckpt_dir: Path,
                rank: Rank) -> tuple[int, int, float]:
-    """The deepspeed method's loop -> (final step, step it resumed from, seconds)."""
+    """The job's own loop (method deepspeed; smp where the Trainer cannot run it) -> (final step,
+    step it resumed from, seconds)."""
     state = resume(backend, ckpt_dir, rank)
     step = int(state.get("step", 0)) if state else 0
     stream = micro_batches(train_rows, hp)
