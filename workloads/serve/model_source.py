@@ -158,5 +158,6 @@ def load_engine(settings: ServeSettings, device: str | None = None):
                             compile_step=device == "cuda" and os.environ.get("SM_SERVE_COMPILE", "1") != "0",
                             attention=os.environ.get("SM_SERVE_ATTENTION") or None)
     if engine.use_graphs:  # capture every graph before /ping says ready, not on a client's time
-        log.info("captured %d CUDA graphs", engine.warmup(range(1, settings.max_batch_size + 1)))
+        log.info("%s attention; captured %d CUDA graphs", engine.attention,
+                 engine.warmup(range(1, settings.max_batch_size + 1)))
     return engine
