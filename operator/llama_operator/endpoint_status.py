@@ -7,8 +7,14 @@ observation carries SageMaker's LastModifiedTime and one older than the last one
 status never moves backwards.
 
 Phases (the CRD's): Pending, WaitingForModel, Creating, InService, Updating, Degraded, Failed, Deleting.
-Degraded means "serving, but not what the spec asks": an update failed or was rolled back and the
-previous model and configuration keep serving.
+Degraded means "serving, but not what the spec asks": an update failed or was rolled back, or the
+role allowlist refused the spec (reason RoleNotAllowed), and the previous model and configuration
+keep serving.
+
+A refusal stands until the spec changes: the Synced condition keeps reason RoleNotAllowed (no
+observation writes Synced), and while it does every observation of the endpoint is told as the
+refusal (Degraded while something serves, Failed otherwise), never as InService: what serves is
+an older spec, not the refused one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Failed", "WaitingForMode
 
 # SageMaker EndpointStatus values (botocore's enum) that mean "the endpoint is still moving".
 _MOVING = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
+# ... and those in which a configuration answers requests (during an update or a rollback, the
+# old fleet).
+_SERVING = {"InService", "SystemUpdating", "Updating", "RollingBack"}
+# The reason the role allowlist's refusal is recorded with (handlers/endpoint.py checks the role).
+ROLE_NOT_ALLOWED = "RoleNotAllowed"
 
 
 def invocation_url(region: str, endpoint_name: str) -> str:
@@ -191,6 +202,7 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
     name = describe.get("EndpointName") or status.get("endpointName")
     phase, reason = phase_of(sm_status, serving, desired_config, failure)
     now = now or now_iso()
+    refused_by = refusal(status)
 
     patch: dict[str, Any] = {"phase": phase, "endpointName": name}
     arn = describe.get("EndpointArn")
@@ -203,12 +215,20 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
         patch["endpointConfigName"] = serving
         if desired_config is not None and serving == desired_config and desired_model:
             patch["modelName"] = desired_model
+    if seen_at is not None:
+        patch["lastEventTime"] = iso(seen_at)
+    if refused_by is not None and phase != "Deleting":
+        # The spec that stands was refused: what SageMaker shows is an older spec's endpoint.
+        if sm_status in _SERVING and serving:
+            patch.update(refused(status, refused_by, serving_config=serving, generation=generation, now=now))
+        else:
+            note = f"endpoint {name} is {sm_status or 'unknown'}" + (f": {failure}" if failure else "")
+            patch.update(refused(status, refused_by, serving_config=None, note=note, generation=generation, now=now))
+        return {} if _unchanged(patch, status) else patch
     if phase in ("Degraded", "Failed"):
         patch["failureReason"] = failure or _message(phase, reason, name, serving, desired_config, failure)
     elif phase == "InService":
         patch["failureReason"] = None  # a merge patch with null removes the field
-    if seen_at is not None:
-        patch["lastEventTime"] = iso(seen_at)
     message = _message(phase, reason, name, serving, desired_config, failure)
     patch["conditions"] = conditions_for(phase, reason, message, status.get("conditions"),
                                          generation=generation, now=now)
@@ -255,6 +275,73 @@ def local_phase(phase: str, reason: str, message: str, status: Mapping[str, Any]
     patch["conditions"] = conditions_for(phase, reason, message, status.get("conditions"),
                                          generation=generation, now=now)
     return patch
+
+
+# ---- the role allowlist's refusal ------------------------------------------------------------
+
+def refusal(status: Mapping[str, Any] | None) -> str | None:
+    """The role allowlist's message while its refusal of the spec stands (the Synced condition
+    has reason RoleNotAllowed), else None."""
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == "Synced" and c.get("reason") == ROLE_NOT_ALLOWED:
+            return c.get("message") or "spec.roleArn is not allowed"
+    return None
+
+
+def serving_now(status: Mapping[str, Any] | None) -> str | None:
+    """The configuration status says answers requests (InService, Updating or Degraded on a
+    recorded configuration), else None."""
+    status = status or {}
+    if status.get("phase") in ("InService", "Updating", "Degraded") and status.get("endpointArn"):
+        return status.get("endpointConfigName") or None
+    return None
+
+
+def refused(status: Mapping[str, Any] | None, message: str, *, serving_config: str | None,
+            note: str | None = None, generation: int | None = None, now: str | None = None) -> dict:
+    """The status update for a spec the role allowlist refuses (`message`: the allowlist's, which
+    names spec.roleArn and the way out). Nothing is sent to SageMaker for it, so:
+
+    - `serving_config` answers requests (an older spec): Degraded, reason RoleNotAllowed (Ready
+      stays True), Synced=False: SageMaker keeps serving the older spec;
+    - nothing serves: Failed, reason RoleNotAllowed, Synced=True: status is all there is to it.
+
+    Synced keeps the allowlist's message: it marks the refusal as standing (`refusal`)."""
+    status = dict(status or {})
+    now = now or now_iso()
+    if serving_config:
+        phase = "Degraded"
+        told = (f"{message}. The spec is not applied: configuration {serving_config} keeps serving the "
+                "previous spec until spec.roleArn is fixed")
+    else:
+        phase = "Failed"
+        told = f"{message} ({note})" if note else message
+    conds = conditions_for(phase, ROLE_NOT_ALLOWED, told, status.get("conditions"), generation=generation, now=now)
+    conds = set_condition(conds, "Synced", phase == "Failed", ROLE_NOT_ALLOWED, message[:1000],
+                          generation=generation, now=now)
+    return {"phase": phase, "failureReason": told, "conditions": conds}
+
+
+def lift_refusal(status: Mapping[str, Any] | None, *, generation: int | None = None,
+                 now: str | None = None) -> dict:
+    """The update that ends a standing refusal once the spec has changed and passed the allowlist
+    (or fails for another reason): failureReason goes, Synced says the spec is being applied,
+    and the phase says what is known before anything is sent: Updating when an older spec serves
+    (the blue/green update is to come), else Pending. {} when no refusal stands."""
+    status = dict(status or {})
+    if refusal(status) is None:
+        return {}
+    now = now or now_iso()
+    old = status.get("endpointConfigName") if status.get("phase") == "Degraded" else None
+    if old:
+        phase, reason = "Updating", "UpdatePending"
+        message = f"the spec changed; configuration {old} keeps serving until the new spec replaces it"
+    else:
+        phase, reason = "Pending", "SpecChanged"
+        message = "the spec changed; applying it"
+    conds = conditions_for(phase, reason, message, status.get("conditions"), generation=generation, now=now)
+    conds = set_condition(conds, "Synced", False, "SpecChanged", message, generation=generation, now=now)
+    return {"phase": phase, "failureReason": None, "conditions": conds}
 
 
 def transition_event(old_phase: str | None, patch: Mapping[str, Any]) -> tuple[str, str, str] | None:

@@ -4,22 +4,29 @@ handlers) against the embedded Kubernetes API and the local SageMaker service.
 Namespace team-a may hand SageMaker role A, team-b role B. A LlamaFinetune and a LlamaEndpoint in
 team-a that ask for role B are refused before anything exists in SageMaker; an allowed one in the
 same run goes ahead; a refused spec fixed to an allowed role proceeds; a refused resource is
-deleted at once, without SageMaker delete calls."""
+deleted at once, without SageMaker delete calls. A refused change to an endpoint that already
+serves leaves the old configuration serving, and status says Degraded (not Failed, and not
+InService when an event or the resync observes the old configuration) until the role is fixed."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import time
 import uuid
 
 import pytest
 
 from conftest import BUCKET
 from operator_harness import InProcessOperator, endpoint, finetune, wait_for
+from llama_operator.local import events as local_events
 from llama_operator.settings import Settings
 
 ROLE_A = "arn:aws:iam::123456789012:role/sagemaker-team-a"
 ROLE_B = "arn:aws:iam::123456789012:role/sagemaker-team-b"
 NS = "team-a"
 FINETUNES, ENDPOINTS = "llamafinetunes", "llamaendpoints"
+RESYNC_SECONDS = 2.0
 
 
 def unique(prefix: str) -> str:
@@ -37,8 +44,9 @@ def operator(stub_serving_aws, kube, workloads, tmp_path_factory, sagemaker_call
     allowlist = tmp_path_factory.mktemp("tenancy") / "role-allowlist.yaml"
     allowlist.write_text(f"team-a:\n  - {ROLE_A}\nteam-b:\n  - {ROLE_B}\n")
     env = stub_serving_aws.env
+    # A short resync: a refusal must hold while the timer re-reads SageMaker.
     settings = Settings(region=env["AWS_DEFAULT_REGION"], events_queue_url=env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
-                        resync_seconds=3600, workloads_dir=workloads, retry_seconds=0.5, stop_poll_seconds=0.5,
+                        resync_seconds=RESYNC_SECONDS, workloads_dir=workloads, retry_seconds=0.5, stop_poll_seconds=0.5,
                         events_wait_seconds=1, role_allowlist=str(allowlist),
                         source_s3_uri=f"s3://{BUCKET}/operator")
     with InProcessOperator(settings, kube.kubeconfig_path, endpoints=True) as op:
@@ -156,3 +164,128 @@ def test_a_refused_spec_fixed_to_an_allowed_role_proceeds(kube, operator, sm):
     wait_for(lambda: not obj(kube, ENDPOINTS, ep) and not obj(kube, FINETUNES, ft), timeout=30,
              what="both to be deleted")
     assert endpoint_objects(sm) == {"models": [], "configs": [], "endpoints": []}
+
+
+def owned(sm, uid: str) -> dict[str, list[str]]:
+    """The SageMaker endpoints, configs and models carrying this owner uid."""
+    out = {}
+    for op, key, name_key, arn_key in (("list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
+                                       ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
+                                        "EndpointConfigArn"),
+                                       ("list_models", "Models", "ModelName", "ModelArn")):
+        names = []
+        for item in getattr(sm, op)(MaxResults=100)[key]:
+            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=item[arn_key])["Tags"]}
+            if tags.get("llamaops.dev/uid") == uid:
+                names.append(item[name_key])
+        out[key] = sorted(names)
+    return out
+
+
+def invoke(rt, endpoint_name: str) -> str:
+    resp = rt.invoke_endpoint(EndpointName=endpoint_name, ContentType="application/json",
+                              Body=json.dumps({"inputs": "Hi", "parameters": {"max_new_tokens": 4}}))
+    return json.loads(resp["Body"].read())["generated_text"]
+
+
+def redeliver_state_change(aws, sm, endpoint_name: str) -> None:
+    """The endpoint's last state change once more, as EventBridge may deliver it (at least once)."""
+    def epoch(value):  # boto3's datetimes as the epoch seconds local_events.envelope expects
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        if isinstance(value, dict):
+            return {k: epoch(v) for k, v in value.items()}
+        return [epoch(v) for v in value] if isinstance(value, list) else value
+
+    described = epoch({k: v for k, v in sm.describe_endpoint(EndpointName=endpoint_name).items()
+                       if k != "ResponseMetadata"})
+    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=described["EndpointArn"])["Tags"]}
+    event = local_events.envelope("endpoint", described["EndpointArn"], {**described, "Tags": tags},
+                                  aws.env["AWS_DEFAULT_REGION"])
+    sqs, url = aws.client("sqs"), aws.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"]
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event))
+
+    def consumed():
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return all(v == "0" for v in counts.values())
+    wait_for(consumed, timeout=20, what="the operator to consume the redelivered event")
+
+
+def test_a_refused_change_to_a_serving_endpoint_is_degraded_and_the_old_config_keeps_serving(
+        kube, operator, sm, sagemaker_calls, stub_serving_aws):
+    ep, source = unique("serving-ep"), {"s3Uri": f"s3://{BUCKET}/models/tiny/"}
+    rt = stub_serving_aws.client("sagemaker-runtime")
+    kube.apply(endpoint(ep, namespace=NS, role=ROLE_A, source=source))
+    served = wait_for(phase_in(kube, ENDPOINTS, ep, "InService", "Failed"), timeout=40, what=f"{ep} InService")
+    assert served["status"]["phase"] == "InService", served["status"]
+    uid, st = served["metadata"]["uid"], served["status"]
+    name, old_hash = st["endpointName"], st["specHash"]
+    old_config, old_model = st["endpointConfigName"], st["modelName"]
+    assert invoke(rt, name) == "stub"
+
+    # A spec change (new serving knobs) that also asks for another namespace's role.
+    changed = endpoint(ep, namespace=NS, role=ROLE_B, source=source)
+    changed["spec"]["serving"]["maxWaitMs"] = 7
+    calls = len(sagemaker_calls)
+    generation = kube.apply(changed)["metadata"]["generation"]
+    o = wait_for(lambda: (o := obj(kube, ENDPOINTS, ep))["status"].get("observedGeneration") == generation and o,
+                 timeout=20, what=f"{ep} to record the refusal")
+    warnings = wait_for(lambda: [e for e in warnings_for(kube, ep) if e["reason"] == "RoleNotAllowed"],
+                        timeout=10, what=f"a RoleNotAllowed Warning for {ep}")
+    assert ROLE_B in warnings[0]["message"]
+
+    def assert_degraded_on_old_config(o: dict) -> None:
+        st = o["status"]
+        assert st["phase"] == "Degraded", st
+        degraded, synced = condition(o, "Degraded"), condition(o, "Synced")
+        assert degraded["status"] == "True" and degraded["reason"] == "RoleNotAllowed", degraded
+        for part in (f"spec.roleArn {ROLE_B}", repr(NS), ROLE_A, "role allowlist", old_config):
+            assert part in degraded["message"], (part, degraded["message"])
+        assert st["failureReason"] == degraded["message"]
+        assert synced["status"] == "False" and synced["reason"] == "RoleNotAllowed", synced
+        assert condition(o, "Ready")["status"] == "True" and condition(o, "Failed")["status"] == "False"
+        assert (st["endpointConfigName"], st["modelName"], st["specHash"]) == (old_config, old_model, old_hash)
+        # the old configuration keeps serving; nothing new exists, nothing old was collected
+        described = sm.describe_endpoint(EndpointName=name)
+        assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", old_config)
+        assert invoke(rt, name) == "stub"
+        assert owned(sm, uid) == {"Endpoints": [name], "EndpointConfigs": [old_config], "Models": [old_model]}
+        asked = [c for c in sagemaker_calls[calls:] if c.startswith(("Create", "Update", "Delete"))]
+        assert asked == [], asked
+
+    assert_degraded_on_old_config(o)
+
+    # SageMaker's view of the old configuration (a redelivered event, then the resync's Describe)
+    # says InService; the refused spec still stands, so status stays Degraded. (The event always
+    # reaches observe; a Describe may be dropped as no newer than the event's millisecond time.)
+    redeliver_state_change(stub_serving_aws, sm, name)
+    resyncs = sagemaker_calls[calls:].count("DescribeEndpoint")
+    wait_for(lambda: sagemaker_calls[calls:].count("DescribeEndpoint") >= resyncs + 2,
+             timeout=6 * RESYNC_SECONDS, what="two resyncs")
+    assert_degraded_on_old_config(obj(kube, ENDPOINTS, ep))
+
+    # The role fixed: the change rolls out blue/green and the refusal's marks go.
+    fixed = endpoint(ep, namespace=NS, role=ROLE_A, source=source)
+    fixed["spec"]["serving"]["maxWaitMs"] = 7
+    generation = kube.apply(fixed)["metadata"]["generation"]
+    done = wait_for(lambda: (o := obj(kube, ENDPOINTS, ep))["status"].get("phase") == "InService"
+                    and o["status"].get("observedGeneration") == generation
+                    and o["status"].get("specHash") != old_hash and o, timeout=40, what=f"{ep} to roll out the fix")
+    st = done["status"]
+    assert st["endpointConfigName"] != old_config and st["modelName"] != old_model
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == st["endpointConfigName"]
+    assert sm.describe_model(ModelName=st["modelName"])["ExecutionRoleArn"] == ROLE_A
+    assert st.get("failureReason") is None
+    assert condition(done, "Degraded")["status"] == "False" and condition(done, "Failed")["status"] == "False"
+    assert condition(done, "Synced")["status"] == "True" and condition(done, "Synced")["reason"] != "RoleNotAllowed"
+    wait_for(lambda: owned(sm, uid)["Models"] == [st["modelName"]], timeout=20, what="the old model to be collected")
+    assert owned(sm, uid) == {"Endpoints": [name], "EndpointConfigs": [st["endpointConfigName"]],
+                              "Models": [st["modelName"]]}
+    assert invoke(rt, name) == "stub"
+    time.sleep(RESYNC_SECONDS + 0.5)  # a resync after the roll-out keeps InService
+    assert obj(kube, ENDPOINTS, ep)["status"]["phase"] == "InService"
+
+    kube.delete(ENDPOINTS, NS, ep)
+    wait_for(lambda: not obj(kube, ENDPOINTS, ep), timeout=30, what=f"{ep} to be deleted")
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

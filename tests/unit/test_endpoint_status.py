@@ -200,6 +200,132 @@ def test_to_epoch_forms():
     assert es.to_epoch(None) is None
 
 
+# ---- the role allowlist's refusal of a spec ------------------------------------------------------
+
+DENIED = ("spec.roleArn arn:aws:iam::1:role/b is not allowed in namespace 'team'; use one of: "
+          "arn:aws:iam::1:role/a, or ask the platform team to add this role for the namespace to the "
+          "operator's role allowlist")
+
+
+def serving(config="cfg-old", t=1000.0):
+    """Status of an endpoint in service on `config` (from an InService observation)."""
+    return apply({"specHash": "h-old"}, es.observe(describe("InService", config=config, t=t), {},
+                                                    desired_config=config, desired_model="m-old",
+                                                    generation=1, now=NOW))
+
+
+def test_refused_with_nothing_serving_is_failed_as_before():
+    p = es.refused({}, DENIED, serving_config=None, generation=1, now=NOW)
+    assert p["phase"] == "Failed" and p["failureReason"] == DENIED
+    failed, synced = cond(p, "Failed"), cond(p, "Synced")
+    assert (failed["status"], failed["reason"], failed["message"]) == ("True", "RoleNotAllowed", DENIED)
+    assert (synced["status"], synced["reason"]) == ("True", "RoleNotAllowed")
+    assert cond(p, "Ready")["status"] == "False"
+    assert es.refusal(apply({}, p)) == DENIED
+
+
+def test_refused_while_an_older_spec_serves_is_degraded_and_keeps_what_serves():
+    status = serving()
+    assert es.serving_now(status) == "cfg-old"
+    p = es.refused(status, DENIED, serving_config=es.serving_now(status), generation=2, now=NOW)
+    assert p["phase"] == "Degraded"
+    assert set(p) == {"phase", "failureReason", "conditions"}  # names, hash, ARN: untouched
+    degraded = cond(p, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RoleNotAllowed")
+    assert degraded["message"].startswith(DENIED) and "cfg-old keeps serving" in degraded["message"]
+    assert "spec.roleArn is fixed" in degraded["message"] and p["failureReason"] == degraded["message"]
+    assert cond(p, "Ready")["status"] == "True"  # the old configuration answers
+    assert cond(p, "Failed")["status"] == "False" and cond(p, "Progressing")["status"] == "False"
+    synced = cond(p, "Synced")
+    assert (synced["status"], synced["reason"], synced["message"]) == ("False", "RoleNotAllowed", DENIED)
+    assert es.transition_event("InService", p) == ("Warning", "Degraded", p["failureReason"])
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Creating", "Failed", "WaitingForModel", "Deleting"])
+def test_nothing_serves_in_other_phases(phase):
+    assert es.serving_now({**serving(), "phase": phase}) is None
+
+
+def test_nothing_serves_without_a_recorded_endpoint():
+    assert es.serving_now({"phase": "InService"}) is None
+
+
+def test_observations_of_the_old_config_keep_a_refused_spec_degraded():
+    status = serving(t=1000)
+    status = apply(status, es.refused(status, DENIED, serving_config="cfg-old", generation=2, now=NOW))
+    # the same state again (a redelivered event, the resync's Describe): nothing to write
+    for seen in (describe("InService", config="cfg-old", t=1000), event_detail("InService", "cfg-old", t=1000),
+                 describe("InService", config="cfg-old", t=1500)):
+        assert es.observe(seen, status, desired_config="cfg-old", desired_model="m-old", generation=2,
+                          now="2026-11-24T11:00:00.000Z") == {}
+    # SageMaker patching the old fleet (SystemUpdating, which is InService otherwise) changes nothing
+    assert es.observe(describe("SystemUpdating", config="cfg-old", t=1600), status, desired_config="cfg-old",
+                      generation=2, now=NOW) == {}
+    assert es.observe(describe("Updating", config="cfg-old", t=1700), status, desired_config="cfg-old",
+                      generation=2, now=NOW) == {}
+
+
+def test_refused_during_an_update_then_the_update_lands_stays_degraded_on_the_new_serving_config():
+    # spec 2 (allowed) is rolling out over cfg-old when spec 3 is refused
+    status = {**serving(), "phase": "Updating", "specHash": "h-mid"}
+    status = apply(status, es.refused(status, DENIED, serving_config=es.serving_now(status), generation=3,
+                                      now=NOW))
+    assert status["phase"] == "Degraded"
+    p = es.observe(describe("InService", config="cfg-mid", t=1200), status, desired_config="cfg-mid",
+                   desired_model="m-mid", generation=3, now=NOW)
+    assert p["phase"] == "Degraded" and p["endpointConfigName"] == "cfg-mid" and p["modelName"] == "m-mid"
+    assert "cfg-mid keeps serving" in p["failureReason"]
+    assert cond(p, "Synced")["reason"] == "RoleNotAllowed"
+
+
+def test_refused_while_creating_becomes_degraded_once_the_old_spec_serves():
+    status = apply({}, es.observe(describe("Creating", config="cfg-old", t=100), {}, desired_config="cfg-old",
+                                  now=NOW))
+    assert es.serving_now(status) is None
+    status = apply(status, es.refused(status, DENIED, serving_config=None, generation=2, now=NOW))
+    assert status["phase"] == "Failed" and cond(status, "Synced")["status"] == "True"
+    status = apply(status, es.observe(describe("InService", config="cfg-old", t=200), status,
+                                      desired_config="cfg-old", generation=2, now=NOW))
+    assert status["phase"] == "Degraded" and cond(status, "Degraded")["reason"] == "RoleNotAllowed"
+    assert cond(status, "Failed")["status"] == "False" and cond(status, "Ready")["status"] == "True"
+    assert cond(status, "Synced")["status"] == "False" and es.refusal(status) == DENIED
+
+
+def test_a_refused_spec_on_a_failed_or_deleted_endpoint():
+    status = serving(t=1000)
+    status = apply(status, es.refused(status, DENIED, serving_config="cfg-old", generation=2, now=NOW))
+    p = es.observe(describe("Failed", config="cfg-old", t=1100, reason="instance lost"), status,
+                   desired_config="cfg-old", now=NOW)
+    assert p["phase"] == "Failed" and cond(p, "Failed")["reason"] == "RoleNotAllowed"
+    assert p["failureReason"].startswith(DENIED) and "is Failed: instance lost" in p["failureReason"]
+    # deleting is deleting, refused or not
+    assert es.observe(describe("Deleting", config="cfg-old", t=1100), status, now=NOW)["phase"] == "Deleting"
+
+
+def test_lift_refusal():
+    assert es.lift_refusal(serving(), now=NOW) == {}
+    degraded = serving()
+    degraded = apply(degraded, es.refused(degraded, DENIED, serving_config="cfg-old", generation=2, now=NOW))
+    lift = es.lift_refusal(degraded, generation=3, now=NOW)
+    assert lift["phase"] == "Updating" and lift["failureReason"] is None
+    assert cond(lift, "Degraded")["status"] == "False" and cond(lift, "Ready")["status"] == "True"
+    assert (cond(lift, "Synced")["status"], cond(lift, "Synced")["reason"]) == ("False", "SpecChanged")
+    lifted = apply(degraded, lift)
+    assert es.refusal(lifted) is None and "failureReason" not in lifted
+    # observations go by SageMaker again: the update to the new spec, then it serving
+    p = es.observe(describe("Updating", config="cfg-old", t=1100), lifted, desired_config="cfg-new", now=NOW)
+    assert p["phase"] == "Updating"
+    lifted = apply(lifted, p)
+    p = es.observe(describe("InService", config="cfg-new", t=1200), lifted, desired_config="cfg-new",
+                   desired_model="m-new", now=NOW)
+    assert p["phase"] == "InService" and p["modelName"] == "m-new"
+
+    failed = apply({}, es.refused({}, DENIED, serving_config=None, generation=1, now=NOW))
+    lift = es.lift_refusal(failed, generation=2, now=NOW)
+    assert lift["phase"] == "Pending" and cond(lift, "Failed")["status"] == "False"
+    assert es.refusal(apply(failed, lift)) is None
+
+
 # ---- the pure helpers the LlamaEndpoint handlers build on ----------------------------------------
 
 from llama_operator import endpoint_code  # noqa: E402
@@ -275,3 +401,20 @@ def test_names_prefix_covers_every_model_and_config_name():
     prefix = handlers.names_prefix("team", "chat", "uid-1")
     assert names.model_name("team", "chat", "uid-1", "abc").startswith(prefix)
     assert names.endpoint_config_name("team", "chat", "uid-1", "abc").startswith(prefix)
+
+
+def test_clearing_refusal_lifts_it_before_the_handlers_change():
+    status = serving()
+    status = apply(status, es.refused(status, DENIED, serving_config="cfg-old", generation=2, now=NOW))
+    seen = []
+
+    def change(current, meta):
+        seen.append(current)
+        return {"specHash": "h-new"}
+
+    update = handlers.clearing_refusal(change)(dict(status), {"generation": 3})
+    assert es.refusal(seen[0]) is None and "failureReason" not in seen[0] and seen[0]["phase"] == "Updating"
+    assert update["failureReason"] is None and update["phase"] == "Updating" and update["specHash"] == "h-new"
+    assert handlers.without_refusal(status, 3)["phase"] == "Updating"
+    # no refusal: the change alone
+    assert handlers.clearing_refusal(change)(serving(), {"generation": 1}) == {"specHash": "h-new"}

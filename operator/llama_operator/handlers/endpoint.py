@@ -193,19 +193,31 @@ def _synced(conditions, ok: bool, reason: str, message: str, generation) -> list
 
 
 def _refused(status: Mapping[str, Any]) -> bool:
-    """Status records the role allowlist's refusal (Failed=True, reason RoleNotAllowed)."""
-    return any(c.get("type") == "Failed" and c.get("status") == "True" and c.get("reason") == "RoleNotAllowed"
-               for c in status.get("conditions") or [])
+    """Status records that the role allowlist refused the spec (es.refusal)."""
+    return es.refusal(status) is not None
+
+
+def _with(status: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
+    """Status with `update` merged as a merge patch would (None removes a field)."""
+    return {k: v for k, v in {**status, **update}.items() if v is not None}
+
+
+def without_refusal(status: Mapping[str, Any], generation) -> dict:
+    """Status as it reads once the spec has moved past the allowlist's refusal (es.lift_refusal);
+    `status` itself when no refusal stands."""
+    lift = es.lift_refusal(status, generation=generation)
+    return _with(status, lift) if lift else dict(status)
 
 
 def clearing_refusal(change):
-    """`change`, and status.failureReason removed where the role allowlist's refusal set it: the
-    refusal no longer holds (what `change` writes may set a new reason)."""
+    """`change`, applied to status with the role allowlist's refusal lifted (es.lift_refusal) where
+    one stands: the spec changed and the refusal no longer holds, so its marks go (what `change`
+    writes may set a new reason)."""
     def compute(status: dict, meta: Mapping[str, Any]) -> dict:
-        if not _refused(status):
+        lift = es.lift_refusal(status, generation=meta.get("generation"))
+        if not lift:
             return change(status, meta)
-        status = {k: v for k, v in status.items() if k != "failureReason"}
-        return {"failureReason": None, **(change(status, meta) or {})}
+        return {**lift, **(change(_with(status, lift), meta) or {})}
     return compute
 
 
@@ -383,27 +395,33 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             spec_model = validate_spec(spec)
         except ValueError as exc:
             invalid = str(exc)
-            await record(body, lambda current, _: {
-                **es.local_phase("Failed", "InvalidSpec", invalid, current, generation=generation),
-                "observedGeneration": generation})
+
+            def rejected_here(current, _):
+                update = es.local_phase("Failed", "InvalidSpec", invalid, current, generation=generation)
+                update["conditions"] = _synced(update["conditions"], True, "InvalidSpec", invalid, generation)
+                update["observedGeneration"] = generation
+                return update
+
+            await record(body, clearing_refusal(rejected_here))
             return  # a new spec (an update) runs this handler again
 
         # Multi-tenancy: a namespace hands SageMaker only the execution roles the operator's
-        # allowlist gives it. Checked before anything is created; a spec fixed to an allowed
-        # role (an update) runs this handler again and proceeds.
+        # allowlist gives it. Checked before anything is created or updated; a spec fixed to an
+        # allowed role (an update) runs this handler again and proceeds. An endpoint that serves
+        # an older spec keeps serving it (Degraded); nothing serving: Failed.
         allowlist = getattr(app, "allowlist", None)
         denied = allowlist.check(namespace, spec.get("roleArn") or "") if allowlist is not None else None
         if denied:
             def refused(current, _):
-                update = es.local_phase("Failed", "RoleNotAllowed", denied, current, generation=generation)
-                update["conditions"] = _synced(update["conditions"], True, "RoleNotAllowed", denied, generation)
+                update = es.refused(current, denied, serving_config=es.serving_now(current), generation=generation)
                 update["observedGeneration"] = generation
                 return update
 
             # One Warning named by the cause (not the generic phase-change Event `record` posts).
-            await record(body, refused, event=False)
-            kopf.event(body, type="Warning", reason="RoleNotAllowed", message=denied[:1000])
-            _observe_metrics(namespace, name, "Failed")
+            obj, written = await record(body, refused, event=False)
+            kopf.event(body, type="Warning", reason=es.ROLE_NOT_ALLOWED, message=denied[:1000])
+            if obj is not None:
+                _observe_metrics(namespace, name, merged(obj, written).get("phase"))
             return
 
         model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
@@ -423,9 +441,11 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             raise kopf.TemporaryError(message, delay=timing.model_wait * (6 if phase == "Failed" else 1))
 
         try:
+            # (with a refusal of an earlier spec lifted: this spec passed the allowlist)
             plan, described, action = await asyncio.to_thread(send_requests, spec_model, model_uri,
                                                             namespace=namespace, name=name, uid=uid,
-                                                            status=status, retry=retry)
+                                                            status=without_refusal(status, generation),
+                                                            retry=retry)
         except TerminalError as exc:
             code, message = exc.code, f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
 
