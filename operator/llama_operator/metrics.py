@@ -16,6 +16,9 @@ SAGEMAKER_CALLS = Counter("llama_operator_sagemaker_calls", "SageMaker API calls
 EVENTS_RECEIVED = Counter("llama_operator_events_received", "SageMaker state-change events taken from SQS, "
                           "by detail-type and whether they matched a resource", ["detail_type", "matched"],
                           registry=REGISTRY)
+EVENTS_CONSUMING = Gauge("llama_operator_events_consuming", "1 while this replica receives from the events "
+                         "queue; 0 while kopf peering has it paused (standby) or it has no queue",
+                         registry=REGISTRY)
 RESOURCES_BY_PHASE = Gauge("llama_operator_resources", "Resources the operator knows, by kind and phase",
                            ["kind", "phase"], registry=REGISTRY)
 

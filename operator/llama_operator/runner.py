@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 import kopf
 
@@ -101,7 +102,8 @@ def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemak
         settings.peering.priority = peering_priority(os.environ.get("POD_NAME"))
         if app.settings.events_queue_url:
             consumer = EventConsumer(make_client("sqs", app.settings.region), app.settings.events_queue_url,
-                                     app.on_event, wait_seconds=app.settings.events_wait_seconds)
+                                     app.on_event, wait_seconds=app.settings.events_wait_seconds,
+                                     active=peering_active(settings))
             tasks.append(asyncio.create_task(consumer.run(), name="sqs-events"))
 
     @kopf.on.cleanup(registry=registry)
@@ -121,6 +123,64 @@ def peering_priority(pod_name: str | None) -> int:
     if not pod_name:
         return 0
     return int(hashlib.sha256(pod_name.encode()).hexdigest()[:7], 16) + 1
+
+
+def peering_active(settings: kopf.OperatorSettings) -> Callable[[], bool] | None:
+    """Whether kopf peering lets this replica work now, for work kopf does not run itself (the SQS
+    consumer): a standby must leave the queue to the active replica. None (always) standalone, or
+    if kopf's pause state cannot be found, which keeps consuming as without peering."""
+    if settings.peering.standalone:
+        return None
+    paused = _kopf_operator_paused(settings)
+    if paused is None:
+        log.warning("kopf's peering pause state was not found (kopf %s); the events queue is consumed "
+                    "whether or not this replica is paused", getattr(kopf, "__version__", "?"))
+        return None
+
+    def active() -> bool:
+        try:
+            if paused.is_on():
+                return False
+            if not settings.peering.mandatory:
+                return True
+            # kopf starts paused, with one toggle per peering object that starts "on"; but those are
+            # made only once kopf has looked at the cluster. Until then the set holds only the
+            # missing-CRD toggle, "off", and reads as not paused: that is not yet a leader.
+            return any(toggle.name != "peering CRD is missing" for toggle in paused)
+        except Exception:  # a kopf whose toggles look different: consume, as without peering
+            return True
+
+    return active
+
+
+def _kopf_operator_paused(settings: kopf.OperatorSettings):
+    """kopf's "operator_paused" ToggleSet of the operator running in this event loop (the one
+    `settings` belongs to), or None.
+
+    kopf (1.45) keeps its peering pause state in this private object, which it hands to its
+    orchestrator and daemon killer but exposes through no setting, handler argument or hook. It is
+    found, read-only, as an argument of those coroutines (directly, or held by kopf's task guard);
+    a kopf that arranges this differently yields None."""
+    try:
+        from kopf._cogs.aiokits.aiotoggles import ToggleSet
+    except ImportError:
+        return None
+    for task in asyncio.all_tasks():
+        pending = [task.get_coro()]
+        for _ in range(8):  # the guard, the coroutine it holds or awaits, and a little deeper
+            if not pending:
+                break
+            coro = pending.pop()
+            frame = getattr(coro, "cr_frame", None)
+            if frame is None:
+                continue
+            local = frame.f_locals
+            found = local.get("operator_paused")
+            if isinstance(found, ToggleSet) and local.get("settings") is settings:
+                return found
+            pending += [v for v in (local.get("coro"), getattr(coro, "cr_await", None))
+                        if asyncio.iscoroutine(v)]
+    return None
 
 
 def _login_from_kubeconfig(path: str):

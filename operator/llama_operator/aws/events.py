@@ -3,7 +3,13 @@
 Long poll, up to 10 messages a batch; a message is deleted once its event was handled (or found
 malformed: it would never become well-formed by waiting). A handler error leaves the message in
 the queue, so SQS redelivers it after its visibility timeout; at-least-once delivery is why status
-updates must be idempotent and ordered (see status.py)."""
+updates must be idempotent and ordered (see status.py).
+
+With kopf peering only the active replica receives: a standby (`active()` false) does not poll at
+all, so messages stay in the queue for the active one, and it starts polling within
+`standby_check_seconds` of becoming active. A replica that is paused while a long poll is in
+flight handles none of what that poll brings and deletes none of it: SQS delivers those messages
+again after the queue's visibility timeout, to whichever replica is active then."""
 
 from __future__ import annotations
 
@@ -69,31 +75,69 @@ async def in_daemon_thread(fn, /, **kwargs):
     return await future
 
 
+def _set_consuming_metric(value: bool) -> None:
+    try:
+        from llama_operator import metrics
+        metrics.EVENTS_CONSUMING.set(1 if value else 0)
+    except Exception:  # metrics never stop the consumer
+        pass
+
+
 class EventConsumer:
+    """`active`: whether this replica may take messages now (None: always, as without peering);
+    asked before every receive and before each message of a batch is handled."""
+
     def __init__(self, sqs, queue_url: str, handle: Callable[[dict], Awaitable[None]], *,
-                 wait_seconds: int = 20, batch: int = 10):
+                 wait_seconds: int = 20, batch: int = 10, active: Callable[[], bool] | None = None,
+                 standby_check_seconds: float = 1.0):
         self.sqs, self.queue_url, self.handle = sqs, queue_url, handle
         self.wait_seconds, self.batch = wait_seconds, batch
+        self.active = active or (lambda: True)
+        self.standby_check_seconds = standby_check_seconds
+        self.receiving: bool | None = None  # None until the first check
+
+    def _check_active(self) -> bool:
+        active = bool(self.active())
+        if active != self.receiving:
+            if active:
+                log.info("events queue: receiving (this replica is active)")
+            else:
+                log.info("events queue: not receiving while kopf peering has this replica paused (standby)")
+            self.receiving = active
+            _set_consuming_metric(active)
+        return active
 
     async def run(self) -> None:
         """Consume until cancelled; errors are logged and retried after a pause, never raised."""
         pause = 1.0
-        while True:
-            try:
-                await self.poll_once()
-                pause = 1.0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a broken queue must not stop the operator; resync still runs
-                log.warning("events queue: %s; retrying in %.0fs", exc, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 60.0)
+        try:
+            while True:
+                try:
+                    if not self._check_active():
+                        await asyncio.sleep(self.standby_check_seconds)
+                        continue
+                    await self.poll_once()
+                    pause = 1.0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a broken queue must not stop the operator; resync still runs
+                    log.warning("events queue: %s; retrying in %.0fs", exc, pause)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 60.0)
+        finally:
+            if self.receiving:
+                _set_consuming_metric(False)
 
     async def poll_once(self) -> int:
         resp = await in_daemon_thread(self.sqs.receive_message, QueueUrl=self.queue_url,
                                       MaxNumberOfMessages=self.batch, WaitTimeSeconds=self.wait_seconds)
         handled = 0
-        for msg in resp.get("Messages", []):
+        messages = resp.get("Messages", [])
+        for i, msg in enumerate(messages):
+            if not self._check_active():
+                log.info("events queue: leaving %d received message(s) unhandled and undeleted; SQS "
+                         "delivers them again after the visibility timeout", len(messages) - i)
+                break
             event = parse_message(msg.get("Body", ""))
             if event is None:
                 log.warning("events queue: dropping a message that is not an EventBridge event (id %s)",
