@@ -211,3 +211,27 @@ def wait_for(fn, timeout: float = 60, interval: float = 0.2, what: str = "condit
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+def owned(sm, uid: str) -> dict[str, list[str]]:
+    """Every SageMaker endpoint, config and model carrying this owner uid, listed afresh. An object
+    deleted between the listing and its tag lookup (the operator collecting it) is gone: left out."""
+    from botocore.exceptions import ClientError
+
+    out = {}
+    for op, key, name_key, arn_key in (("list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
+                                       ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
+                                        "EndpointConfigArn"),
+                                       ("list_models", "Models", "ModelName", "ModelArn")):
+        names = []
+        for item in getattr(sm, op)(MaxResults=100)[key]:
+            try:
+                tag_list = sm.list_tags(ResourceArn=item[arn_key])["Tags"]
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"):
+                    continue
+                raise
+            if {t["Key"]: t["Value"] for t in tag_list}.get("llamaops.dev/uid") == uid:
+                names.append(item[name_key])
+        out[key] = sorted(names)
+    return out

@@ -23,7 +23,7 @@ from llama_operator.paths import crds_dir
 from llama_operator.settings import Settings
 
 from crd_schema import undeclared_fields
-from operator_harness import environment
+from operator_harness import environment, owned
 
 pytestmark = pytest.mark.slow
 
@@ -159,22 +159,6 @@ def phase(world, name: str) -> str | None:
 
 def condition(obj: dict, type_: str) -> dict:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def owned(sm, uid: str) -> dict[str, list[str]]:
-    """Every SageMaker endpoint, config and model carrying this owner uid, listed afresh."""
-    out = {}
-    for op, key, name_key, arn_key in (("list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
-                                       ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
-                                        "EndpointConfigArn"),
-                                       ("list_models", "Models", "ModelName", "ModelArn")):
-        names = []
-        for item in getattr(sm, op)(MaxResults=100)[key]:
-            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=item[arn_key])["Tags"]}
-            if tags.get("llamaops.dev/uid") == uid:
-                names.append(item[name_key])
-        out[key] = sorted(names)
-    return out
 
 
 def invoke(rt, endpoint_name: str, prompt: str, max_new_tokens: int = 8) -> str:

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from conftest import BUCKET
-from operator_harness import InProcessOperator, endpoint, finetune, wait_for
+from operator_harness import InProcessOperator, endpoint, finetune, owned, wait_for
 from llama_operator.local import events as local_events
 from llama_operator.settings import Settings
 
@@ -164,22 +164,6 @@ def test_a_refused_spec_fixed_to_an_allowed_role_proceeds(kube, operator, sm):
     wait_for(lambda: not obj(kube, ENDPOINTS, ep) and not obj(kube, FINETUNES, ft), timeout=30,
              what="both to be deleted")
     assert endpoint_objects(sm) == {"models": [], "configs": [], "endpoints": []}
-
-
-def owned(sm, uid: str) -> dict[str, list[str]]:
-    """The SageMaker endpoints, configs and models carrying this owner uid."""
-    out = {}
-    for op, key, name_key, arn_key in (("list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
-                                       ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
-                                        "EndpointConfigArn"),
-                                       ("list_models", "Models", "ModelName", "ModelArn")):
-        names = []
-        for item in getattr(sm, op)(MaxResults=100)[key]:
-            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=item[arn_key])["Tags"]}
-            if tags.get("llamaops.dev/uid") == uid:
-                names.append(item[name_key])
-        out[key] = sorted(names)
-    return out
 
 
 def invoke(rt, endpoint_name: str) -> str:
