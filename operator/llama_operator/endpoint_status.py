@@ -8,10 +8,10 @@ status never moves backwards.
 
 Phases (the CRD's): Pending, WaitingForModel, Creating, InService, Updating, Degraded, Failed, Deleting.
 Degraded means "serving, but not what the spec asks": an update failed or was rolled back, or the
-role allowlist refused the spec (reason RoleNotAllowed), and the previous model and configuration
-keep serving.
+spec was refused before anything was sent (the role allowlist: reason RoleNotAllowed; the spec's
+own rules: reason InvalidSpec), and the previous model and configuration keep serving.
 
-A refusal stands until the spec changes: the Synced condition keeps reason RoleNotAllowed (no
+A refusal stands until the spec changes: the Synced condition keeps the refusal's reason (no
 observation writes Synced), and while it does every observation of the endpoint is told as the
 refusal (Degraded while something serves, Failed otherwise), never as InService: what serves is
 an older spec, not the refused one.
@@ -30,8 +30,11 @@ _MOVING = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
 # ... and those in which a configuration answers requests (during an update or a rollback, the
 # old fleet).
 _SERVING = {"InService", "SystemUpdating", "Updating", "RollingBack"}
-# The reason the role allowlist's refusal is recorded with (handlers/endpoint.py checks the role).
+# The reasons a refused spec is recorded with (handlers/endpoint.py checks the spec and the role),
+# and what the user must fix for each.
 ROLE_NOT_ALLOWED = "RoleNotAllowed"
+INVALID_SPEC = "InvalidSpec"
+_FIX = {ROLE_NOT_ALLOWED: "spec.roleArn is fixed", INVALID_SPEC: "the spec is fixed"}
 
 
 def invocation_url(region: str, endpoint_name: str) -> str:
@@ -202,7 +205,7 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
     name = describe.get("EndpointName") or status.get("endpointName")
     phase, reason = phase_of(sm_status, serving, desired_config, failure)
     now = now or now_iso()
-    refused_by = refusal(status)
+    refused_by, refused_for = refusal(status), refusal_reason(status)
 
     patch: dict[str, Any] = {"phase": phase, "endpointName": name}
     arn = describe.get("EndpointArn")
@@ -220,10 +223,12 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
     if refused_by is not None and phase != "Deleting":
         # The spec that stands was refused: what SageMaker shows is an older spec's endpoint.
         if sm_status in _SERVING and serving:
-            patch.update(refused(status, refused_by, serving_config=serving, generation=generation, now=now))
+            patch.update(refused(status, refused_by, serving_config=serving, reason=refused_for,
+                                 generation=generation, now=now))
         else:
             note = f"endpoint {name} is {sm_status or 'unknown'}" + (f": {failure}" if failure else "")
-            patch.update(refused(status, refused_by, serving_config=None, note=note, generation=generation, now=now))
+            patch.update(refused(status, refused_by, serving_config=None, note=note, reason=refused_for,
+                                 generation=generation, now=now))
         return {} if _unchanged(patch, status) else patch
     if phase in ("Degraded", "Failed"):
         patch["failureReason"] = failure or _message(phase, reason, name, serving, desired_config, failure)
@@ -277,15 +282,27 @@ def local_phase(phase: str, reason: str, message: str, status: Mapping[str, Any]
     return patch
 
 
-# ---- the role allowlist's refusal ------------------------------------------------------------
+# ---- a refused spec (the role allowlist, or the spec's own rules) --------------------------------
+
+def _refusal_condition(status: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    return next((c for c in (status or {}).get("conditions") or []
+                 if c.get("type") == "Synced" and c.get("reason") in _FIX), None)
+
 
 def refusal(status: Mapping[str, Any] | None) -> str | None:
-    """The role allowlist's message while its refusal of the spec stands (the Synced condition
-    has reason RoleNotAllowed), else None."""
-    for c in (status or {}).get("conditions") or []:
-        if c.get("type") == "Synced" and c.get("reason") == ROLE_NOT_ALLOWED:
-            return c.get("message") or "spec.roleArn is not allowed"
-    return None
+    """The refusal's message while a refusal of the spec stands (the Synced condition has reason
+    RoleNotAllowed or InvalidSpec), else None."""
+    c = _refusal_condition(status)
+    if c is None:
+        return None
+    return c.get("message") or ("spec.roleArn is not allowed" if c.get("reason") == ROLE_NOT_ALLOWED
+                                else "the spec is invalid")
+
+
+def refusal_reason(status: Mapping[str, Any] | None) -> str | None:
+    """RoleNotAllowed or InvalidSpec while a refusal stands, else None."""
+    c = _refusal_condition(status)
+    return c.get("reason") if c is not None else None
 
 
 def serving_now(status: Mapping[str, Any] | None) -> str | None:
@@ -298,26 +315,29 @@ def serving_now(status: Mapping[str, Any] | None) -> str | None:
 
 
 def refused(status: Mapping[str, Any] | None, message: str, *, serving_config: str | None,
-            note: str | None = None, generation: int | None = None, now: str | None = None) -> dict:
-    """The status update for a spec the role allowlist refuses (`message`: the allowlist's, which
-    names spec.roleArn and the way out). Nothing is sent to SageMaker for it, so:
+            note: str | None = None, reason: str | None = ROLE_NOT_ALLOWED, generation: int | None = None,
+            now: str | None = None) -> dict:
+    """The status update for a refused spec: `reason` RoleNotAllowed (`message`: the allowlist's,
+    which names spec.roleArn and the way out) or InvalidSpec (`message` names the field). Nothing
+    is sent to SageMaker for it, so:
 
-    - `serving_config` answers requests (an older spec): Degraded, reason RoleNotAllowed (Ready
-      stays True), Synced=False: SageMaker keeps serving the older spec;
-    - nothing serves: Failed, reason RoleNotAllowed, Synced=True: status is all there is to it.
+    - `serving_config` answers requests (an older spec): Degraded with that reason (Ready stays
+      True), Synced=False: SageMaker keeps serving the older spec;
+    - nothing serves: Failed with that reason, Synced=True: status is all there is to it.
 
-    Synced keeps the allowlist's message: it marks the refusal as standing (`refusal`)."""
+    Synced keeps the refusal's message: it marks the refusal as standing (`refusal`)."""
     status = dict(status or {})
     now = now or now_iso()
+    reason = reason or ROLE_NOT_ALLOWED
     if serving_config:
         phase = "Degraded"
         told = (f"{message}. The spec is not applied: configuration {serving_config} keeps serving the "
-                "previous spec until spec.roleArn is fixed")
+                f"previous spec until {_FIX[reason]}")
     else:
         phase = "Failed"
         told = f"{message} ({note})" if note else message
-    conds = conditions_for(phase, ROLE_NOT_ALLOWED, told, status.get("conditions"), generation=generation, now=now)
-    conds = set_condition(conds, "Synced", phase == "Failed", ROLE_NOT_ALLOWED, message[:1000],
+    conds = conditions_for(phase, reason, told, status.get("conditions"), generation=generation, now=now)
+    conds = set_condition(conds, "Synced", phase == "Failed", reason, message[:1000],
                           generation=generation, now=now)
     return {"phase": phase, "failureReason": told, "conditions": conds}
 

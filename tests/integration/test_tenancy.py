@@ -273,3 +273,52 @@ def test_a_refused_change_to_a_serving_endpoint_is_degraded_and_the_old_config_k
     kube.delete(ENDPOINTS, NS, ep)
     wait_for(lambda: not obj(kube, ENDPOINTS, ep), timeout=30, what=f"{ep} to be deleted")
     assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+
+
+def test_an_invalid_change_to_a_serving_endpoint_is_degraded_and_the_old_config_keeps_serving(
+        kube, operator, sm, sagemaker_calls, stub_serving_aws):
+    """The same for a spec the operator's own rules refuse (a rule the API server's CEL checks
+    too; the embedded API does not run CEL): InvalidSpec, Degraded, nothing sent, until fixed."""
+    ep, source = unique("invalid-ep"), {"s3Uri": f"s3://{BUCKET}/models/tiny/"}
+    rt = stub_serving_aws.client("sagemaker-runtime")
+    kube.apply(endpoint(ep, namespace=NS, role=ROLE_A, source=source))
+    served = wait_for(phase_in(kube, ENDPOINTS, ep, "InService", "Failed"), timeout=40, what=f"{ep} InService")
+    assert served["status"]["phase"] == "InService", served["status"]
+    uid, name, old_config = served["metadata"]["uid"], served["status"]["endpointName"], \
+        served["status"]["endpointConfigName"]
+
+    invalid = endpoint(ep, namespace=NS, role=ROLE_A, source=source)
+    invalid["spec"]["serving"]["maxRollingBatchSize"] = 8  # a vllm knob on the batching engine
+    calls = len(sagemaker_calls)
+    generation = kube.apply(invalid)["metadata"]["generation"]
+    o = wait_for(lambda: (o := obj(kube, ENDPOINTS, ep))["status"].get("observedGeneration") == generation and o,
+                 timeout=20, what=f"{ep} to record the invalid spec")
+
+    def assert_degraded(o: dict) -> None:
+        st, degraded = o["status"], condition(o, "Degraded")
+        assert st["phase"] == "Degraded", st
+        assert degraded["reason"] == "InvalidSpec" and "serving.maxRollingBatchSize" in degraded["message"]
+        assert old_config in degraded["message"] and condition(o, "Ready")["status"] == "True"
+        assert condition(o, "Synced")["reason"] == "InvalidSpec"
+        assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == old_config
+        assert invoke(rt, name) == "stub"
+        assert [c for c in sagemaker_calls[calls:] if c.startswith(("Create", "Update", "Delete"))] == []
+
+    assert_degraded(o)
+    redeliver_state_change(stub_serving_aws, sm, name)
+    resyncs = sagemaker_calls[calls:].count("DescribeEndpoint")
+    wait_for(lambda: sagemaker_calls[calls:].count("DescribeEndpoint") >= resyncs + 2,
+             timeout=6 * RESYNC_SECONDS, what="two resyncs")
+    assert_degraded(obj(kube, ENDPOINTS, ep))
+
+    fixed = endpoint(ep, namespace=NS, role=ROLE_A, source=source)
+    fixed["spec"]["serving"].update(maxWaitMs=9, maxRollingBatchSize=None)  # merge patch: null removes it
+    generation = kube.apply(fixed)["metadata"]["generation"]
+    done = wait_for(lambda: (o := obj(kube, ENDPOINTS, ep))["status"].get("phase") == "InService"
+                    and o["status"].get("observedGeneration") == generation
+                    and o["status"].get("endpointConfigName") != old_config and o,
+                    timeout=40, what=f"{ep} to roll out the fixed spec")
+    assert done["status"].get("failureReason") is None and condition(done, "Synced")["reason"] != "InvalidSpec"
+    kube.delete(ENDPOINTS, NS, ep)
+    wait_for(lambda: not obj(kube, ENDPOINTS, ep), timeout=30, what=f"{ep} to be deleted")
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

@@ -418,3 +418,33 @@ def test_clearing_refusal_lifts_it_before_the_handlers_change():
     assert handlers.without_refusal(status, 3)["phase"] == "Updating"
     # no refusal: the change alone
     assert handlers.clearing_refusal(change)(serving(), {"generation": 1}) == {"specHash": "h-new"}
+
+
+INVALID = "spec.instanceCount: must be at least 1; set it to 1 or more"
+
+
+def test_an_invalid_spec_while_an_older_spec_serves_is_degraded_until_the_spec_is_fixed():
+    status = serving(t=1000)
+    p = es.refused(status, INVALID, serving_config=es.serving_now(status), reason=es.INVALID_SPEC, generation=2,
+                   now=NOW)
+    assert p["phase"] == "Degraded" and cond(p, "Ready")["status"] == "True"
+    degraded, synced = cond(p, "Degraded"), cond(p, "Synced")
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    assert degraded["message"].startswith(INVALID) and "until the spec is fixed" in degraded["message"]
+    assert (synced["status"], synced["reason"], synced["message"]) == ("False", "InvalidSpec", INVALID)
+    status = apply(status, p)
+    assert es.refusal(status) == INVALID and es.refusal_reason(status) == "InvalidSpec"
+    # the old configuration seen in service again (event, resync) does not flip it to InService
+    assert es.observe(describe("InService", config="cfg-old", t=1500), status, desired_config="cfg-old",
+                      desired_model="m-old", generation=2, now=NOW) == {}
+    # a fixed spec lifts it: the update to come
+    lift = es.lift_refusal(status, generation=3, now=NOW)
+    assert lift["phase"] == "Updating" and lift["failureReason"] is None
+    assert es.refusal(apply(status, lift)) is None
+
+
+def test_an_invalid_spec_with_nothing_serving_is_failed_and_says_the_spec_was_refused():
+    p = es.refused({}, INVALID, serving_config=None, reason=es.INVALID_SPEC, generation=1, now=NOW)
+    assert p["phase"] == "Failed" and p["failureReason"] == INVALID
+    assert (cond(p, "Failed")["reason"], cond(p, "Synced")["status"], cond(p, "Synced")["reason"]) == \
+        ("InvalidSpec", "True", "InvalidSpec")

@@ -193,7 +193,7 @@ def _synced(conditions, ok: bool, reason: str, message: str, generation) -> list
 
 
 def _refused(status: Mapping[str, Any]) -> bool:
-    """Status records that the role allowlist refused the spec (es.refusal)."""
+    """Status records a refusal of the spec that still stands (es.refusal)."""
     return es.refusal(status) is not None
 
 
@@ -397,8 +397,9 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             invalid = str(exc)
 
             def rejected_here(current, _):
-                update = es.local_phase("Failed", "InvalidSpec", invalid, current, generation=generation)
-                update["conditions"] = _synced(update["conditions"], True, "InvalidSpec", invalid, generation)
+                # An endpoint that serves an older spec keeps serving it (Degraded); else Failed.
+                update = es.refused(current, invalid, serving_config=es.serving_now(current),
+                                    reason=es.INVALID_SPEC, generation=generation)
                 update["observedGeneration"] = generation
                 return update
 
