@@ -14,8 +14,7 @@ positions fed back on the device. On the CPU the same step runs eagerly.
 The weights are the model's own modules (norms, projections, MLP); only attention and the cache
 are ours. On the GPU, prefill attention is flash attention's varlen form (no mask) and decode
 attention is our Triton kernel (decode_attention.py, rotary and the cache write included), each
-row reading only its own length;
-elsewhere, masked SDPA over a bucketed prefix of the cache."""
+row reading only its own length; elsewhere, masked SDPA over a bucketed prefix of the cache."""
 
 from __future__ import annotations
 
@@ -87,7 +86,8 @@ def _rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act):
 
 # sdpa: masked scaled_dot_product_attention over a bucketed prefix of the cache (any device).
 # flash: flash attention's varlen form, prefill and decode, each row reading its own length.
-# triton: flash prefill; decode by our kernel, which also writes the cache (decode_attention.py).
+# triton: flash prefill; decode by our kernel, which also applies rotary and writes the cache
+# (decode_attention.py).
 ATTENTION = ("triton", "flash", "sdpa")
 
 
