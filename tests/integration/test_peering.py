@@ -84,20 +84,25 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_stops(local_aws, work
             assert "events queue: not receiving while kopf peering has this replica paused" in standby.log()
             assert "events queue: receiving" not in standby.log()
 
+            mark = len(standby.log())  # what the standby logs from here on is after the takeover
             assert leader.terminate() == 0
             wait_for(lambda: "Resuming operations" in standby.log(), timeout=60,
                      what="the standby to resume once the leader left the peering")
-            # Within a long poll (20s) of taking over, it has received the waiting events and
-            # completed the first job's status from them (resync is hourly: only events can).
-            st = wait_for(lambda: finished(kube, first), timeout=20, what=f"{first}'s status from the queued events")
+            # Once it has taken over, the first job's status is completed (by kopf's resume handler
+            # or by the queued events, whichever comes first), the consumer starts receiving (it
+            # looks once a second) and the events that waited are received and deleted.
+            st = wait_for(lambda: finished(kube, first), timeout=20, what=f"{first}'s status after the takeover")
             assert st["phase"] == "Completed", (st, standby.log()[-3000:])
-            assert "events queue: receiving" in standby.log().rsplit("Resuming operations", 1)[1]
+            wait_for(lambda: "events queue: receiving" in standby.log()[mark:], timeout=10,
+                     what="the standby's consumer to start receiving")
+            wait_for(lambda: queued(sqs, queue_url) == (0, 0), timeout=30,
+                     what="the standby to receive and delete the events that waited")
             second = f"ha-{uuid.uuid4().hex[:6]}"
             kube.apply(finetune(second, BUCKET))
             st = wait_for(lambda: finished(kube, second), timeout=120, what=f"{second} to finish")
             assert st["phase"] == "Completed", (st, standby.log()[-3000:])
             assert jobs_for(sm, second) == [st["trainingJobName"]]
-            after_resume = standby.log().rsplit("Resuming operations", 1)[1]
+            after_resume = standby.log()[mark:]
             assert HANDLED in after_resume
         finally:
             for replica in replicas.values():
