@@ -172,6 +172,16 @@ def invoke(rt, endpoint_name: str) -> str:
     return json.loads(resp["Body"].read())["generated_text"]
 
 
+def show_old_config_in_service_again(aws, sm, sagemaker_calls: list, endpoint_name: str) -> None:
+    """The operator sees the endpoint's current state again: its last state change redelivered,
+    then two resyncs' Describes. (The event always reaches observe; a Describe may be dropped as
+    no newer than the event's millisecond time.)"""
+    redeliver_state_change(aws, sm, endpoint_name)
+    resyncs = sagemaker_calls.count("DescribeEndpoint")
+    wait_for(lambda: sagemaker_calls.count("DescribeEndpoint") >= resyncs + 2,
+             timeout=6 * RESYNC_SECONDS, what="two resyncs")
+
+
 def redeliver_state_change(aws, sm, endpoint_name: str) -> None:
     """The endpoint's last state change once more, as EventBridge may deliver it (at least once)."""
     def epoch(value):  # boto3's datetimes as the epoch seconds local_events.envelope expects
@@ -241,12 +251,8 @@ def test_a_refused_change_to_a_serving_endpoint_is_degraded_and_the_old_config_k
     assert_degraded_on_old_config(o)
 
     # SageMaker's view of the old configuration (a redelivered event, then the resync's Describe)
-    # says InService; the refused spec still stands, so status stays Degraded. (The event always
-    # reaches observe; a Describe may be dropped as no newer than the event's millisecond time.)
-    redeliver_state_change(stub_serving_aws, sm, name)
-    resyncs = sagemaker_calls[calls:].count("DescribeEndpoint")
-    wait_for(lambda: sagemaker_calls[calls:].count("DescribeEndpoint") >= resyncs + 2,
-             timeout=6 * RESYNC_SECONDS, what="two resyncs")
+    # says InService; the refused spec still stands, so status stays Degraded.
+    show_old_config_in_service_again(stub_serving_aws, sm, sagemaker_calls, name)
     assert_degraded_on_old_config(obj(kube, ENDPOINTS, ep))
 
     # The role fixed: the change rolls out blue/green and the refusal's marks go.
@@ -305,10 +311,7 @@ def test_an_invalid_change_to_a_serving_endpoint_is_degraded_and_the_old_config_
         assert [c for c in sagemaker_calls[calls:] if c.startswith(("Create", "Update", "Delete"))] == []
 
     assert_degraded(o)
-    redeliver_state_change(stub_serving_aws, sm, name)
-    resyncs = sagemaker_calls[calls:].count("DescribeEndpoint")
-    wait_for(lambda: sagemaker_calls[calls:].count("DescribeEndpoint") >= resyncs + 2,
-             timeout=6 * RESYNC_SECONDS, what="two resyncs")
+    show_old_config_in_service_again(stub_serving_aws, sm, sagemaker_calls, name)
     assert_degraded(obj(kube, ENDPOINTS, ep))
 
     fixed = endpoint(ep, namespace=NS, role=ROLE_A, source=source)

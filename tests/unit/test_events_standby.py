@@ -51,16 +51,22 @@ async def wait_until(fn, timeout=5.0):
         await asyncio.sleep(0.01)
 
 
-async def test_a_standby_does_not_receive_and_starts_once_active():
-    sqs, handled, state = FakeSQS(), [], {"active": False}
-    sqs.put(2)
+def start_consumer(sqs, state: dict) -> tuple[asyncio.Task, list]:
+    """A consumer of `sqs` that is active while state["active"]; (its task, the events it handled)."""
+    handled = []
 
     async def handle(event):
         handled.append(event)
 
     consumer = EventConsumer(sqs, "q", handle, wait_seconds=0, active=lambda: state["active"],
                              standby_check_seconds=0.05)
-    task = asyncio.create_task(consumer.run())
+    return asyncio.create_task(consumer.run()), handled
+
+
+async def test_a_standby_does_not_receive_and_starts_once_active():
+    sqs, state = FakeSQS(), {"active": False}
+    sqs.put(2)
+    task, handled = start_consumer(sqs, state)
     try:
         await asyncio.sleep(0.3)
         assert sqs.receives == 0 and handled == [] and sqs.deleted == []  # the messages stay queued
@@ -75,15 +81,9 @@ async def test_a_standby_does_not_receive_and_starts_once_active():
 
 
 async def test_messages_of_a_poll_in_flight_when_paused_are_neither_handled_nor_deleted():
-    sqs, handled, state = FakeSQS(), [], {"active": True}
+    sqs, state = FakeSQS(), {"active": True}
     sqs.hold = threading.Event()
-
-    async def handle(event):
-        handled.append(event)
-
-    consumer = EventConsumer(sqs, "q", handle, wait_seconds=0, active=lambda: state["active"],
-                             standby_check_seconds=0.05)
-    task = asyncio.create_task(consumer.run())
+    task, handled = start_consumer(sqs, state)
     try:
         await asyncio.to_thread(sqs.in_flight.wait, 5)
         sqs.put(3)
