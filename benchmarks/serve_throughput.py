@@ -279,19 +279,13 @@ def main(argv=None) -> int:
             step_ms[n] = (time.perf_counter() - t0) / reps * 1e3
     # Prefill alone (graph replay on the GPU) for n prompts of the mix, in free slots, packed into
     # groups of at most PREFILL_BUDGET tokens as admission packs them.
-    from batching_engine import PREFILL_BUDGET, _Request
+    from batching_engine import _Request, prefill_groups
     prefill_ms = {}
     with torch.no_grad():
         for n in clients:
             reqs = [_Request(p, params, None, slot=i) for i, p in enumerate(prompts_for(lengths, min(n, engine.n_slots),
                                                                                          vocab, rng))]
-            groups, used = [[]], 0
-            for r in reqs:
-                if groups[-1] and used + len(r.prompt_ids) > PREFILL_BUDGET:
-                    groups.append([])
-                    used = 0
-                groups[-1].append(r)
-                used += len(r.prompt_ids)
+            groups = prefill_groups(reqs)
             times = []
             for _ in range(4):
                 sync(device)

@@ -117,6 +117,20 @@ def _flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, cau
                                                    scale=scale, seqused_k=seqused_k)[0]
 
 
+def prefill_groups(reqs: list[_Request]) -> list[list[_Request]]:
+    """The requests in order, packed into prefills of at most PREFILL_BUDGET prompt tokens (a
+    prefill's buffers, and the masked path's tokens x tokens mask, are sized by it)."""
+    groups: list[list[_Request]] = []
+    used = 0
+    for r in reqs:
+        if not groups or used + len(r.prompt_ids) > PREFILL_BUDGET:
+            groups.append([])
+            used = 0
+        groups[-1].append(r)
+        used += len(r.prompt_ids)
+    return groups
+
+
 @dataclass
 class _Call:
     """Work to run on the engine's thread (which owns the GPU state) when it is idle."""
@@ -617,15 +631,7 @@ class BatchingEngine:
         free = [i for i, r in enumerate(self._slots) if r is None]
         for r, slot in zip(new, free):
             r.slot = slot
-        # Bound the prefill's memory (its mask is tokens x tokens): pack prompts up to a budget.
-        budget, group, used = PREFILL_BUDGET, [], 0
-        for r in new:
-            if group and used + len(r.prompt_ids) > budget:
-                self._prefill_group(group)
-                group, used = [], 0
-            group.append(r)
-            used += len(r.prompt_ids)
-        if group:
+        for group in prefill_groups(new):
             self._prefill_group(group)
 
     def _prefill_group(self, reqs: list[_Request]) -> None:
