@@ -70,11 +70,11 @@ def resolve_with_sagemaker_core() -> dict[str, dict[str, str]]:
         "lmi": dict(framework="djl-lmi", version=LMI_VERSION),
     }
     regions: set[str] = set()
-    for name, scope in (("pytorch", "training"), ("pytorch-smp", "training"), ("djl-lmi", None)):
-        config = image_uris.config_for_framework(name)
+    for kwargs in requests.values():
+        config = image_uris.config_for_framework(kwargs["framework"])
+        scope = kwargs.get("image_scope")
         versions = config[scope]["versions"] if scope else config["versions"]
-        version = {"pytorch": PYTORCH_TRAINING_VERSION, "pytorch-smp": SMP_TRAINING_VERSION}.get(name, LMI_VERSION)
-        regions |= set(versions[version]["registries"])
+        regions |= set(versions[kwargs["version"]]["registries"])
     table: dict[str, dict[str, str]] = {kind: {} for kind in requests}
     for region in sorted(regions):
         for kind, kwargs in requests.items():
