@@ -12,6 +12,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "demo": ("llama_operator.demo", "main", "fine-tune, deploy and invoke a tiny Llama on the embedded default"),
     "local-sagemaker": ("llama_operator.local.server", "main", "serve SageMaker, S3 and SQS locally"),
     "logs": ("llama_operator.local.logs", "main", "print a local training job's or endpoint's logs"),
+    "image-envs": ("llama_operator.local.imageenv", "main",
+                   "build the local environments of the container images (once; the local service needs them)"),
 }
 
 

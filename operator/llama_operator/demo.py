@@ -234,6 +234,18 @@ def chat_prompt(text: str) -> str:
     return f"[INST] {text} [/INST]"
 
 
+def _image_environments() -> None:
+    """The local service runs each job and endpoint in its image's environment (docs/images.md);
+    building them the first time is the slow part, so it is done, and said, up front."""
+    from llama_operator.local import imageenv
+
+    envs = imageenv.ImageEnvironments()
+    if not envs.ready():
+        say(f"building the container images' environments under {envs.root} "
+            "(first run only: torch with its CUDA libraries for each image, several GB, a few minutes)")
+    imageenv.prebuild(envs, log_line=lambda line: say("image environment: " + line))
+
+
 def run(args: argparse.Namespace) -> int:
     from llama_operator.local.kubernetes import EmbeddedKubernetes
     from llama_operator.local.stack import LocalStack
@@ -247,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     namespace = finetune["metadata"].get("namespace", "default")
     ok = False
     with contextlib.ExitStack() as cleanup:
+        _image_environments()
         say("starting the embedded default: local SageMaker service, S3 and SQS (moto), Kubernetes API")
         stack = cleanup.enter_context(LocalStack(work / "sagemaker"))
         kube = EmbeddedKubernetes().start()

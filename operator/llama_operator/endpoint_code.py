@@ -9,50 +9,29 @@ serving container pulls it at start (SageMaker downloads only this small prefix 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
-import threading
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from llama_operator.paths import workloads_dir
-
-
-_LOAD_LOCK = threading.Lock()
+from llama_operator.paths import load_workload
 
 
 def _lmi_module() -> ModuleType:
-    # workloads/ is shipped beside the package, not inside it (it runs in SageMaker's images),
-    # so its renderer is loaded from the file rather than imported as a package.
-    path = Path(workloads_dir()) / "serve" / "lmi.py"
-    name = "_llama_operator_workloads_serve_lmi"
-    # Handlers render from worker threads: one loads the file while the others wait, and the module
-    # is published only once it has run, so no thread sees it half-initialised.
-    with _LOAD_LOCK:
-        cached = sys.modules.get(name)
-        if cached is not None and getattr(cached, "__file__", None) == str(path):
-            return cached
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: the serving workload ships with the operator "
-                                    "(set LLAMA_OPERATOR_WORKLOADS_DIR to the folder holding serve/lmi.py)")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-        return module
+    return load_workload("serve/lmi.py")
 
 
 def lmi_settings(engine: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The planner's engine knobs (plan.endpoint.serving_settings) in the renderer's vocabulary:
     the batching engine's batch size is LMI's rolling batch size; a tensor parallel degree of
-    "max" (all GPUs) is the renderer's default and is left out; knobs an engine does not take
-    are dropped rather than rejected, since the spec's own rules already refused them."""
+    "max" (all GPUs of the instance) goes through to LMI for vllm. Knobs an engine does not take
+    (a degree other than 1 for the one-GPU batching engine, whose default is 1) are dropped rather
+    than rejected, since the spec's own rules already refused them."""
     out: dict[str, Any] = {}
     if settings.get("dtype") is not None:
         out["dtype"] = settings["dtype"]
     tp = settings.get("tensor_parallel_degree")
-    if isinstance(tp, int) and not isinstance(tp, bool) and (engine == "vllm" or tp == 1):
+    if tp == "max" and engine == "vllm":
+        out["tensor_parallel_degree"] = tp
+    elif isinstance(tp, int) and not isinstance(tp, bool) and (engine == "vllm" or tp == 1):
         out["tensor_parallel_degree"] = tp
     if engine == "batching":
         for src, dst in (("max_batch_size", "max_rolling_batch_size"), ("max_wait_ms", "max_wait_ms"),

@@ -1,10 +1,12 @@
 """LlamaEndpoint status from what SageMaker says about the endpoint (pure: no I/O).
 
 The same function takes a DescribeEndpoint response (the polling fallback) or the `detail` of a
-"SageMaker Endpoint State Change" event (the main path): both carry the Describe fields, events with
-timestamps in epoch milliseconds. Events arrive at least once and possibly out of order, so every
-observation carries SageMaker's LastModifiedTime and one older than the last one applied is dropped:
-status never moves backwards.
+"SageMaker Endpoint State Change" event (the main path): both carry the Describe fields. Events
+spell them differently (EndpointStatus in upper snake case, "IN_SERVICE"; timestamps as epoch
+milliseconds); aws/events.py turns them into the API's spelling at intake, and `observe` accepts
+either spelling too (`endpoint_status_name`, `to_epoch`). Events arrive at least once and possibly
+out of order, so every observation carries SageMaker's LastModifiedTime and one older than the last
+one applied is dropped: status never moves backwards.
 
 Phases (the CRD's): Pending, WaitingForModel, Creating, InService, Updating, Degraded, Failed, Deleting.
 Degraded means "serving, but not what the spec asks": an update failed or was rolled back, or the
@@ -20,12 +22,17 @@ an older spec, not the refused one.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Mapping
+import math
+from typing import Any, Iterable, Mapping
 
 PHASES = ("Pending", "WaitingForModel", "Creating", "InService", "Updating", "Degraded", "Failed", "Deleting")
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Failed", "WaitingForModel", "Synced")
 
-# SageMaker EndpointStatus values (botocore's enum) that mean "the endpoint is still moving".
+# SageMaker EndpointStatus values as the API spells them (botocore's enum). EventBridge events
+# spell the same values in upper snake case (IN_SERVICE, UPDATE_ROLLBACK_FAILED).
+ENDPOINT_STATUSES = ("OutOfService", "Creating", "Updating", "SystemUpdating", "RollingBack", "InService",
+                     "Deleting", "Failed", "UpdateRollbackFailed")
+# Those that mean "the endpoint is still moving".
 _MOVING = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
 # ... and those in which a configuration answers requests (during an update or a rollback, the
 # old fleet).
@@ -46,23 +53,64 @@ def region_of(arn: str) -> str | None:
     return parts[3] if len(parts) > 4 and parts[3] else None
 
 
+# ---- spelling of enum values ---------------------------------------------------------------
+
+def _spelling_key(value: str) -> str:
+    return value.replace("_", "").replace("-", "").replace(" ", "").upper()
+
+
+def api_spelling(value: Any, known: Iterable[str]) -> Any:
+    """`value` as the SageMaker API spells it when it is one of `known` in any case or with
+    underscores ("IN_SERVICE", "in_service", "InService" -> "InService"); anything else as given."""
+    if not isinstance(value, str):
+        return value
+    key = _spelling_key(value)
+    return next((k for k in known if _spelling_key(k) == key), value)
+
+
+def endpoint_status_name(value: Any) -> Any:
+    """EndpointStatus as DescribeEndpoint spells it, from that or an event's upper snake case."""
+    return api_spelling(value, ENDPOINT_STATUSES)
+
+
 # ---- time ------------------------------------------------------------------------------------
 
+def _from_number(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"not a timestamp: {value!r}")
+    # EventBridge writes millis; 1e11 seconds is the year 5138, so anything larger is millis.
+    return value / 1000.0 if abs(value) > 1e11 else value
+
+
 def to_epoch(value: Any) -> float | None:
-    """SageMaker's timestamp as epoch seconds: a datetime (boto3), epoch millis (EventBridge
-    detail), epoch seconds, or an ISO-8601 string (what we keep in status)."""
+    """SageMaker's timestamp as epoch seconds: a datetime (boto3), epoch millis as a number or a
+    string of digits (EventBridge details: 1592411992203.0, "1583831889050"), epoch seconds, or an
+    ISO-8601 string (what we keep in status; one without a zone is UTC)."""
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
         return value.timestamp()
+    if isinstance(value, bool):
+        raise TypeError(f"not a timestamp: {value!r}")
     if isinstance(value, (int, float)):
-        # EventBridge writes millis; 1e11 seconds is the year 5138, so anything larger is millis.
-        return float(value) / 1000.0 if value > 1e11 else float(value)
+        return _from_number(float(value))
     if isinstance(value, str):
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            return to_epoch(parsed)
+        return _from_number(number)
     raise TypeError(f"not a timestamp: {value!r}")
+
+
+def to_datetime(value: Any) -> dt.datetime | None:
+    """SageMaker's timestamp, in any form `to_epoch` takes, as boto3 gives it: an aware UTC datetime."""
+    epoch = to_epoch(value)
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
 
 
 def iso(epoch: float) -> str:
@@ -193,7 +241,7 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
     last = to_epoch(status.get("lastEventTime"))
     if seen_at is not None and last is not None and seen_at < last:
         return {}
-    sm_status = describe.get("EndpointStatus", "")
+    sm_status = endpoint_status_name(describe.get("EndpointStatus", ""))
     if last is None and sm_status == "Creating" and status.get("phase") in ("InService", "Updating", "Degraded") \
             and status.get("endpointArn") == describe.get("EndpointArn"):
         # No time to compare (an API server that prunes unknown status fields drops
@@ -377,4 +425,4 @@ def transition_event(old_phase: str | None, patch: Mapping[str, Any]) -> tuple[s
 
 
 def is_settled(describe: Mapping[str, Any]) -> bool:
-    return describe.get("EndpointStatus") not in _MOVING
+    return endpoint_status_name(describe.get("EndpointStatus")) not in _MOVING

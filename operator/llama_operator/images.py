@@ -4,10 +4,15 @@ so the operator needs no network call and no heavy SDK at run time.
 The table holds, per region, the URI of each default image: the PyTorch training DLC (DeepSpeed
 jobs), the SMP v2 training image (method smp) and the LMI (djl-inference) serving image, at the
 versions pinned below, so a given operator version always picks the same images; a spec's
-`image` overrides them. It is generated from the image tables of `sagemaker-core`
-(`sagemaker.core.image_uris`, a test dependency): after changing a pinned version run
-`python -m llama_operator.images --write`; tests/unit/test_images.py checks the table against
-sagemaker-core."""
+`image` overrides them. What each image carries (torch, transformers, ...) is recorded, with
+sources, in image_profiles.json next to this file (see docs/images.md).
+
+The table is generated from `sagemaker-core` (`sagemaker.core.image_uris`, a test dependency)
+through the same functions the SageMaker SDK uses: the training images through
+`get_training_image_uri()` (the PyTorch estimator's path), the SMP one with the SMP v2
+distribution, which is how the SDK reaches the SMP images; the LMI image through `retrieve()`.
+After changing a pinned version run `python -m llama_operator.images --write`;
+tests/unit/test_images.py checks the table's tags and compares it with sagemaker-core."""
 
 from __future__ import annotations
 
@@ -17,10 +22,19 @@ import sys
 from pathlib import Path
 
 PYTORCH_TRAINING_VERSION = "2.8.0"
-SMP_TRAINING_VERSION = "2.8.0"
+# SMP images are tagged by the PyTorch version they are built on, not by the SMP library version:
+# SMP library v2.8.0 ships as smdistributed-modelparallel:2.5.1-gpu-py311-cu124. sagemaker-core
+# keeps that mapping as a version alias of its pytorch-smp table ("2.5.1" -> "2.8.0"), and the
+# generator refuses to write a table if the two constants below disagree with it.
+SMP_LIBRARY_VERSION = "2.8.0"
+SMP_PYTORCH_VERSION = "2.5.1"
 LMI_VERSION = "0.33.0"
 TABLE = Path(__file__).with_name("images.json")
+PROFILES = Path(__file__).with_name("image_profiles.json")
 KINDS = {"deepspeed": "PyTorch training", "smp": "SMP v2 training", "lmi": "LMI serving"}
+# The distribution the SDK's PyTorch estimator takes for SMP v2; given it, sagemaker-core's
+# get_training_image_uri() switches to the pytorch-smp images and adds their CUDA tag suffix.
+SMP_DISTRIBUTION = {"torch_distributed": {"enabled": True}, "smdistributed": {"modelparallel": {"enabled": True}}}
 # sagemaker-core's tables are keyed by an instance family; any GPU type picks the GPU image.
 _GPU_INSTANCE = "ml.p4d.24xlarge"
 
@@ -52,46 +66,53 @@ def lmi_image_uri(region: str) -> str:
 
 # ---- generating the table from sagemaker-core ---------------------------------------------------
 
+def _newest_py(version_config: dict) -> str:
+    return sorted(version_config["py_versions"], key=lambda v: int(v[2:]))[-1]
+
+
 def resolve_with_sagemaker_core() -> dict[str, dict[str, str]]:
-    """Every region's default images, as sagemaker-core's image tables give them."""
+    """Every region's default images, as sagemaker-core resolves them on the SDK's own paths."""
     from sagemaker.core import image_uris
 
-    def newest_py(framework: str, version: str) -> str:
-        config = image_uris.config_for_framework(framework)["training"]["versions"][version]
-        return sorted(config["py_versions"], key=lambda v: int(v[2:]))[-1]
+    smp_training = image_uris.config_for_framework("pytorch-smp")["training"]
+    mapped = smp_training.get("version_aliases", {}).get(SMP_PYTORCH_VERSION)
+    if mapped != SMP_LIBRARY_VERSION:
+        raise RuntimeError(f"sagemaker-core maps the SMP image of PyTorch {SMP_PYTORCH_VERSION} to SMP library "
+                           f"{mapped}, not {SMP_LIBRARY_VERSION}: fix SMP_PYTORCH_VERSION/SMP_LIBRARY_VERSION")
+    pytorch = image_uris.config_for_framework("pytorch")["training"]["versions"][PYTORCH_TRAINING_VERSION]
+    smp = smp_training["versions"][SMP_LIBRARY_VERSION]
+    lmi = image_uris.config_for_framework("djl-lmi")["versions"][LMI_VERSION]
 
-    requests = {
-        "deepspeed": dict(framework="pytorch", version=PYTORCH_TRAINING_VERSION, image_scope="training",
-                          instance_type=_GPU_INSTANCE, py_version=newest_py("pytorch", PYTORCH_TRAINING_VERSION)),
-        "smp": dict(framework="pytorch-smp", version=SMP_TRAINING_VERSION, image_scope="training",
-                    instance_type=_GPU_INSTANCE, py_version=newest_py("pytorch-smp", SMP_TRAINING_VERSION),
-                    distribution={"torch_distributed": {"enabled": True},
-                                  "smdistributed": {"modelparallel": {"enabled": True}}}),
-        "lmi": dict(framework="djl-lmi", version=LMI_VERSION),
-    }
-    regions: set[str] = set()
-    for kwargs in requests.values():
-        config = image_uris.config_for_framework(kwargs["framework"])
-        scope = kwargs.get("image_scope")
-        versions = config[scope]["versions"] if scope else config["versions"]
-        regions |= set(versions[kwargs["version"]]["registries"])
-    table: dict[str, dict[str, str]] = {kind: {} for kind in requests}
-    for region in sorted(regions):
-        for kind, kwargs in requests.items():
-            try:
-                table[kind][region] = image_uris.retrieve(region=region, **kwargs)
-            except ValueError:
-                pass  # this image is not published in this region
-    return table
+    def deepspeed_image(region: str) -> str:
+        return image_uris.get_training_image_uri(region, "pytorch", framework_version=PYTORCH_TRAINING_VERSION,
+                                                 py_version=_newest_py(pytorch), instance_type=_GPU_INSTANCE)
+
+    def smp_image(region: str) -> str:
+        # framework_version is the PyTorch version, as with the SDK's PyTorch estimator; the
+        # distribution makes sagemaker-core pick the pytorch-smp table and the cu124 suffix.
+        return image_uris.get_training_image_uri(region, "pytorch", framework_version=SMP_PYTORCH_VERSION,
+                                                 py_version=_newest_py(smp), distribution=SMP_DISTRIBUTION,
+                                                 instance_type=_GPU_INSTANCE)
+
+    def lmi_image(region: str) -> str:
+        return image_uris.retrieve("djl-lmi", region, version=LMI_VERSION)
+
+    kinds = {"deepspeed": (pytorch, deepspeed_image), "smp": (smp, smp_image), "lmi": (lmi, lmi_image)}
+    return {kind: {region: resolve(region) for region in sorted(config["registries"])}
+            for kind, (config, resolve) in kinds.items()}
+
+
+def pinned_versions() -> dict[str, str]:
+    return {"pytorch_training": PYTORCH_TRAINING_VERSION, "smp_library": SMP_LIBRARY_VERSION,
+            "smp_pytorch": SMP_PYTORCH_VERSION, "lmi": LMI_VERSION}
 
 
 def main(argv: list[str]) -> int:
     if argv != ["--write"]:
         print("usage: python -m llama_operator.images --write   (needs sagemaker-core)", file=sys.stderr)
         return 2
-    versions = {"pytorch_training": PYTORCH_TRAINING_VERSION, "smp_training": SMP_TRAINING_VERSION, "lmi": LMI_VERSION}
-    TABLE.write_text(json.dumps({"versions": versions, "images": resolve_with_sagemaker_core()}, indent=1,
-                                sort_keys=True) + "\n")
+    TABLE.write_text(json.dumps({"versions": pinned_versions(), "images": resolve_with_sagemaker_core()},
+                                indent=1, sort_keys=True) + "\n")
     print(f"wrote {TABLE}")
     return 0
 

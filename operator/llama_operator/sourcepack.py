@@ -9,6 +9,7 @@ import hashlib
 import io
 import tarfile
 from pathlib import Path
+from typing import Mapping
 
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -25,16 +26,28 @@ def _files(root: Path) -> list[Path]:
     return out
 
 
-def pack(root: Path) -> bytes:
-    """A gzipped tar of `root`: sorted entries, fixed mtimes/owners/modes, no caches."""
+def requirements_for(root: Path, method: str) -> dict[str, bytes]:
+    """The source root's `requirements.txt` for a method: what its image lacks
+    (`workloads/requirements/<method>.txt`, see docs/images.md). SageMaker's training toolkit
+    pip-installs it before the entry point."""
+    path = Path(root) / "requirements" / f"{method}.txt"
+    return {"requirements.txt": path.read_bytes()} if path.is_file() else {}
+
+
+def pack(root: Path, extra: Mapping[str, bytes] | None = None) -> bytes:
+    """A gzipped tar of `root` plus `extra` files at its root: sorted entries, fixed
+    mtimes/owners/modes, no caches."""
     root = Path(root)
+    entries = {path.relative_to(root).as_posix(): (path.read_bytes(), 0o755 if path.stat().st_mode & 0o100 else 0o644)
+               for path in _files(root)}
+    entries.update({name: (data, 0o644) for name, data in (extra or {}).items()})
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in _files(root):
-            data = path.read_bytes()
-            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+        for name in sorted(entries):
+            data, mode = entries[name]
+            info = tarfile.TarInfo(name)
             info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0, 0, "", ""
-            info.mode = 0o755 if path.stat().st_mode & 0o100 else 0o644
+            info.mode = mode
             tar.addfile(info, io.BytesIO(data))
     out = io.BytesIO()
     with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
@@ -50,17 +63,20 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def source_uri(prefix_uri: str, digest: str) -> str:
+    """The tarball's URI under the operator's prefix (LLAMA_OPERATOR_SOURCE_S3_URI, the stack's
+    SourceS3Uri output): `<prefix>/source/<digest>.tar.gz`, with or without the prefix's trailing
+    slash; `s3://bucket/` gives `s3://bucket/source/<digest>.tar.gz`."""
     bucket, prefix = split_s3_uri(prefix_uri)
     prefix = prefix.strip("/")
     key = f"{prefix}/source/{digest}.tar.gz" if prefix else f"source/{digest}.tar.gz"
     return f"s3://{bucket}/{key}"
 
 
-def upload(s3, root: Path, prefix_uri: str) -> tuple[str, bool]:
+def upload(s3, root: Path, prefix_uri: str, extra: Mapping[str, bytes] | None = None) -> tuple[str, bool]:
     """(s3 URI of the tarball, uploaded?) — the upload is skipped when the key already exists."""
     from botocore.exceptions import ClientError
 
-    body = pack(root)
+    body = pack(root, extra)
     uri = source_uri(prefix_uri, hashlib.sha256(body).hexdigest())
     bucket, key = split_s3_uri(uri)
     try:

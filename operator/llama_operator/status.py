@@ -2,7 +2,9 @@
 
 One function takes either a DescribeTrainingJob response (the resync fallback) or the `detail` of a
 "SageMaker Training Job State Change" event (the main path); both carry the Describe fields, events
-with timestamps in epoch milliseconds. Delivery is at least once and unordered, so each
+with timestamps as epoch milliseconds (the documented example writes them as strings of digits,
+"1583831889050"). aws/events.py turns details into the API's spelling at intake; this module takes
+either (`to_epoch`, `training_job_status_name`). Delivery is at least once and unordered, so each
 observation is ranked by (LastModifiedTime, how far along the job is) and one that ranks below
 what status already shows is dropped: duplicate, late or out-of-order events never move status
 backwards, and a terminal phase is final.
@@ -15,21 +17,35 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from llama_operator.endpoint_status import iso, set_condition, to_epoch
+from llama_operator.endpoint_status import api_spelling, iso, set_condition, to_epoch
 
 PHASES = ("Pending", "Creating", "InProgress", "Completed", "Failed", "Stopping", "Stopped")
 TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
 CONDITION_TYPES = ("Ready", "Progressing", "Failed", "Synced")
 
-# How far along a job is, for ordering observations that carry the same LastModifiedTime.
-_SECONDARY_RANK = {s: i for i, s in enumerate(
-    ("Starting", "Pending", "LaunchingMLInstances", "PreparingTrainingStack", "Downloading",
-     "DownloadingTrainingImage", "Training", "Restarting", "Uploading", "Interrupted", "Stopping",
-     "MaxRuntimeExceeded", "MaxWaitTimeExceeded", "Updating", "Completed", "Failed", "Stopped"))}
+# TrainingJobStatus and SecondaryStatus as the API spells them (botocore's enums); the latter in
+# the order of how far along a job is, for ordering observations that carry the same
+# LastModifiedTime.
+TRAINING_JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped", "Deleting")
+SECONDARY_STATUSES = ("Starting", "Pending", "LaunchingMLInstances", "PreparingTrainingStack", "Downloading",
+                      "DownloadingTrainingImage", "Training", "Restarting", "Uploading", "Interrupted", "Stopping",
+                      "MaxRuntimeExceeded", "MaxWaitTimeExceeded", "Updating", "Completed", "Failed", "Stopped")
+_SECONDARY_RANK = {s: i for i, s in enumerate(SECONDARY_STATUSES)}
 _PHASE_RANK = {"Pending": 0, "Creating": 1, "InProgress": 2, "Stopping": 3, "Completed": 4, "Failed": 4, "Stopped": 4}
 
 
+def training_job_status_name(value):
+    """TrainingJobStatus as DescribeTrainingJob spells it, from that or upper snake case."""
+    return api_spelling(value, TRAINING_JOB_STATUSES)
+
+
+def secondary_status_name(value):
+    """SecondaryStatus as DescribeTrainingJob spells it ("LAUNCHING_ML_INSTANCES" -> "LaunchingMLInstances")."""
+    return api_spelling(value, SECONDARY_STATUSES)
+
+
 def phase_of(training_job_status: str) -> str:
+    training_job_status = training_job_status_name(training_job_status)
     return training_job_status if training_job_status in PHASES else "InProgress"
 
 
@@ -93,9 +109,9 @@ def from_training_job(detail: Mapping[str, Any], current: Mapping[str, Any] | No
 
     Events are (type, reason, message), one for each phase or secondary-status transition."""
     current = current or {}
-    status = detail.get("TrainingJobStatus", "InProgress")
+    status = detail.get("TrainingJobStatus") or "InProgress"
     phase = phase_of(status)
-    secondary = detail.get("SecondaryStatus")
+    secondary = secondary_status_name(detail.get("SecondaryStatus"))
     modified = to_epoch(detail.get("LastModifiedTime")) or to_epoch(detail.get("CreationTime"))
     if is_stale(current, phase, secondary, modified):
         return {}, []
@@ -111,7 +127,7 @@ def from_training_job(detail: Mapping[str, Any], current: Mapping[str, Any] | No
         if t is not None:
             patch[dst] = iso(t)
     if detail.get("BillableTimeInSeconds") is not None:
-        patch["billableSeconds"] = int(detail["BillableTimeInSeconds"])
+        patch["billableSeconds"] = int(float(detail["BillableTimeInSeconds"]))
     loss = training_loss(detail.get("FinalMetricDataList"))
     if loss is not None:
         patch["trainingLoss"] = loss

@@ -11,22 +11,22 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from llama_operator.paths import REPO_ROOT
+from llama_operator import paths
+
 DAILYDIALOG_ZIP_ENV = "LLAMA_OPERATOR_DAILYDIALOG_ZIP"
 
 
 def dailydialog_zip() -> Path:
-    """Where the DailyDialog archive lies: $LLAMA_OPERATOR_DAILYDIALOG_ZIP, else ../shared/data
-    beside the checkout (where CI and developers have it)."""
-    candidates = [os.environ.get(DAILYDIALOG_ZIP_ENV, "")]
-    candidates += [str(REPO_ROOT / "shared" / "data" / "daily-dialog.txt.zip"),
-                   str(REPO_ROOT.parent / "shared" / "data" / "daily-dialog.txt.zip")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
+    """Where the DailyDialog archive lies: $LLAMA_OPERATOR_DAILYDIALOG_ZIP when set, else the
+    repository's copy, data/dailydialog/daily-dialog.txt.zip."""
+    override = os.environ.get(DAILYDIALOG_ZIP_ENV, "")
+    path = Path(override) if override else paths.dailydialog_zip()
+    if path.is_file():
+        return path
+    where = f"${DAILYDIALOG_ZIP_ENV} ({override})" if override else "the repository"
     raise FileNotFoundError(
-        "DailyDialog archive not found: set LLAMA_OPERATOR_DAILYDIALOG_ZIP to daily-dialog.txt.zip "
-        "(it ships in ../shared/data beside the checkout)")
+        f"DailyDialog archive not found in {where}: expected {path}; it ships in the repository as "
+        f"data/dailydialog/daily-dialog.txt.zip (or set {DAILYDIALOG_ZIP_ENV} to a copy)")
 
 
 def dailydialog_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -99,4 +99,6 @@ def build_tiny_llama(out_dir: str | os.PathLike, *, vocab_size: int = 512, hidde
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # readable by the SMP and LMI images' transformers 4 too (docs/images.md)
+    paths.load_workload("train/tokens.py").portable_tokenizer_files(out)
     return out

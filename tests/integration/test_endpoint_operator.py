@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -224,6 +225,11 @@ def test_from_finetune_waits_serves_rolls_blue_green_and_deletes_everything(worl
     text = invoke(rt, name, "Hello, how are you?")
     assert isinstance(text, str) and text.strip()
     assert text == greedy_reference(world, model_uri, "Hello, how are you?", 8)
+    # ...served by our model.py through LMI's handler contract, in the LMI image's environment
+    # (its transformers 4), while the model was trained and the reference computed with transformers 5
+    server_logs = "".join(p.read_text() for p in (world["stack"].state_dir / "endpoints").glob(f"{name}/logs/*.log"))
+    assert re.search(r"lmi_frontend INFO model loaded .* with entry point model\.py \(python \S+, torch 2\.6\.0\S*, "
+                     r"transformers 4\.51\.3\)", server_logs), server_logs[-2000:]
 
     # Spec change -> a new model and config by the new hash, UpdateEndpoint blue/green, while a
     # client keeps calling: no call may fail.
@@ -432,11 +438,12 @@ def test_endpoint_deleted_behind_the_operators_back_comes_back_at_resync(world):
                   in ("InService", "Failed") and o, 120, "InService")
     assert ep["status"]["phase"] == "InService", ep["status"].get("failureReason")
     name, uid = ep["status"]["endpointName"], ep["metadata"]["uid"]
+    first_created = sm.describe_endpoint(EndpointName=name)["CreationTime"]
     sm.delete_endpoint(EndpointName=name)  # someone tidies up in the console
-    wait_for(lambda: not [e for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name], 30,
-             "the endpoint to be deleted by hand")
+    # a 2 s resync may re-create it before a poll sees it gone: a new one has a later CreationTime
     back = wait_for(lambda: [e for e in sm.list_endpoints()["Endpoints"]
-                             if e["EndpointName"] == name and e["EndpointStatus"] == "InService"], 120,
+                             if e["EndpointName"] == name and e["EndpointStatus"] == "InService"
+                             and e["CreationTime"] > first_created], 120,
                     "the endpoint to be created again")
     assert back
     wait_for(lambda: phase(world, "drift") == "InService", 30, "status to say InService again")

@@ -8,10 +8,11 @@ import pytest
 from botocore.stub import Stubber
 
 from llama_operator.aws.sagemaker import RetryableError, SageMakerGateway, TerminalError
+from llama_operator.images import training_image_uri
 
 REQUEST = {
     "TrainingJobName": "default-gw-0123abcd",
-    "AlgorithmSpecification": {"TrainingImage": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5",
+    "AlgorithmSpecification": {"TrainingImage": training_image_uri("us-east-1", "deepspeed"),
                                "TrainingInputMode": "File"},
     "RoleArn": "arn:aws:iam::123456789012:role/r",
     "OutputDataConfig": {"S3OutputPath": "s3://b/out"},

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from llama_operator.images import training_image_uri
 from llama_operator.local.stack import LocalStack
 
 HERE = Path(__file__).parent
 ECHO_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/local-echo:1"
+# Jobs run in the environment of their image's profile: the PyTorch training image's.
+TRAINING_IMAGE = training_image_uri("us-east-1", "deepspeed")
 CONTAINERS = {"local-echo": f"{sys.executable} {HERE / 'echo_server.py'}"}
 ROLE = "arn:aws:iam::123456789012:role/local-sagemaker"
 BUCKET = "local-tests"
@@ -112,7 +115,7 @@ def training_request(name: str, source_uri: str, *, entry: str = "train.py", ins
     hp.update({k: json.dumps(v) for k, v in (hyperparameters or {}).items()})
     req = {
         "TrainingJobName": name,
-        "AlgorithmSpecification": {"TrainingImage": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-py311",
+        "AlgorithmSpecification": {"TrainingImage": TRAINING_IMAGE,
                                    "TrainingInputMode": "File"},
         "RoleArn": ROLE,
         "HyperParameters": hp,

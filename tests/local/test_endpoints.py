@@ -119,8 +119,11 @@ def test_create_invoke_update_delete(sm, s3, rt, events):
         _invoke(rt, base, {"x": 1})
     assert err.value.response["Error"]["Code"] == "ValidationException"
 
-    got = events.for_arn(arn, until=lambda e: e["detail"]["EndpointStatus"] == "Deleting")
-    assert [e["detail"]["EndpointStatus"] for e in got] == ["Creating", "InService", "Updating", "InService", "Deleting"]
+    # Events spell EndpointStatus as SageMaker's documented example does (upper snake case), while
+    # DescribeEndpoint keeps the API's spelling (asserted above).
+    got = events.for_arn(arn, until=lambda e: e["detail"]["EndpointStatus"] == "DELETING")
+    assert [e["detail"]["EndpointStatus"] for e in got] == ["CREATING", "IN_SERVICE", "UPDATING", "IN_SERVICE",
+                                                            "DELETING"]
     assert got[0]["detail-type"] == "SageMaker Endpoint State Change"
     assert got[3]["detail"]["EndpointConfigName"] == f"{base}-c2"
 

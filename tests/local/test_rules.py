@@ -53,6 +53,7 @@ def test_envelope_uses_epoch_millis_inside_detail():
                         "us-west-2", now=0)
     assert e["detail-type"] == "SageMaker Endpoint State Change"
     assert e["time"] == "1970-01-01T00:00:00Z" and e["region"] == "us-west-2" and e["resources"] == ["arn:x"]
+    assert e["detail"]["EndpointStatus"] == "IN_SERVICE"  # the documented event's spelling
     assert e["detail"]["CreationTime"] == 1500
     assert e["detail"]["SecondaryStatusTransitions"][0]["StartTime"] == 3250
     assert e["detail"]["ProductionVariants"][0]["DeployedImages"][0]["ResolutionTime"] == 2000
@@ -62,8 +63,8 @@ def test_container_table():
     assert endpoints.parse_container_flag("echo=python s.py --x=1") == ("echo", "python s.py --x=1")
     with pytest.raises(ValueError, match="REGEX=COMMAND"):
         endpoints.parse_container_flag("no-command")
-    table = [("echo", "{python} e.py")] + endpoints.DEFAULT_CONTAINERS
+    table = [("echo", "{python} e.py")]
     assert endpoints.command_for("x/echo:1", table, "/py", "/w") == ["/py", "e.py"]
-    lmi = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.31.0-lmi13.0.0-cu124"
-    assert endpoints.command_for(lmi, table, "/py", "/w") == ["/py", "/w/serve/sm_server.py"]
-    assert endpoints.command_for("tensorflow-inference", table, "/py", "/w") is None
+    # images of AWS's own run in their profile's environment, not through the table
+    lmi = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.33.0-lmi15.0.0-cu128"
+    assert endpoints.command_for(lmi, table, "/py", "/w") is None

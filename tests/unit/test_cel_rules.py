@@ -113,3 +113,25 @@ def test_finetune_spec_is_immutable_except_deletion_policy():
     # Re-applying the same spec with defaults spelled out (as GitOps tools do) is no change.
     spelled = crdtools.default(crdtools.spec_schema("llamafinetunes"), specdata.FINETUNE_MIN)
     assert crdtools.validate_spec("llamafinetunes", spelled, old=specdata.FINETUNE_MIN) == []
+
+
+@pytest.mark.parametrize("engine,message", [
+    ("vllm", "serving.tensorParallelDegree max: leave tensorParallelDegree out to split each model copy over all "
+             "GPUs of the instance"),
+    ("batching", "serving.tensorParallelDegree max: the batching engine runs one model copy on one GPU; set "
+                 "tensorParallelDegree to 1 or leave it out, or set serving.engine to vllm"),
+])
+def test_tensor_parallel_degree_max_is_refused_with_the_fix(engine, message):
+    """`max` is what an absent tensorParallelDegree means with vllm (the CRD types the field integer,
+    so CEL never sees a string there): the API server refuses the string at
+    spec.serving.tensorParallelDegree, and the operator's validation names the field and the fix."""
+    from llama_operator.handlers.endpoint import validate_spec
+
+    bad = merged(EP, serving={"engine": engine, "tensorParallelDegree": "max"})
+    errors = crdtools.validate_spec("llamaendpoints", bad)
+    assert errors and all(e.startswith("serving.tensorParallelDegree: ") for e in errors), errors
+    with pytest.raises(ValueError) as err:
+        validate_spec(bad)
+    assert f"spec.serving.tensorParallelDegree: Value error, {message}" in str(err.value)
+    assert crdtools.validate_spec("llamaendpoints", merged(EP, serving={"engine": engine})) == []
+    validate_spec(merged(EP, serving={"engine": engine}))

@@ -219,8 +219,23 @@ def test_endpoint_defaults():
                                               "tensor_parallel_degree": "max", "max_rolling_batch_size": 32}
     batching = LlamaEndpointSpec.model_validate(specdata.ENDPOINT_BATCHING)
     assert plan_ep.serving_settings(batching) == {"dtype": "bf16", "max_new_tokens": 256,
-                                                  "tensor_parallel_degree": "max", "max_batch_size": 16,
+                                                  "tensor_parallel_degree": 1, "max_batch_size": 16,
                                                   "max_wait_ms": 0}
+
+
+def test_endpoint_tensor_parallel_degree_reaches_lmi():
+    """Absent with vllm: LMI's max (all GPUs of the instance) in serving.properties; absent with
+    batching: 1 (one GPU); a number: that number."""
+    from llama_operator import endpoint_code
+
+    def rendered(body):
+        spec = LlamaEndpointSpec.model_validate(body)
+        files = endpoint_code.render(spec.serving.engine, "s3://bkt/m/", plan_ep.serving_settings(spec))
+        return re.findall(r"^option\.tensor_parallel_degree=(.*)$", files["serving.properties"], re.M)
+
+    assert rendered(specdata.ENDPOINT_MIN) == ["max"]
+    assert rendered(specdata.ENDPOINT_VLLM) == ["4"]
+    assert rendered(specdata.ENDPOINT_BATCHING) == ["1"]
 
 
 def _hash(body, **kw):

@@ -111,6 +111,11 @@ class JobResult:
         return f.read_text() if f.exists() else None
 
 
+# The interpreter the job runs under: this one, or an image profile's environment
+# (`llama-operator image-envs` prints where each is) to check the workloads against an image.
+WORKLOAD_PYTHON = os.environ.get("LLAMA_OPERATOR_WORKLOAD_PYTHON") or sys.executable
+
+
 def job_env(tmp: Path, channels: dict[str, Path], extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "PYTEST_"))}
     env.update({"SM_MODEL_DIR": str(tmp / "model"), "SM_OUTPUT_DIR": str(tmp / "output"),
@@ -126,7 +131,7 @@ def run_job(tmp: Path, hps: dict, channels: dict[str, Path], *, nproc: int = 2, 
             timeout: int = 240) -> JobResult:
     """train_entry.py as SageMaker's toolkit runs it: torchrun, --name value arguments."""
     args = [a for k, v in hps.items() for a in (f"--{k}", str(v))]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    cmd = [WORKLOAD_PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(WORKLOADS / "train_entry.py"), *args]
     proc = subprocess.run(cmd, cwd=tmp, env=job_env(tmp, channels, extra_env), capture_output=True,
                           text=True, timeout=timeout)

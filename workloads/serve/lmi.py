@@ -14,8 +14,11 @@ ENGINES = ("vllm", "batching")
 # Files the batching entry point needs beside it, copied verbatim.
 BATCHING_SOURCES = ("model.py", "batching_engine.py", "request_params.py", "model_source.py", "sm_server.py")
 DTYPES = ("bf16", "fp16", "fp32")
+# LMI's tensor_parallel_degree "max": split each model copy over all GPUs of the instance (vllm only).
+ALL_GPUS = "max"
 
-# settings key -> (serving.properties key, type, engines it applies to)
+# settings key -> (serving.properties key, type, engines it applies to); tensor_parallel_degree
+# also takes ALL_GPUS, and only 1 with the batching engine.
 _KNOBS = {
     "tensor_parallel_degree": ("option.tensor_parallel_degree", int, ENGINES),
     "max_rolling_batch_size": ("option.max_rolling_batch_size", int, ENGINES),
@@ -24,6 +27,8 @@ _KNOBS = {
     "max_wait_ms": ("option.max_wait_ms", float, ("batching",)),
     "gpu_memory_utilization": ("option.gpu_memory_utilization", float, ("vllm",)),
 }
+# Knobs for which 0 means something (max_wait_ms 0: a batch does not wait for more requests).
+_ZERO_OK = {"max_wait_ms"}
 DEFAULTS = {"dtype": "bf16", "tensor_parallel_degree": 1, "max_rolling_batch_size": 32}
 
 
@@ -42,19 +47,29 @@ def _check(engine: str, model_id: str, settings: dict) -> dict:
         raise ArtifactError(f"settings.{unknown[0]}: unknown; known: dtype, {', '.join(_KNOBS)}")
     if merged["dtype"] not in DTYPES:
         raise ArtifactError(f"settings.dtype {merged['dtype']!r}: use one of {', '.join(DTYPES)}")
+    tp = merged["tensor_parallel_degree"]
+    if engine == "batching" and tp != 1:
+        raise ArtifactError(f"settings.tensor_parallel_degree {tp!r}: the batching engine runs on one GPU; use 1, "
+                            f"or engine vllm for tensor parallelism ({ALL_GPUS!r}: all GPUs of the instance)")
     for key, (_, kind, engines) in _KNOBS.items():
         if key not in merged:
             continue
         value = merged[key]
         if engine not in engines:
             raise ArtifactError(f"settings.{key}: applies to engine {', '.join(engines)}, not {engine}")
+        if key == "tensor_parallel_degree" and value == ALL_GPUS:
+            continue
+        zero_ok = key in _ZERO_OK
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
-                or value <= 0:
-            raise ArtifactError(f"settings.{key} {value!r}: must be a positive {kind.__name__}")
-    if engine == "batching" and merged["tensor_parallel_degree"] != 1:
-        raise ArtifactError("settings.tensor_parallel_degree: the batching engine runs on one GPU; use 1, "
-                            "or engine vllm for tensor parallelism")
+                or value < 0 or (value == 0 and not zero_ok):
+            also = f", or {ALL_GPUS!r} (all GPUs of the instance)" if key == "tensor_parallel_degree" else ""
+            what = "a non-negative" if zero_ok else "a positive"
+            raise ArtifactError(f"settings.{key} {value!r}: must be {what} {kind.__name__}{also}")
     return merged
+
+
+def _render(key: str, kind: type, value) -> str:
+    return ALL_GPUS if key == "tensor_parallel_degree" and value == ALL_GPUS else str(kind(value))
 
 
 def serving_properties(engine: str, model_id: str, settings: dict | None = None) -> str:
@@ -70,7 +85,7 @@ def serving_properties(engine: str, model_id: str, settings: dict | None = None)
                   f"max_batch_delay={int(merged.get('max_wait_ms', 10))}"]
     for key, (prop, kind, _) in _KNOBS.items():
         if key in merged:
-            lines.append(f"{prop}={kind(merged[key])}")
+            lines.append(f"{prop}={_render(key, kind, merged[key])}")
     return "\n".join(lines) + "\n"
 
 

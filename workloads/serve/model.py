@@ -2,7 +2,8 @@
 
 serving.properties names it (`option.entryPoint=model.py`); DJL passes up to `batch_size`
 requests per call, which go into the shared engine together with any other in-flight calls, and
-each request's answer, or its own 400 error, goes back at its batch index."""
+each request's answer, or its own error body, goes back at its batch index. DJL applies one HTTP
+status to a whole batch, so an error's status is the response's only as `batch_output` says."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import logging
 import os
 import sys
 import threading
+from http import HTTPStatus
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_source import ServeSettings, load_engine, settings_from_properties  # noqa: E402
 from request_params import RequestError, parse_request  # noqa: E402
+from sm_server import render_result  # noqa: E402
 
 log = logging.getLogger("lmi_batching")
 _engine = None
@@ -42,14 +45,58 @@ def get_engine(properties: dict):
     return _engine
 
 
-def _answer(engine, body):
-    """(status, payload) for one request body; never raises for a client error."""
+def _queue(engine, item):
+    """Start one request of the batch: (200, (futures, params, many)) once its prompts are queued
+    on the engine, or (status, error payload) for a request refused as sent."""
+    try:
+        body = item.get_as_json()
+    except Exception as err:
+        return 400, {"code": 400, "error": f"body: not valid JSON ({err})", "field": "body"}
     try:
         prompts, params, many = parse_request(body)
-        futures = [engine.submit(p, params) for p in prompts]
+        return 200, ([engine.submit(p, params) for p in prompts], params, many)
     except RequestError as err:
         return err.status, err.to_json()
-    return 200, futures, params, many
+
+
+def _result(queued):
+    status, value = queued
+    if status != 200:
+        return status, value
+    futures, params, many = value
+    try:
+        results = [render_result(f.result(), params) for f in futures]
+    except Exception as err:
+        log.exception("generation failed")
+        return 500, {"code": 500, "error": f"generation failed: {err}", "field": None}
+    return 200, (results if many else results[0])
+
+
+def batch_output(output_cls, answers):
+    """One djl `Output` for the batch's (status, payload) answers, in batch order.
+
+    djl-serving gives a whole batch one status (engines/python PyPredictor.batchPredict): below
+    300 every request gets the batch's code and properties and its own `batch_<i>.` content; at
+    300 or more every request gets the whole Output, whose body is its first content. A request
+    DJL sends alone is not a batch: the Output is its response. So an error's own status reaches
+    the client when the request is alone, or when every request of the batch got the same answer;
+    otherwise the batch answers HTTP 200 and a request's error is its body,
+    `{"code": <status>, "error": "...", "field": ...}`."""
+    outputs = output_cls()
+    outputs.add_property("Content-Type", "application/json")
+    status, payload = answers[0]
+    if status != 200 and all(answer == answers[0] for answer in answers):
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        outputs.set_code(status)
+        outputs.set_message(phrase)
+        outputs.add_as_json(payload, key="data")
+        return outputs
+    for i, (_, payload) in enumerate(answers):
+        outputs.add_as_json(payload, batch_index=i)
+    return outputs
 
 
 def handle(inputs):
@@ -59,28 +106,6 @@ def handle(inputs):
         get_engine(inputs.get_properties())
         return None
     engine = get_engine(inputs.get_properties())
-    outputs = Output()
-    batch = inputs.get_batches()
-    pending = []
-    for i, item in enumerate(batch):
-        try:
-            body = item.get_as_json()
-        except Exception as err:
-            pending.append((i, (400, {"code": 400, "error": f"body: not valid JSON ({err})", "field": "body"})))
-            continue
-        pending.append((i, _answer(engine, body)))
     # Every request is queued before any is awaited, so they share the engine's batch.
-    for i, answer in pending:
-        if answer[0] != 200:
-            status, payload = answer
-            outputs.add_as_json({"code": status, "error": payload["error"], "field": payload.get("field")},
-                                batch_index=i)
-            continue
-        _, futures, params, many = answer
-        try:
-            results = [{"generated_text": f.result().text} for f in futures]
-            outputs.add_as_json(results if many else results[0], batch_index=i)
-        except Exception as err:
-            log.exception("generation failed")
-            outputs.add_as_json({"code": 500, "error": f"generation failed: {err}"}, batch_index=i)
-    return outputs
+    queued = [_queue(engine, item) for item in inputs.get_batches()]
+    return batch_output(Output, [_result(q) for q in queued])

@@ -35,7 +35,7 @@ class ServeSettings:
     max_wait_ms: float = 10.0
     max_model_len: int | None = None
     default_max_new_tokens: int = 64
-    tensor_parallel_degree: int = 1
+    tensor_parallel_degree: int | str = 1  # or "max": every GPU of the instance (LMI's vllm)
     properties: dict[str, str] = field(default_factory=dict)
 
 
@@ -88,7 +88,9 @@ def settings_from_properties(props: dict[str, str], base_dir: Path) -> ServeSett
         max_batch_size=_int(props, "option.max_rolling_batch_size", 32), max_wait_ms=wait,
         max_model_len=_int(props, "option.max_model_len", None),
         default_max_new_tokens=_int(props, "option.max_new_tokens", 64),
-        tensor_parallel_degree=_int(props, "option.tensor_parallel_degree", 1), properties=props)
+        tensor_parallel_degree=("max" if props.get("option.tensor_parallel_degree") == "max"
+                                else _int(props, "option.tensor_parallel_degree", 1)),
+        properties=props)
 
 
 def pull_s3(prefix: str, dest: Path) -> Path:
@@ -140,6 +142,15 @@ def resolve_model(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     return settings
 
 
+def _dtype_kwargs(dtype) -> dict:
+    """from_pretrained's dtype argument: `dtype=` from transformers 4.56, `torch_dtype=` before (LMI
+    0.33 has transformers 4.51.3)."""
+    import transformers
+
+    major, minor = (int("".join(c for c in p if c.isdigit()) or 0) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def load_engine(settings: ServeSettings, device: str | None = None):
     """Load model and tokenizer and start a BatchingEngine with the settings' knobs."""
     import torch
@@ -149,7 +160,7 @@ def load_engine(settings: ServeSettings, device: str | None = None):
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = settings.dtype or ("bfloat16" if device == "cuda" else "float32")
-    model = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=getattr(torch, dtype)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(settings.model_dir, **_dtype_kwargs(getattr(torch, dtype))).to(device)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_dir)
     engine = BatchingEngine(model, tokenizer, max_batch_size=settings.max_batch_size,
                             max_wait_ms=settings.max_wait_ms, max_len=settings.max_model_len,

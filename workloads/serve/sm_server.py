@@ -108,7 +108,7 @@ def load(server: Server, model_dir: str) -> None:
                 why = "this server has no vLLM backend (LMI's own server runs vLLM in the LMI container)"
             except ImportError:
                 why = "vllm is not importable here"
-            log.warning("serving.properties asks for vLLM rolling batch (tensor_parallel_degree=%d); %s, "
+            log.warning("serving.properties asks for vLLM rolling batch (tensor_parallel_degree=%s); %s, "
                         "so the batching engine serves it", settings.tensor_parallel_degree, why)
         server.engine = load_engine(settings)
         log.info("model loaded from %s (engine batching, max batch %d, max wait %.0f ms); ready",

@@ -103,7 +103,9 @@ class FsdpBackend:
 
     def __init__(self, model, hp, *, total_steps: int, world_size: int, device: torch.device):
         import torch.distributed as dist
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from .compat import fsdp2
+
+        fully_shard, MixedPrecisionPolicy = fsdp2()
 
         self.hp = hp
         self.smp = _smp_transform(hp, world_size)

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from . import data as D
+from .compat import dtype_kwargs, set_config_dtype
 from .environment import JobPaths, Rank
 from .s3sync import download_prefix, is_s3_uri, upload_dir
 from .schedule import total_steps as count_steps
+from .tokens import save_tokenizer
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L40S": 362.0, "L4": 121.0}
 
@@ -98,7 +100,7 @@ def load_model(hp, model_dir: Path, device: torch.device):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     attn = "eager" if hp.attn_implementation == "eager" else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, **dtype_kwargs(torch.float32))
     added = add_tokens(model, tokenizer, hp.add_special_tokens, hp.new_token_init, seed=hp.seed)
     pad_id = ensure_pad_token(tokenizer)
     model.config.use_cache = False
@@ -420,9 +422,9 @@ def save_and_push(backend, tokenizer, hp, paths: JobPaths, rank: Rank, summary: 
     state = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in state.items()}
     module = backend.module
     module.config.use_cache = True
-    module.config.dtype = dtype
+    set_config_dtype(module.config, dtype)
     module.save_pretrained(out, state_dict=state, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
     if out != paths.model_dir:
         shutil.copy(out / "training_summary.json", paths.model_dir / "training_summary.json")

@@ -2,7 +2,34 @@
 embedding rows instead of whatever ``resize_token_embeddings`` happens to leave there."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+
+def save_tokenizer(tokenizer, out) -> None:
+    """save_pretrained, then make the files readable by every image's libraries (docs/images.md)."""
+    tokenizer.save_pretrained(out)
+    portable_tokenizer_files(Path(out))
+
+
+def portable_tokenizer_files(model_dir: Path) -> None:
+    """Tokenizer files the images' older libraries load too: transformers 5 names its fast
+    tokenizer class TokenizersBackend, unknown to transformers 4 (PreTrainedTokenizerFast is the same
+    class under both names), and tokenizers >= 0.20 writes BPE merges as pairs, which the SMP image's
+    tokenizers 0.19 cannot read ("a b" strings read everywhere; byte-level BPE tokens hold no spaces)."""
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config_path.write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
+    tok_path = model_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        return
+    tok = json.loads(tok_path.read_text())
+    merges = tok.get("model", {}).get("merges") or []
+    if merges and isinstance(merges[0], list) and not any(" " in a or " " in b for a, b in merges):
+        tok["model"]["merges"] = [f"{a} {b}" for a, b in merges]
+        tok_path.write_text(json.dumps(tok, ensure_ascii=False))
 
 
 def ensure_pad_token(tokenizer) -> int:

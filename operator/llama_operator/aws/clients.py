@@ -21,3 +21,9 @@ def make_client(service: str, region: str | None = None, *, session: boto3.sessi
     # A session per client: boto3 sessions are not thread-safe, clients are.
     session = session or boto3.session.Session()
     return session.client(service, config=client_config(region or session.region_name, **config))
+
+
+def cloudwatch_client(region: str | None = None, *, session: boto3.session.Session | None = None):
+    """CloudWatch for reading training metrics: a read is best effort (the next poll comes soon), so
+    few retries and short timeouts, never a reconcile held up behind a throttled call."""
+    return make_client("cloudwatch", region, session=session, max_attempts=2, read_timeout=10.0)

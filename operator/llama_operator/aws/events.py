@@ -9,7 +9,26 @@ With kopf peering only the active replica receives: a standby (`active()` false)
 all, so messages stay in the queue for the active one, and it starts polling within
 `standby_check_seconds` of becoming active. A replica that is paused while a long poll is in
 flight handles none of what that poll brings and deletes none of it: SQS delivers those messages
-again after the queue's visibility timeout, to whichever replica is active then."""
+again after the queue's visibility timeout, to whichever replica is active then.
+
+Intake normalises each event's `detail` to the SageMaker API's spelling (`normalise_detail`), so
+the handlers and status.py / endpoint_status.py read an event exactly as they read a Describe*
+response through boto3. The documented events (tests/data/sagemaker_events/) differ from it:
+EndpointStatus is upper snake case ("IN_SERVICE"), and timestamps are epoch milliseconds, as
+numbers in endpoint events (1592411994287.0) and as strings of digits in training job events
+("1583831889050"). After intake statuses are CamelCase ("InService") and timestamps are aware UTC
+datetimes; a timestamp that cannot be read is dropped (the observation is then ordered without it)
+rather than failing the message forever.
+
+"SageMaker Endpoint Deployment State Change" (blue/green and canary progress) is not subscribed:
+it carries the same EndpointStatus ("UPDATING") and serving EndpointConfigName as the endpoint
+state change, plus per-variant stages (Creating, ActivatingTraffic, Baking, ...) inside one
+UPDATING, so no phase starts or ends sooner with it; its LastModifiedTime does not advance with
+those stages (the documented example keeps the endpoint's CreationTime there), so it cannot be
+ordered against endpoint state changes; and a rollback has no documented signal in it: Degraded is
+known when the endpoint is InService again on the old configuration with a FailureReason, which
+the endpoint state change reports. Should it reach the queue anyway, the handlers ignore it (its
+detail-type is neither of the two above)."""
 
 from __future__ import annotations
 
@@ -17,16 +36,68 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
+
+from llama_operator.endpoint_status import endpoint_status_name, to_datetime
+from llama_operator.status import secondary_status_name, training_job_status_name
 
 log = logging.getLogger(__name__)
 
 TRAINING_DETAIL_TYPE = "SageMaker Training Job State Change"
 ENDPOINT_DETAIL_TYPE = "SageMaker Endpoint State Change"
+ENDPOINT_DEPLOYMENT_DETAIL_TYPE = "SageMaker Endpoint Deployment State Change"  # not subscribed: see above
+
+# Timestamps of the Describe* outputs that details mirror, at the top level and nested
+# (SecondaryStatusTransitions, FinalMetricDataList, DeployedImages, VariantStatus,
+# PendingDeploymentSummary).
+TIME_FIELDS = frozenset({"CreationTime", "LastModifiedTime", "TrainingStartTime", "TrainingEndTime",
+                         "StartTime", "EndTime", "Timestamp", "ResolutionTime"})
+# Maps whose keys are the user's, not SageMaker's: copied as they are.
+_USER_MAPS = frozenset({"Tags", "HyperParameters", "Environment", "StaticHyperParameters"})
+_STATUS_FIELDS = {"EndpointStatus": endpoint_status_name, "TrainingJobStatus": training_job_status_name,
+                  "SecondaryStatus": secondary_status_name}
+
+
+def normalise_detail(detail: Mapping[str, Any]) -> dict:
+    """A copy of an event's `detail` in the API's spelling: statuses CamelCase as DescribeEndpoint /
+    DescribeTrainingJob spell them, timestamps (epoch millis or seconds, as numbers or strings,
+    ISO-8601 strings, datetimes) aware UTC datetimes as boto3 gives them. Idempotent; values it
+    does not know are kept as they are, timestamps it cannot read are left out."""
+    return _normalised(detail)
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        out: dict = {}
+        for key, item in value.items():
+            if key in _USER_MAPS:
+                out[key] = item
+            elif key in TIME_FIELDS and not isinstance(item, (Mapping, list)):
+                try:
+                    out[key] = to_datetime(item)
+                except (TypeError, ValueError, OverflowError, OSError):
+                    log.warning("events queue: ignoring %s %r, which is not a timestamp", key, item)
+            elif key in _STATUS_FIELDS:
+                out[key] = _STATUS_FIELDS[key](item)
+            elif key == "SecondaryStatusTransitions" and isinstance(item, list):
+                out[key] = [{**t, "Status": secondary_status_name(t["Status"])} if isinstance(t, Mapping)
+                            and "Status" in t else t for t in _normalised(item)]
+            else:
+                out[key] = _normalised(item)
+        return out
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    return value
+
+
+def normalise_event(event: Mapping[str, Any]) -> dict:
+    """The event with its detail in the API's spelling (`normalise_detail`); the envelope as is."""
+    return {**event, "detail": normalise_detail(event.get("detail") or {})}
 
 
 def parse_message(body: str) -> dict | None:
-    """The EventBridge event in an SQS message body, or None when it is not one.
+    """The EventBridge event in an SQS message body, its detail in the API's spelling
+    (`normalise_event`), or None when it is not one.
 
     Accepts the event itself (EventBridge -> SQS target) and the same wrapped by SNS."""
     try:
@@ -37,7 +108,7 @@ def parse_message(body: str) -> dict | None:
         return None
     if not isinstance(event, dict) or not isinstance(event.get("detail"), dict) or "detail-type" not in event:
         return None
-    return event
+    return normalise_event(event)
 
 
 def owner_of(detail: dict) -> tuple[str, str, str] | None:

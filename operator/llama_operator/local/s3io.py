@@ -67,3 +67,14 @@ def download_model(s3, uri: str, dest: Path, compressed: bool) -> None:
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
+
+
+def read_tar_member(s3, uri: str, member: str) -> str | None:
+    """The text of one file at the root of a tar.gz in S3 (a training job's source), or None."""
+    bucket, key = split_s3(uri)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
+        for info in tar.getmembers():
+            if info.isfile() and info.name.lstrip("./") == member:
+                return tar.extractfile(info).read().decode()
+    return None

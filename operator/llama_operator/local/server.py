@@ -1,5 +1,6 @@
-"""`llama-operator local-sagemaker`: SageMaker and SageMaker Runtime on one port, moto's S3 and SQS
-on another, state on disk. Prints `export NAME=value` lines, then `# ready`; logs go to stderr."""
+"""`llama-operator local-sagemaker`: SageMaker and SageMaker Runtime on one port, moto's S3, SQS and
+CloudWatch on another, state on disk. Prints `export NAME=value` lines, then `# ready`; logs go to
+stderr."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from llama_operator.local import endpoints as ep
-from llama_operator.local import s3snapshot, training
+from llama_operator.local import imageenv, s3snapshot, training
 from llama_operator.local.api import SageMaker
 from llama_operator.local.context import Context
 from llama_operator.local.errors import AwsError, InternalFailure, ModelError
@@ -34,7 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="llama-operator local-sagemaker", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     p.add_argument("--port", type=int, default=0, help="SageMaker and SageMaker Runtime port (0: a free one)")
-    p.add_argument("--moto-port", type=int, default=0, help="moto's S3 and SQS port (0: a free one)")
+    p.add_argument("--moto-port", type=int, default=0, help="moto's S3, SQS and CloudWatch port (0: a free one)")
     p.add_argument("--state-dir", required=True, type=Path, help="where jobs, models and endpoints are kept")
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--events-queue", default="llama-operator-events",
@@ -42,6 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--container", action="append", default=[], metavar="REGEX=COMMAND",
                    help="serve images matching REGEX with COMMAND ({python}, {workloads} are filled in); "
                         "repeatable, checked before the built-in LMI entry")
+    p.add_argument("--image-profiles", type=Path, default=None,
+                   help="a JSON file of further image profiles (the schema of llama_operator/image_profiles.json), "
+                        "for images of your own")
     p.add_argument("--max-instances", type=int, default=8,
                    help="instances that may run at once per kind of usage (ResourceLimitExceeded above it)")
     args = p.parse_args(argv)
@@ -77,6 +81,7 @@ class Service:
             "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": url,
             "AWS_ENDPOINT_URL_S3": moto_url,
             "AWS_ENDPOINT_URL_SQS": moto_url,
+            "AWS_ENDPOINT_URL_CLOUDWATCH": moto_url,  # training metrics, as SageMaker publishes them
             "AWS_ACCESS_KEY_ID": DUMMY_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
             "AWS_DEFAULT_REGION": args.region,
@@ -99,8 +104,9 @@ class Service:
             sink=EventSink(sqs, queue_url), child_env=dict(self.env),
             s3_factory=lambda: boto3.client("s3", region_name=args.region), max_instances=args.max_instances,
         )
-        self.jobs = training.TrainingJobs(self.ctx)
-        self.endpoints = ep.Endpoints(self.ctx, args.container)
+        images = imageenv.ImageEnvironments(profiles=imageenv.load_profiles(extra=args.image_profiles))
+        self.jobs = training.TrainingJobs(self.ctx, images)
+        self.endpoints = ep.Endpoints(self.ctx, args.container, images)
         self.api = SageMaker(self.ctx, self.jobs, self.endpoints)
         self.jobs.recover()
         self.endpoints.recover()
@@ -110,7 +116,7 @@ class Service:
         for key, value in self.env.items():
             print(f"export {key}={value}")  # the keys are fixed dummies, never real credentials
         print("# ready", flush=True)
-        log.info("local SageMaker on %s, S3/SQS (moto) on %s, state in %s",
+        log.info("local SageMaker on %s, S3/SQS/CloudWatch (moto) on %s, state in %s",
                  self.env["AWS_ENDPOINT_URL_SAGEMAKER"], self.env["AWS_ENDPOINT_URL_S3"], self.args.state_dir)
 
     def close(self) -> None:

@@ -113,7 +113,8 @@ class LocalStack:
         import boto3
 
         urls = {"sagemaker": "AWS_ENDPOINT_URL_SAGEMAKER", "sagemaker-runtime": "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
-                "s3": "AWS_ENDPOINT_URL_S3", "sqs": "AWS_ENDPOINT_URL_SQS"}
+                "s3": "AWS_ENDPOINT_URL_S3", "sqs": "AWS_ENDPOINT_URL_SQS",
+                "cloudwatch": "AWS_ENDPOINT_URL_CLOUDWATCH"}
         return boto3.client(
             service, region_name=self.env["AWS_DEFAULT_REGION"], endpoint_url=self.env[urls[service]],
             aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],

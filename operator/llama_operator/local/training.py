@@ -11,22 +11,22 @@ import logging
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from llama_operator.local import s3io
+from llama_operator.local import imageenv, s3io
 from llama_operator.local.context import Context
 
 log = logging.getLogger(__name__)
 
 KIND = "training-job"
 TERMINAL = {"Completed", "Failed", "Stopped"}
-FRAMEWORK_MODULE = "llama_operator.local.framework:main"
+FRAMEWORK_MODULE = "local_sagemaker_framework:main"
+FRAMEWORK_FILE = imageenv.CONTAINER_DIR / "local_sagemaker_framework.py"
+MASTER_PORT_ENV = "LLAMA_OPERATOR_MASTER_PORT"  # read by local_sagemaker_framework
 STOP_GRACE_SECONDS = 10
 FAILURE_REASON_LIMIT = 1024
 
@@ -100,13 +100,14 @@ def failure_reason(failure_text: str | None, exit_code: int | None) -> str:
 class TrainingJobs:
     """Starts, watches and stops the service's training jobs."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, images: imageenv.ImageEnvironments | None = None):
         self.ctx = ctx
+        self.images = images or imageenv.ImageEnvironments()
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
 
     def start(self, name: str) -> None:
-        run = _Run(self.ctx, name)
+        run = _Run(self.ctx, name, self.images)
         with self._lock:
             self._runs[name] = run
         run.thread.start()
@@ -205,8 +206,8 @@ class _Stop(Exception):
 
 
 class _Run:
-    def __init__(self, ctx: Context, name: str):
-        self.ctx, self.name = ctx, name
+    def __init__(self, ctx: Context, name: str, images: imageenv.ImageEnvironments):
+        self.ctx, self.name, self.images = ctx, name, images
         self.job = _Job(ctx, name)
         d = self.job.describe
         self.instance_count = int(d["ResourceConfig"].get("InstanceCount", 1))
@@ -249,12 +250,22 @@ class _Run:
             hosts = host_addresses(block, self.instance_count)
             self.job.update(TrainingStartTime=time.time())
             self._check_stop()
+            self.job.transition(None, "Downloading", "Downloading the training image")
+            image_env = self._image_environment()
+            self._check_stop()
             self.job.transition(None, "Downloading", "Downloading input data")
             bases = [self._layout(hosts, i) for i in range(len(hosts))]
             self._check_stop()
             self.job.transition(None, "Training", "Training image download completed. Training in progress.")
-            self._spawn(hosts, bases)
-            codes = self._wait(started, max_runtime)
+            self._spawn(hosts, bases, image_env)
+            from llama_operator.local import metrics  # MetricDefinitions matches -> CloudWatch while it runs
+
+            publisher = metrics.start_publisher(self.name, d, self.dir / "logs", self.ctx.region)
+            try:
+                codes = self._wait(started, max_runtime)
+            finally:
+                if publisher:
+                    publisher.stop()  # the last lines' values too, before the job is reported ended
             if self.shutting_down:
                 return
             if self.stop_as:
@@ -325,9 +336,19 @@ class _Run:
         (base / "output" / "failure").unlink(missing_ok=True)
         return base
 
-    def _spawn(self, hosts: list[str], bases: list[Path]) -> None:
+    def _image_environment(self) -> imageenv.Environment:
+        """The training image's environment, plus what the source's requirements.txt adds (the
+        toolkit installs it at start; done here once per distinct file, see imageenv)."""
+        d = self.job.describe
+        env = self.images.image(d["AlgorithmSpecification"]["TrainingImage"])
+        source = _hyperparameter(d.get("HyperParameters", {}), "sagemaker_submit_directory")
+        requirements = None
+        if source and source.startswith("s3://"):
+            requirements = s3io.read_tar_member(self.ctx.s3, source, "requirements.txt")
+        return self.images.overlay(env, requirements, helpers=(FRAMEWORK_FILE,))
+
+    def _spawn(self, hosts: list[str], bases: list[Path], image_env: imageenv.Environment) -> None:
         from llama_operator.local.endpoints import free_port
-        from llama_operator.local.framework import MASTER_PORT_ENV
 
         d = self.job.describe
         master_port = str(free_port(hosts[0]))
@@ -343,11 +364,11 @@ class _Run:
                    MASTER_PORT_ENV: master_port,
                    "TRAINING_JOB_ARN": d["TrainingJobArn"],
                    "PYTHONUNBUFFERED": "1"}
-            # The toolkit finds torchrun on PATH: the one installed beside this interpreter.
-            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+            # The image's Python and tools (torchrun, s5cmd where the image has it), never the service's.
+            env = image_env.child_env(env)
             with open(logs / f"algo-{i + 1}.log", "ab") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "sagemaker_training.cli.train"],
+                    [str(image_env.python), "-m", "sagemaker_training.cli.train"],
                     cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     process_group=0,  # its own group: StopTrainingJob signals the whole tree
                 )
@@ -397,6 +418,18 @@ class _Run:
         metrics = final_metrics(defs, text, time.time())
         if metrics:
             self.job.update(FinalMetricDataList=metrics)
+
+
+def _hyperparameter(hp: dict, key: str) -> str | None:
+    """A hyperparameter as the toolkit reads it: JSON when it parses, the raw string otherwise."""
+    raw = hp.get(key)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return raw
+    return value if isinstance(value, str) else raw
 
 
 def _signal_group(proc: subprocess.Popen, sig) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from llama_operator.images import lmi_image_uri
 from llama_operator.spec import LlamaEndpointSpec
 from llama_operator.spec.endpoint import (DEFAULT_CANARY_PERCENT, DEFAULT_MAX_BATCH_SIZE,
-                                          DEFAULT_MAX_ROLLING_BATCH_SIZE, DEFAULT_MAX_WAIT_MS)
+                                          DEFAULT_MAX_ROLLING_BATCH_SIZE, DEFAULT_MAX_WAIT_MS, TP_ALL_GPUS)
 
 from .names import endpoint_config_name, endpoint_name, model_name
 from .tags import owner_tags
@@ -35,10 +35,13 @@ def spec_hash(spec: LlamaEndpointSpec, *, model_s3_uri: str | None = None) -> st
 
 
 def serving_settings(spec: LlamaEndpointSpec) -> dict[str, Any]:
-    """The engine's knobs with defaults applied, for the serving workload's renderer."""
+    """The engine's knobs with defaults applied, for the serving workload's renderer. An absent
+    tensorParallelDegree is "max" (LMI splits each model copy over all GPUs of the instance) with
+    vllm, and 1 with the batching engine, which runs on one GPU."""
     s = spec.serving
+    default_tp = TP_ALL_GPUS if s.engine == "vllm" else 1
     settings: dict[str, Any] = {"dtype": s.dtype, "max_new_tokens": s.max_new_tokens,
-                                "tensor_parallel_degree": s.tensor_parallel_degree or "max"}
+                                "tensor_parallel_degree": s.tensor_parallel_degree or default_tp}
     if s.engine == "vllm":
         settings["max_rolling_batch_size"] = s.max_rolling_batch_size or DEFAULT_MAX_ROLLING_BATCH_SIZE
         if s.max_model_length is not None:

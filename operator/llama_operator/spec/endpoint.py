@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import List, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from typing_extensions import Annotated
 
 from .common import Image, InstanceType, RoleArn, S3Uri, SpecModel, Tags, environment_type
@@ -21,6 +21,15 @@ MSG_VLLM_ONLY = ("serving.maxRollingBatchSize and serving.maxModelLength apply o
                  "remove them or set engine to vllm")
 MSG_TP_VLLM = ("serving.tensorParallelDegree above 1 needs serving.engine vllm (the batching engine runs one "
                "model copy on one GPU): remove it or set engine to vllm")
+# LMI's option.tensor_parallel_degree=max (all GPUs of the instance) is what an absent
+# serving.tensorParallelDegree means with engine vllm; the field itself is a number of GPUs (the CRD
+# types it integer), so "max" written into the spec gets a message that says what to do instead.
+TP_ALL_GPUS = "max"
+MSG_TP_MAX_VLLM = ("serving.tensorParallelDegree max: leave tensorParallelDegree out to split each model copy over "
+                   "all GPUs of the instance (LMI's tensor_parallel_degree=max), or give a number of GPUs from 1 to 64")
+MSG_TP_MAX_BATCHING = ("serving.tensorParallelDegree max: the batching engine runs one model copy on one GPU; set "
+                       "tensorParallelDegree to 1 or leave it out, or set serving.engine to vllm and leave "
+                       "tensorParallelDegree out to use all GPUs of the instance")
 MSG_BATCHING_ONLY = ("serving.maxBatchSize and serving.maxWaitMs apply only to serving.engine batching: "
                      "remove them or set engine to batching")
 MSG_CANARY = ("deployment.canaryPercent applies only to deployment.strategy Canary: remove it or set "
@@ -55,6 +64,13 @@ class Serving(SpecModel):
     max_model_length: Optional[Annotated[int, Field(ge=16, le=1048576)]] = None
     max_batch_size: Optional[Annotated[int, Field(ge=1, le=256)]] = None
     max_wait_ms: Optional[Annotated[int, Field(ge=0, le=10000)]] = None
+
+    @field_validator("tensor_parallel_degree", mode="before")
+    @classmethod
+    def _tp_is_a_number(cls, value, info: ValidationInfo):
+        if isinstance(value, str) and value.strip().lower() == TP_ALL_GPUS:
+            raise ValueError(MSG_TP_MAX_BATCHING if info.data.get("engine") == "batching" else MSG_TP_MAX_VLLM)
+        return value
 
     @model_validator(mode="after")
     def _engine_knobs(self):

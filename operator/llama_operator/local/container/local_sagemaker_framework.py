@@ -1,6 +1,9 @@
 """The framework module the local training jobs hand to the sagemaker-training toolkit
 (`SAGEMAKER_TRAINING_MODULE`), doing what SageMaker's PyTorch container does at this point: run the
-user's entry point, through torchrun when `sagemaker_torch_distributed_enabled` is set."""
+user's entry point, through torchrun when `sagemaker_torch_distributed_enabled` is set.
+
+It runs inside the image's environment (copied there by the service), so it imports only the
+toolkit."""
 
 from __future__ import annotations
 
