@@ -59,7 +59,7 @@ def test_real_workload_fine_tunes_a_tiny_llama_in_its_image(kube, local_aws, tmp
         # the toolkit installed the source's requirements.txt into the image's environment
         profile = "pytorch-training-2.8.0" if method["type"] == "deepspeed" else "smp-2.8.0"
         assert "Installing dependencies from requirements.txt" in log
-        assert f"/image-envs/overlays/{profile}-" in log
+        assert f"/overlays/{profile}-" in log
     assert st["modelArtifacts"].startswith("s3://") and st["billableSeconds"] >= 1
     bucket, _, prefix = st["modelS3Uri"][len("s3://"):].partition("/")
     keys = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
