@@ -2,5 +2,3 @@
 
 __version__ = "0.1.0"
 
-GROUP = "llamaops.dev"
-VERSION = "v1alpha1"

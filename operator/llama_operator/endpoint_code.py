@@ -12,6 +12,7 @@ import hashlib
 from types import ModuleType
 from typing import Any, Mapping
 
+from llama_operator import s3uri
 from llama_operator.paths import load_workload
 
 
@@ -62,15 +63,6 @@ def content_hash(files: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ValueError(f"{uri!r} is not an s3:// URI (expected s3://bucket/prefix/)")
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    if not bucket:
-        raise ValueError(f"{uri!r} names no bucket (expected s3://bucket/prefix/)")
-    return bucket, key
-
-
 def code_prefix(base_s3_uri: str, files: Mapping[str, str]) -> str:
     """s3://bucket/<base prefix>/endpoint-code/<sha256>/ for these files."""
     base = base_s3_uri.rstrip("/")
@@ -81,7 +73,7 @@ def upload(s3, base_s3_uri: str, files: Mapping[str, str]) -> str:
     """Upload the files under their content-addressed prefix unless every one is already there
     with the same size; returns the prefix URI (with a trailing slash)."""
     prefix_uri = code_prefix(base_s3_uri, files)
-    bucket, prefix = split_s3(prefix_uri)
+    bucket, prefix = s3uri.split(prefix_uri)
     present: dict[str, int] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):

@@ -18,6 +18,7 @@ from typing import Callable
 
 import kopf
 
+from llama_operator.kinds import FINALIZER
 from llama_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: $LLAMA_OPERATOR_EVENTS_QUEUE_URL; none: resync only)")
     p.add_argument("--resync-seconds", type=float, help="Describe fallback interval (default 600; "
                                                         "$LLAMA_OPERATOR_RESYNC_SECONDS)")
-    p.add_argument("--source-s3-uri", help="S3 prefix for the source tarball ($LLAMA_OPERATOR_SOURCE_S3_URI; "
-                                           "default: the spec's output prefix)")
+    p.add_argument("--source-s3-uri", help="S3 prefix the operator uploads training sources and endpoint code "
+                                           "to ($LLAMA_OPERATOR_SOURCE_S3_URI; the stack's SourceS3Uri output). "
+                                           "Required against AWS; on a local S3 endpoint it defaults to the "
+                                           "spec's output prefix")
     p.add_argument("--workloads-dir", help="directory packed as the training source "
                                            "($LLAMA_OPERATOR_WORKLOADS_DIR; default: the project's workloads/)")
     p.add_argument("--role-allowlist", help="YAML file: namespace -> IAM role ARNs it may use")
@@ -98,7 +101,7 @@ def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemak
     async def startup(settings: kopf.OperatorSettings, **_):
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
-        settings.persistence.finalizer = "llamaops.dev/finalizer"
+        settings.persistence.finalizer = FINALIZER
         settings.peering.priority = peering_priority(os.environ.get("POD_NAME"))
         if app.settings.events_queue_url:
             consumer = EventConsumer(make_client("sqs", app.settings.region), app.settings.events_queue_url,

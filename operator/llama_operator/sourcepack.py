@@ -11,6 +11,8 @@ import tarfile
 from pathlib import Path
 from typing import Mapping
 
+from llama_operator import s3uri
+
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 
@@ -55,18 +57,11 @@ def pack(root: Path, extra: Mapping[str, bytes] | None = None) -> bytes:
     return out.getvalue()
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    return bucket, key
-
-
 def source_uri(prefix_uri: str, digest: str) -> str:
     """The tarball's URI under the operator's prefix (LLAMA_OPERATOR_SOURCE_S3_URI, the stack's
     SourceS3Uri output): `<prefix>/source/<digest>.tar.gz`, with or without the prefix's trailing
     slash; `s3://bucket/` gives `s3://bucket/source/<digest>.tar.gz`."""
-    bucket, prefix = split_s3_uri(prefix_uri)
+    bucket, prefix = s3uri.split(prefix_uri)
     prefix = prefix.strip("/")
     key = f"{prefix}/source/{digest}.tar.gz" if prefix else f"source/{digest}.tar.gz"
     return f"s3://{bucket}/{key}"
@@ -78,7 +73,7 @@ def upload(s3, root: Path, prefix_uri: str, extra: Mapping[str, bytes] | None = 
 
     body = pack(root, extra)
     uri = source_uri(prefix_uri, hashlib.sha256(body).hexdigest())
-    bucket, key = split_s3_uri(uri)
+    bucket, key = s3uri.split(uri)
     try:
         s3.head_object(Bucket=bucket, Key=key)
         return uri, False

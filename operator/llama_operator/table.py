@@ -7,6 +7,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from llama_operator.kinds import VERSION
+
 
 def _lookup(obj: Mapping[str, Any], json_path: str) -> Any:
     """The simple `.a.b.c` JSONPath subset that printer columns use."""
@@ -64,7 +66,7 @@ def render(table: list[list[str]]) -> str:
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
 
 
-def printer_columns(crd: Mapping[str, Any], version: str = "v1alpha1") -> list[Mapping[str, Any]]:
+def printer_columns(crd: Mapping[str, Any], version: str = VERSION) -> list[Mapping[str, Any]]:
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
             return list(v.get("additionalPrinterColumns", []))

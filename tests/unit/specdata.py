@@ -1,6 +1,6 @@
 """Specs the unit tests start from: minimal ones, and full ones with every optional field set."""
 
-ROLE = "arn:aws:iam::123456789012:role/llama-operator-sagemaker"
+ROLE = "arn:aws:iam::123456789012:role/sagemaker-llama-execution"
 
 FINETUNE_MIN = {
     "baseModel": {"s3Uri": "s3://bkt/models/llama/"},

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from llama_operator import endpoint_status as es
+from llama_operator import kinds
 from llama_operator import status as st
 from llama_operator.aws import events as intake
 from llama_operator.handlers import endpoint as endpoint_handlers
@@ -78,7 +79,7 @@ def test_endpoint_example_is_read_in_the_api_spelling_and_shows_in_service():
 
     event = intake.parse_message(example_body("endpoint-state-change.json"))
     detail = event["detail"]
-    assert event["detail-type"] == endpoint_handlers.ENDPOINT_DETAIL_TYPE == intake.ENDPOINT_DETAIL_TYPE
+    assert event["detail-type"] == kinds.ENDPOINT_DETAIL_TYPE
     assert detail["EndpointStatus"] == "InService"  # what the rest of the operator reads
     assert detail["LastModifiedTime"] == ms(1592411994287) and detail["CreationTime"] == ms(1592411992203)
     assert detail["ProductionVariants"] == raw["detail"]["ProductionVariants"] and detail["Tags"] == {}
@@ -136,7 +137,7 @@ def test_training_example_is_read_in_the_api_spelling_and_shows_completed():
 
     event = intake.parse_message(example_body("training-job-state-change.json"))
     detail = event["detail"]
-    assert event["detail-type"] == intake.TRAINING_DETAIL_TYPE
+    assert event["detail-type"] == kinds.TRAINING_DETAIL_TYPE
     for key in ("CreationTime", "TrainingStartTime", "TrainingEndTime", "LastModifiedTime"):
         assert detail[key] == ms(1583831889050), key
     assert detail["TrainingJobStatus"] == "Completed" and detail["SecondaryStatus"] == "Completed"
@@ -173,7 +174,7 @@ def test_training_example_shows_completed_even_without_intake_normalising_it():
 def test_deployment_examples_are_read_but_routed_to_no_handler(name):
     event = intake.parse_message(example_body(name))
     detail = event["detail"]
-    assert event["detail-type"] == intake.ENDPOINT_DEPLOYMENT_DETAIL_TYPE
+    assert event["detail-type"] == kinds.ENDPOINT_DEPLOYMENT_DETAIL_TYPE
     assert detail["EndpointStatus"] == "Updating"
     assert detail["LastModifiedTime"] == detail["CreationTime"] == ms(1635195148181)
     statuses = [s for v in detail["ProductionVariants"] + (detail.get("PendingDeploymentSummary") or {}).get(
@@ -182,8 +183,7 @@ def test_deployment_examples_are_read_but_routed_to_no_handler(name):
     if "PendingDeploymentSummary" in detail:
         assert detail["PendingDeploymentSummary"]["StartTime"] is None  # the placeholder, repaired to null
     # not subscribed (see aws/events.py): neither handler takes this detail-type
-    assert event["detail-type"] not in (intake.TRAINING_DETAIL_TYPE, intake.ENDPOINT_DETAIL_TYPE,
-                                        endpoint_handlers.ENDPOINT_DETAIL_TYPE)
+    assert event["detail-type"] not in (kinds.TRAINING_DETAIL_TYPE, kinds.ENDPOINT_DETAIL_TYPE)
 
 
 # ---- the normalisers --------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_normalise_detail_is_idempotent_and_leaves_the_input_alone():
 
 
 def test_a_time_that_cannot_be_read_is_left_out_not_fatal():
-    event = intake.parse_message(json.dumps({"detail-type": intake.ENDPOINT_DETAIL_TYPE, "detail": {
+    event = intake.parse_message(json.dumps({"detail-type": kinds.ENDPOINT_DETAIL_TYPE, "detail": {
         "EndpointName": "e", "EndpointStatus": "IN_SERVICE", "LastModifiedTime": "soon", "CreationTime": 1}}))
     assert "LastModifiedTime" not in event["detail"] and event["detail"]["EndpointStatus"] == "InService"
     assert es.observe(event["detail"], {}, now=NOW)["phase"] == "InService"

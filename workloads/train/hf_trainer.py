@@ -25,7 +25,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from . import data as D
 from .backends import FsdpBackend
 from .environment import Rank
-from .job import LossMeter, batch_kwargs, checkpoint_tag, micro_batches, resume, save_checkpoint
+from .batches import LossMeter, batch_kwargs, micro_batches
+from .checkpoints import checkpoint_tag, resume, save_checkpoint
 
 REAL_TOKENS = "real_tokens"  # rides along in each batch for tokens_per_s; popped before the forward
 TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME: where resume reads global_step

@@ -8,21 +8,21 @@ mode; what is left comes out as the training gateway's `TerminalError` / `Retrya
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from llama_operator.aws.sagemaker import RetryableError, SageMakerError, TerminalError, classify
+from llama_operator.kinds import UID_TAG
 
 __all__ = ["EndpointGateway", "Owned", "RetryableError", "SageMakerError", "TerminalError"]
 
 log = logging.getLogger(__name__)
 
-OWNER_UID_TAG = "llamaops.dev/uid"
 
 
 def _code(exc: ClientError) -> tuple[str, str]:
@@ -95,7 +95,7 @@ class EndpointGateway:
             kwargs["NextToken"] = resp["NextToken"]
 
     def _check_owner(self, what: str, name: str, arn: str, uid: str) -> None:
-        owner = self.tags(arn).get(OWNER_UID_TAG)
+        owner = self.tags(arn).get(UID_TAG)
         if owner != uid:
             raise TerminalError(
                 "NameCollision",
@@ -222,7 +222,7 @@ class EndpointGateway:
             out = []
             for name, arn, when in self._list(operation, key, name_key, arn_key, name_contains):
                 try:
-                    if self.tags(arn).get(OWNER_UID_TAG) == uid:
+                    if self.tags(arn).get(UID_TAG) == uid:
                         out.append(name)
                         created[name] = when
                 except TerminalError as exc:

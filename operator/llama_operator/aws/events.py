@@ -39,13 +39,11 @@ import threading
 from typing import Any, Awaitable, Callable, Mapping
 
 from llama_operator.endpoint_status import endpoint_status_name, to_datetime
+from llama_operator.kinds import NAME_TAG, NAMESPACE_TAG, UID_TAG
 from llama_operator.status import secondary_status_name, training_job_status_name
 
 log = logging.getLogger(__name__)
 
-TRAINING_DETAIL_TYPE = "SageMaker Training Job State Change"
-ENDPOINT_DETAIL_TYPE = "SageMaker Endpoint State Change"
-ENDPOINT_DEPLOYMENT_DETAIL_TYPE = "SageMaker Endpoint Deployment State Change"  # not subscribed: see above
 
 # Timestamps of the Describe* outputs that details mirror, at the top level and nested
 # (SecondaryStatusTransitions, FinalMetricDataList, DeployedImages, VariantStatus,
@@ -116,8 +114,8 @@ def owner_of(detail: dict) -> tuple[str, str, str] | None:
     tags = detail.get("Tags") or {}
     if isinstance(tags, list):
         tags = {t.get("Key"): t.get("Value") for t in tags if isinstance(t, dict)}
-    ns, name = tags.get("llamaops.dev/namespace"), tags.get("llamaops.dev/name")
-    return (ns, name, tags.get("llamaops.dev/uid", "")) if ns and name else None
+    ns, name = tags.get(NAMESPACE_TAG), tags.get(NAME_TAG)
+    return (ns, name, tags.get(UID_TAG, "")) if ns and name else None
 
 
 async def in_daemon_thread(fn, /, **kwargs):

@@ -11,6 +11,8 @@ import logging
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from llama_operator.kinds import UID_TAG
+
 log = logging.getLogger(__name__)
 
 TERMINAL_CODES = frozenset({
@@ -21,7 +23,6 @@ THROTTLING_CODES = frozenset({
     "ThrottlingException", "Throttling", "ThrottledException", "TooManyRequestsException",
     "RequestLimitExceeded", "ProvisionedThroughputExceededException", "SlowDown",
 })
-OWNER_TAGS = ("llamaops.dev/kind", "llamaops.dev/namespace", "llamaops.dev/name", "llamaops.dev/uid")
 
 
 class SageMakerError(Exception):
@@ -123,11 +124,11 @@ class SageMakerGateway:
         return described, True
 
     def _check_owner(self, existing: dict, request: dict) -> None:
-        want = {t["Key"]: t["Value"] for t in request.get("Tags", []) if t["Key"] == "llamaops.dev/uid"}
+        want = {t["Key"]: t["Value"] for t in request.get("Tags", []) if t["Key"] == UID_TAG}
         if not want or not existing.get("TrainingJobArn"):
             return
         have = self.tags(existing["TrainingJobArn"])
-        if have.get("llamaops.dev/uid") not in (None, want["llamaops.dev/uid"]):
+        if have.get(UID_TAG) not in (None, want[UID_TAG]):
             raise TerminalError("NameCollision", f"a training job named {request['TrainingJobName']} exists and "
                                 "belongs to another resource (tag llamaops.dev/uid differs)", "CreateTrainingJob")
 

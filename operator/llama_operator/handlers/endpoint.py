@@ -27,17 +27,16 @@ from typing import Any, Mapping
 
 import kopf
 
-from llama_operator import endpoint_code
+from llama_operator import endpoint_code, s3uri
 from llama_operator import endpoint_status as es
 from llama_operator.aws.endpoints import EndpointGateway, RetryableError, SageMakerError, TerminalError
+from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, FINETUNES, GROUP, KIND_TAG, VERSION
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION = "llamaops.dev", "v1alpha1"
-PLURAL, FINETUNES = "llamaendpoints", "llamafinetunes"
+PLURAL = ENDPOINTS
 RESOURCE = (GROUP, VERSION, PLURAL)
-KIND = "LlamaEndpoint"
-ENDPOINT_DETAIL_TYPE = "SageMaker Endpoint State Change"
+KIND = ENDPOINT_KIND
 MAX_RETRY_DELAY = 300.0
 
 
@@ -94,7 +93,7 @@ def code_base_uri(source_s3_uri: str | None, model_s3_uri: str) -> str:
     source location, else in the model's own bucket (the endpoint's role reads it anyway)."""
     if source_s3_uri:
         return source_s3_uri.rstrip("/")
-    bucket, _ = endpoint_code.split_s3(model_s3_uri)
+    bucket, _ = s3uri.split(model_s3_uri)
     return f"s3://{bucket}/llama-operator"
 
 
@@ -593,7 +592,7 @@ async def handle_event(gw: EndpointGateway, event: Mapping[str, Any], kube) -> b
     if isinstance(tags, list):
         tags = {t.get("Key"): t.get("Value") for t in tags if isinstance(t, dict)}
     owner = owner_of(detail)
-    if owner is None or tags.get("llamaops.dev/kind") not in (None, KIND):
+    if owner is None or tags.get(KIND_TAG) not in (None, KIND):
         return False
     namespace, name, uid = owner
     obj, written = await write_status(kube, namespace, name, uid,

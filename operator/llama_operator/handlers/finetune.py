@@ -18,17 +18,18 @@ import kopf
 
 from llama_operator import sourcepack
 from llama_operator import status as st
-from llama_operator.aws.events import TRAINING_DETAIL_TYPE, owner_of
+from llama_operator.aws.events import owner_of
 from llama_operator.aws.metrics import LossReader
 from llama_operator.aws.sagemaker import RetryableError, SageMakerGateway, TerminalError
 from llama_operator.endpoint_status import now_iso
 from llama_operator.handlers import planning
 from llama_operator.handlers.kube import KubeWriter
+from llama_operator.kinds import FINETUNE_KIND, FINETUNES, GROUP, TRAINING_DETAIL_TYPE, VERSION
 from llama_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "llamaops.dev", "v1alpha1", "llamafinetunes"
+PLURAL = FINETUNES
 RESOURCE = (GROUP, VERSION, PLURAL)
 MAX_RETRY_DELAY = 300.0
 
@@ -65,7 +66,7 @@ def _metric(name: str, **labels) -> None:
 def _phase_metric(namespace: str, name: str, phase: str | None) -> None:
     try:
         from llama_operator import metrics
-        metrics.observe_phase("LlamaFinetune", namespace, name, phase)
+        metrics.observe_phase(FINETUNE_KIND, namespace, name, phase)
     except Exception:
         pass
 
@@ -131,7 +132,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             message = f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
             _apply(patch, st.failed_before_start(status, exc.code, message, generation=generation, now=now))
             _event(body, "Warning", exc.code, message)
-            _metric("RECONCILES", kind="LlamaFinetune", outcome="terminal")
+            _metric("RECONCILES", kind=FINETUNE_KIND, outcome="terminal")
             return
         except RetryableError as exc:
             delay = backoff(settings, retry)
@@ -142,7 +143,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                                              generation=generation, now=now)
             _apply(patch, values)
             _event(body, "Warning", reason, message)
-            _metric("RECONCILES", kind="LlamaFinetune", outcome="retry")
+            _metric("RECONCILES", kind=FINETUNE_KIND, outcome="retry")
             raise kopf.TemporaryError(message, delay=delay)
         except Exception as exc:  # S3, network, anything: retried, never fatal to the operator
             delay = backoff(settings, retry)
@@ -183,7 +184,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                + ("" if uploaded else " (source already in S3)"))
         for type_, reason, message in events:
             _event(body, type_, reason, message)
-        _metric("RECONCILES", kind="LlamaFinetune", outcome="ok")
+        _metric("RECONCILES", kind=FINETUNE_KIND, outcome="ok")
 
     @kopf.on.update(*RESOURCE, registry=registry, field="spec")
     async def spec_changed(spec, body, meta, status, name, namespace, uid, patch, retry, **kwargs):

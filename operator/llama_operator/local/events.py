@@ -19,13 +19,14 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, TRAINING_DETAIL_TYPE
 from llama_operator.local.names import ACCOUNT
 
 log = logging.getLogger(__name__)
 
 DETAIL_TYPES = {
-    "training-job": "SageMaker Training Job State Change",
-    "endpoint": "SageMaker Endpoint State Change",
+    "training-job": TRAINING_DETAIL_TYPE,
+    "endpoint": ENDPOINT_DETAIL_TYPE,
 }
 _TIME_FIELDS = {"CreationTime", "LastModifiedTime", "TrainingStartTime", "TrainingEndTime", "StartTime",
                 "EndTime", "Timestamp", "ResolutionTime"}

@@ -39,13 +39,12 @@ import aiohttp.web
 import kmock
 from kmock._internal import enums  # noqa: PLC2701 (the action enum is not re-exported under this name)
 
-GROUP = "llamaops.dev"
-VERSION = "v1alpha1"
+from llama_operator.kinds import ENDPOINT_KIND, ENDPOINTS, FINETUNE_KIND, FINETUNES, GROUP, VERSION
 
 # Used when crds/ has no definition (yet): enough for discovery and routing.
 _BUILTIN = {
-    "llamafinetunes": {"kind": "LlamaFinetune", "singular": "llamafinetune", "shortnames": {"lft"}},
-    "llamaendpoints": {"kind": "LlamaEndpoint", "singular": "llamaendpoint", "shortnames": {"lep"}},
+    FINETUNES: {"kind": FINETUNE_KIND, "singular": "llamafinetune", "shortnames": {"lft"}},
+    ENDPOINTS: {"kind": ENDPOINT_KIND, "singular": "llamaendpoint", "shortnames": {"lep"}},
 }
 _VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 _SERVER_META = ("uid", "creationTimestamp", "resourceVersion", "generation", "deletionTimestamp")

@@ -5,20 +5,14 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
-from urllib.parse import urlparse
 
-
-def split_s3(uri: str) -> tuple[str, str]:
-    u = urlparse(uri)
-    if u.scheme != "s3" or not u.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    return u.netloc, u.path.lstrip("/")
+from llama_operator import s3uri
 
 
 def download_prefix(s3, uri: str, dest: Path) -> int:
     """Copy every object under an S3 prefix into dest, keeping the part of the key after the
     prefix (SageMaker's S3Prefix semantics). Returns the number of files."""
-    bucket, prefix = split_s3(uri)
+    bucket, prefix = s3uri.split(uri)
     dest.mkdir(parents=True, exist_ok=True)
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -35,7 +29,7 @@ def download_prefix(s3, uri: str, dest: Path) -> int:
 
 
 def upload_dir(s3, src: Path, uri: str) -> int:
-    bucket, prefix = split_s3(uri)
+    bucket, prefix = s3uri.split(uri)
     count = 0
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         key = "/".join(x for x in (prefix.rstrip("/"), path.relative_to(src).as_posix()) if x)
@@ -53,7 +47,7 @@ def tar_gz_dir(src: Path) -> bytes:
 
 
 def upload_bytes(s3, data: bytes, uri: str) -> None:
-    bucket, key = split_s3(uri)
+    bucket, key = s3uri.split(uri)
     s3.put_object(Bucket=bucket, Key=key, Body=data)
 
 
@@ -63,7 +57,7 @@ def download_model(s3, uri: str, dest: Path, compressed: bool) -> None:
     if not compressed:
         download_prefix(s3, uri, dest)
         return
-    bucket, key = split_s3(uri)
+    bucket, key = s3uri.split(uri)
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
@@ -71,7 +65,7 @@ def download_model(s3, uri: str, dest: Path, compressed: bool) -> None:
 
 def read_tar_member(s3, uri: str, member: str) -> str | None:
     """The text of one file at the root of a tar.gz in S3 (a training job's source), or None."""
-    bucket, key = split_s3(uri)
+    bucket, key = s3uri.split(uri)
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
         for info in tar.getmembers():

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from llama_operator.images import lmi_image_uri
+from llama_operator.kinds import ENDPOINT_KIND
 from llama_operator.spec import LlamaEndpointSpec
 from llama_operator.spec.endpoint import (DEFAULT_CANARY_PERCENT, DEFAULT_MAX_BATCH_SIZE,
                                           DEFAULT_MAX_ROLLING_BATCH_SIZE, DEFAULT_MAX_WAIT_MS, TP_ALL_GPUS)
@@ -18,7 +19,7 @@ from llama_operator.spec.endpoint import (DEFAULT_CANARY_PERCENT, DEFAULT_MAX_BA
 from .names import endpoint_config_name, endpoint_name, model_name
 from .tags import owner_tags
 
-KIND = "LlamaEndpoint"
+KIND = ENDPOINT_KIND
 VARIANT = "AllTraffic"
 # Deployment, tags and deletion policy change how the endpoint is managed, not what it serves.
 _SERVING_FIELDS = ("model", "serving", "resources", "roleArn", "image", "environment")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama_operator.images import training_image_uri
+from llama_operator.kinds import FINETUNE_KIND
 from llama_operator.spec import LlamaFinetuneSpec
 
 from .names import training_job_name
@@ -113,7 +114,7 @@ def create_training_job_request(spec: LlamaFinetuneSpec, *, namespace: str, name
         "ResourceConfig": {"InstanceType": res.instance_type, "InstanceCount": res.instance_count,
                            "VolumeSizeInGB": res.volume_size_gb},
         "StoppingCondition": stopping,
-        "Tags": owner_tags("LlamaFinetune", namespace, name, uid, spec.tags),
+        "Tags": owner_tags(FINETUNE_KIND, namespace, name, uid, spec.tags),
     }
     if spec.environment:
         request["Environment"] = dict(spec.environment)

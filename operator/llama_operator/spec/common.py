@@ -8,10 +8,11 @@ from typing import Annotated, Dict
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from llama_operator.kinds import OWNER_TAG_PREFIX  # noqa: F401 (the spec models' rule)
+
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$"
 INSTANCE_TYPE_PATTERN = r"^ml[.][a-z0-9-]+[.][a-z0-9]+$"
-OWNER_TAG_PREFIX = "llamaops.dev/"
 
 S3Uri = Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)]
 RoleArn = Annotated[str, Field(max_length=2048, pattern=ROLE_ARN_PATTERN)]
