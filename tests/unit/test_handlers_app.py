@@ -21,3 +21,21 @@ def test_the_app_routes_each_event_to_the_kind_of_its_detail_type():
     asyncio.run(app.on_event({"id": 1, "detail-type": "SageMaker Training Job State Change", "detail": {}}))
     asyncio.run(app.on_event({"id": 2, "detail-type": "SageMaker Endpoint Deployment State Change", "detail": {}}))
     assert seen == [("training", 1)]  # an unsubscribed detail-type is left alone
+
+
+def test_handlers_are_module_level_functions():
+    """register() only binds handlers to the app: no kopf handler (nor any other function) is
+    defined inside it, so each handler can be imported and tested alone."""
+    import ast
+    from pathlib import Path
+
+    from llama_operator.handlers import endpoint, finetune
+
+    for module in (finetune, endpoint):
+        tree = ast.parse(Path(module.__file__).read_text())
+        register = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "register")
+        nested = [n.name for n in ast.walk(register) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n is not register]
+        assert nested == [], f"{module.__name__}.register defines {nested}"
+        for handler in ("reconcile", "resync", "finalize"):
+            assert callable(getattr(module, handler)), f"{module.__name__}.{handler}"

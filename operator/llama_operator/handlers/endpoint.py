@@ -19,6 +19,7 @@ Kubernetes writer), after `finetune.register`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -288,270 +289,283 @@ def event_update(event: Mapping[str, Any], obj: Mapping[str, Any]) -> dict:
                   status=status, generation=meta.get("generation"))
 
 
-# ---- handlers --------------------------------------------------------------------------------
+# ---- handlers (module level; register() binds them to the app) -----------------------------
+
+@dataclass(frozen=True)
+class Bound:
+    """What the handlers below work with: the app both kinds share, this kind's gateway, its waits."""
+    app: Any
+    gw: EndpointGateway
+    timing: Timing
+
+
+async def record(ctx: Bound, body, change, *, event: bool = True) -> tuple[dict | None, dict | None]:
+    """`write_status` for a handler, then the Event its phase change deserves (unless the
+    handler posts its own) and the phase metric. Returns what `write_status` does."""
+    meta = body["metadata"]
+    obj, written = await write_status(ctx.app.kube, meta["namespace"], meta["name"], meta.get("uid"), change)
+    ev = transition(obj, written) if event and obj is not None else None
+    if ev:
+        kopf.event(body, type=ev[0], reason=ev[1], message=ev[2][:1000])
+    if written and written.get("phase"):
+        metrics.phase(KIND, meta["namespace"], meta["name"], written["phase"])
+    return obj, written
+
+
+def llama_finetunes(namespace, name, status, **_):
+    """LlamaFinetunes by (namespace, name): what an endpoint `fromFinetune` needs."""
+    status = status or {}
+    return {(namespace, name): {"phase": status.get("phase"), "modelS3Uri": status.get("modelS3Uri"),
+                                "failureReason": status.get("failureReason")}}
+
+
+def send_requests(ctx: Bound, spec_model, model_uri: str, *, namespace: str, name: str, uid: str,
+                  status: Mapping[str, Any], retry: int) -> tuple[Plan, dict, str]:
+    """Model, config, endpoint (create, adopt, or blue/green): (plan, DescribeEndpoint after
+    the requests, what was done). Blocking; raises kopf.TemporaryError to come back later."""
+    plan = make_plan(spec_model, namespace=namespace, name=name, uid=uid, model_s3_uri=model_uri,
+                     region=ctx.app.settings.region, s3=ctx.app.s3, source_s3_uri=ctx.app.settings.source_s3_uri)
+    ctx.gw.ensure_model(plan.model_request, uid)
+    ctx.gw.ensure_endpoint_config(plan.config_request, uid)
+    current = ctx.gw.describe_endpoint(plan.endpoint_name)
+    if current is None:
+        current = ctx.gw.ensure_endpoint(plan.endpoint_request, uid)
+        action = f"created endpoint {plan.endpoint_name} with configuration {plan.config_name}"
+    elif current.get("EndpointConfigName") == plan.config_name:
+        action = f"endpoint {plan.endpoint_name} uses configuration {plan.config_name}"
+    elif (current["EndpointStatus"] == "InService" and status.get("phase") == "Degraded"
+          and status.get("specHash") == plan.spec_hash):
+        # Resumed after a restart: this very update failed and rolled back; trying it again
+        # takes a spec change, not a restart.
+        action = f"update to {plan.config_name} failed before; {current['EndpointConfigName']} serves"
+    elif current["EndpointStatus"] == "InService":
+        ctx.gw.update_endpoint(plan.update_request)
+        current = ctx.gw.describe_endpoint(plan.endpoint_name) or current
+        action = f"updating endpoint {plan.endpoint_name} to configuration {plan.config_name} (blue/green)"
+    elif current["EndpointStatus"] == "Failed":
+        # A Failed endpoint cannot be updated: SageMaker wants it deleted and created again.
+        ctx.gw.delete_endpoint(plan.endpoint_name)
+        raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} failed; re-creating it with "
+                                  f"{plan.config_name}", delay=ctx.timing.busy_retry)
+    else:
+        # SageMaker refuses a second update while one runs (real ones take minutes): ask
+        # again less and less often, at most once a minute.
+        raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} is {current['EndpointStatus']}; "
+                                  f"the change to {plan.config_name} waits for it",
+                                  delay=min(backoff(ctx.timing.busy_retry, retry), 60.0))
+    return plan, current, action
+
+
+async def reconcile(ctx: Bound, spec, status, meta, namespace, name, uid, body, retry, llama_finetunes, **_):
+    """Bring SageMaker to the spec: model, config, endpoint (create, adopt, or blue/green).
+    Every status write is computed from the object as it is at the write (`record`), not
+    from `status` as this handler started: SQS events may have moved it on meanwhile."""
+    status = dict(status or {})
+    generation = meta.get("generation")
+    if meta.get("deletionTimestamp"):
+        return
+    try:
+        spec_model = validate_spec(spec)
+    except ValueError as exc:
+        invalid = str(exc)
+
+        def rejected_here(current, _):
+            # An endpoint that serves an older spec keeps serving it (Degraded); else Failed.
+            update = es.refused(current, invalid, serving_config=es.serving_now(current),
+                                reason=es.INVALID_SPEC, generation=generation)
+            update["observedGeneration"] = generation
+            return update
+
+        await record(ctx, body, clearing_refusal(rejected_here))
+        return  # a new spec (an update) runs this handler again
+
+    # Multi-tenancy: a namespace hands SageMaker only the execution roles the operator's
+    # allowlist gives it. Checked before anything is created or updated; a spec fixed to an
+    # allowed role (an update) runs this handler again and proceeds. An endpoint that serves
+    # an older spec keeps serving it (Degraded); nothing serving: Failed.
+    allowlist = getattr(ctx.app, "allowlist", None)
+    denied = allowlist.check(namespace, spec.get("roleArn") or "") if allowlist is not None else None
+    if denied:
+        def refused(current, _):
+            update = es.refused(current, denied, serving_config=es.serving_now(current), generation=generation)
+            update["observedGeneration"] = generation
+            return update
+
+        # One Warning named by the cause (not the generic phase-change Event `record` posts).
+        obj, written = await record(ctx, body, refused, event=False)
+        kopf.event(body, type="Warning", reason=es.ROLE_NOT_ALLOWED, message=denied[:1000])
+        if obj is not None:
+            metrics.phase(KIND, namespace, name, merged(obj, written).get("phase"))
+        return
+
+    model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
+    if model_uri is None:
+        phase = "Failed" if reason == "FinetuneFailed" else "WaitingForModel"
+
+        def waiting(current, _):
+            said = next((c.get("message") for c in current.get("conditions") or []
+                         if c.get("type") == phase and c.get("status") == "True"), None)
+            if current.get("phase") != phase or said != message:  # write status only when it changes
+                return es.local_phase(phase, reason, message, current, generation=generation)
+            return {}
+
+        if waiting(status, meta) or _refused(status):  # as kopf saw it: no read while nothing changes
+            await record(ctx, body, clearing_refusal(waiting))
+        # keep looking: a failed fine-tune may be re-created under the same name
+        raise kopf.TemporaryError(message, delay=ctx.timing.model_wait * (6 if phase == "Failed" else 1))
+
+    try:
+        # (with a refusal of an earlier spec lifted: this spec passed the allowlist)
+        plan, described, action = await asyncio.to_thread(send_requests, ctx, spec_model, model_uri,
+                                                        namespace=namespace, name=name, uid=uid,
+                                                        status=without_refusal(status, generation),
+                                                        retry=retry)
+    except TerminalError as exc:
+        code, message = exc.code, f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
+
+        def rejected(current, _):
+            update = es.local_phase("Failed", code, message, current, generation=generation)
+            update["conditions"] = _synced(update["conditions"], True, code, message, generation)
+            update["observedGeneration"] = generation
+            return update
+
+        await record(ctx, body, clearing_refusal(rejected))
+        return  # no retry storm: the same request would fail again; a spec change retries
+    except kopf.TemporaryError:
+        if _refused(status):
+            await record(ctx, body, clearing_refusal(lambda current, _: {}))
+        raise
+    except Exception as exc:  # throttling, 5xx, S3, network: retried, never fatal to the operator
+        delay = backoff(ctx.timing.busy_retry, retry)
+        reason = ("Throttled" if getattr(exc, "throttled", False)
+                  else "ServiceUnavailable" if isinstance(exc, RetryableError) else "Error")
+        message = f"{exc}; retrying in {delay:.0f}s (attempt {retry + 1})"
+        await record(ctx, body, clearing_refusal(lambda current, _: {
+            "conditions": _synced(current.get("conditions"), False, reason, message, generation)}))
+        kopf.event(body, type="Warning", reason=reason, message=message[:1000])
+        raise kopf.TemporaryError(message, delay=delay) from exc
+
+    desired = {"specHash": plan.spec_hash, "modelS3Uri": plan.model_s3_uri,
+               "endpointName": plan.endpoint_name, "observedGeneration": generation}
+
+    def sent(current, _):
+        # The Describe after our requests is dropped by es.observe if an event has recorded
+        # a newer state meanwhile (e.g. InService while this handler waited on SageMaker).
+        base = {**current, **desired}
+        update = dict(desired)
+        update.update(es.observe(described, base, desired_config=plan.config_name,
+                                 desired_model=plan.model_name, generation=generation))
+        if not base.get("modelName") and "modelName" not in update:
+            update["modelName"] = plan.model_name
+        update["conditions"] = _synced(update.get("conditions", current.get("conditions")), True,
+                                       "RequestsSent", action, generation)
+        return update
+
+    obj, written = await record(ctx, body, clearing_refusal(sent))
+    log.info("%s/%s: %s", namespace, name, action)
+    if merged(obj, written).get("phase") == "InService":
+        await asyncio.to_thread(collect, ctx.gw, namespace, name, uid, model=plan.model_name,
+                                config=plan.config_name)
+
+
+async def resync(ctx: Bound, spec, status, meta, namespace, name, uid, body, llama_finetunes, **_):
+    """The fallback: DescribeEndpoint, in case an event was lost; an endpoint deleted behind
+    the operator's back is created again, as the spec says."""
+    status = dict(status or {})
+    endpoint = status.get("endpointName")
+    # (phase Deleting without a deletionTimestamp: someone else deleted the endpoint)
+    if not endpoint or meta.get("deletionTimestamp") or status.get("phase") == "WaitingForModel":
+        return
+    try:
+        describe = await asyncio.to_thread(ctx.gw.describe_endpoint, endpoint)
+    except SageMakerError as exc:
+        log.warning("%s/%s: resync failed: %s", namespace, name, exc)
+        return
+    obj, written = await record(ctx, body, lambda current, fresh: settle(
+        describe, namespace=namespace, name=name, uid=uid, status=current, generation=fresh.get("generation")))
+    if obj is None:
+        return
+    await asyncio.to_thread(collect_if_serving, ctx.gw, describe, namespace=namespace, name=name, uid=uid,
+                            status=obj.get("status") or {})
+    if describe is None and written:
+        await reconcile(ctx, spec=spec, status=merged(obj, written), meta=meta, namespace=namespace, name=name,
+                        uid=uid, body=body, retry=0, llama_finetunes=llama_finetunes)
+
+
+async def finalize(ctx: Bound, spec, status, meta, namespace, name, uid, body, retry, **_):
+    """Deletion policy Delete (default): the endpoint, then every config and model this
+    resource owns; the finalizer goes only when SageMaker lists none of them. Retain: leave."""
+    status = dict(status or {})
+    if ((spec or {}).get("deletionPolicy") or "Delete") == "Retain":
+        kopf.event(body, type="Normal", reason="Retained",
+                   message=f"deletionPolicy Retain: endpoint {status.get('endpointName')} left in SageMaker")
+        metrics.phase(KIND, namespace, name, None)
+        return
+    from llama_operator.plan import names
+
+    def delete_endpoints() -> list[str]:
+        owned = ctx.gw.owned(uid)
+        endpoint = status.get("endpointName") or names.endpoint_name(namespace, name, uid)
+        endpoints = sorted(set(owned.endpoints) | ({endpoint} if ctx.gw.describe_endpoint(endpoint) else set()))
+        for ep in endpoints:
+            ctx.gw.delete_endpoint(ep)
+        return endpoints
+
+    def delete_the_rest():
+        ctx.gw.delete_owned(uid, endpoints=True)
+        return ctx.gw.owned(uid)
+
+    try:
+        endpoints = await asyncio.to_thread(delete_endpoints)
+        if endpoints:
+            if status.get("phase") != "Deleting":
+                message = f"deleting endpoint {', '.join(endpoints)}"
+                await record(ctx, body, lambda current, _: {} if current.get("phase") == "Deleting" else
+                             es.local_phase("Deleting", "Deleting", message, current,
+                                            generation=meta.get("generation")))
+            gone = await asyncio.to_thread(
+                lambda: all(ctx.gw.wait_endpoint_gone(ep, timeout=15, interval=0.5) for ep in endpoints))
+            if not gone:
+                raise kopf.TemporaryError(f"waiting for endpoint {', '.join(endpoints)} to be deleted",
+                                          delay=ctx.timing.delete_poll)
+        left = await asyncio.to_thread(delete_the_rest)
+    except SageMakerError as exc:
+        raise kopf.TemporaryError(f"deleting SageMaker objects: {exc}",
+                                  delay=backoff(ctx.timing.busy_retry, retry)) from exc
+    if not left.empty():
+        raise kopf.TemporaryError(f"still in SageMaker: {left.endpoints + left.endpoint_configs + left.models}",
+                                  delay=ctx.timing.delete_poll)
+    metrics.phase(KIND, namespace, name, None)
+    log.info("%s/%s: SageMaker endpoint, configurations and models deleted", namespace, name)
+
+
+async def on_endpoint_event(ctx: Bound, event: dict) -> None:
+    """Endpoint state changes update LlamaEndpoint status at once."""
+    await handle_event(ctx.gw, event, ctx.app.kube)
+
 
 def register(registry: kopf.OperatorRegistry, app, *, sagemaker_client=None, timing: Timing | None = None
              ) -> EndpointGateway:
-    """Add the LlamaEndpoint handlers to `registry`, sharing the LlamaFinetune handlers' `app`
-    (settings, s3, kube), and route endpoint events to it through `app.routes`. Returns the gateway.
-    Idempotent per `app`: a second call (the runner and a test both registering) adds nothing."""
+    """Add the LlamaEndpoint handlers to `registry`, bound to the `app` the LlamaFinetune handlers
+    share (settings, s3, kube), and route endpoint events to them through `app.routes`. Returns the
+    gateway. Idempotent per `app`: a second call (the runner and a test both registering) adds
+    nothing."""
     from llama_operator.aws.clients import make_client
 
     if getattr(app, "endpoint_gateway", None) is not None:
         return app.endpoint_gateway
-
-    settings = app.settings
-    timing = timing or Timing()
-
-    gw = EndpointGateway(sagemaker_client or make_client("sagemaker", settings.region),
+    gw = EndpointGateway(sagemaker_client or make_client("sagemaker", app.settings.region),
                          on_call=metrics.on_sagemaker_call)
-
-    async def record(body, change, *, event: bool = True) -> tuple[dict | None, dict | None]:
-        """`write_status` for a handler, then the Event its phase change deserves (unless the
-        handler posts its own) and the phase metric. Returns what `write_status` does."""
-        meta = body["metadata"]
-        obj, written = await write_status(app.kube, meta["namespace"], meta["name"], meta.get("uid"), change)
-        ev = transition(obj, written) if event and obj is not None else None
-        if ev:
-            kopf.event(body, type=ev[0], reason=ev[1], message=ev[2][:1000])
-        if written and written.get("phase"):
-            metrics.phase(KIND, meta["namespace"], meta["name"], written["phase"])
-        return obj, written
-
-    @kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")
-    def llama_finetunes(namespace, name, status, **_):
-        """LlamaFinetunes by (namespace, name): what an endpoint `fromFinetune` needs."""
-        status = status or {}
-        return {(namespace, name): {"phase": status.get("phase"), "modelS3Uri": status.get("modelS3Uri"),
-                                    "failureReason": status.get("failureReason")}}
-
-    def send_requests(spec_model, model_uri: str, *, namespace: str, name: str, uid: str,
-                      status: Mapping[str, Any], retry: int) -> tuple[Plan, dict, str]:
-        """Model, config, endpoint (create, adopt, or blue/green): (plan, DescribeEndpoint after
-        the requests, what was done). Blocking; raises kopf.TemporaryError to come back later."""
-        plan = make_plan(spec_model, namespace=namespace, name=name, uid=uid, model_s3_uri=model_uri,
-                         region=settings.region, s3=app.s3, source_s3_uri=settings.source_s3_uri)
-        gw.ensure_model(plan.model_request, uid)
-        gw.ensure_endpoint_config(plan.config_request, uid)
-        current = gw.describe_endpoint(plan.endpoint_name)
-        if current is None:
-            current = gw.ensure_endpoint(plan.endpoint_request, uid)
-            action = f"created endpoint {plan.endpoint_name} with configuration {plan.config_name}"
-        elif current.get("EndpointConfigName") == plan.config_name:
-            action = f"endpoint {plan.endpoint_name} uses configuration {plan.config_name}"
-        elif (current["EndpointStatus"] == "InService" and status.get("phase") == "Degraded"
-              and status.get("specHash") == plan.spec_hash):
-            # Resumed after a restart: this very update failed and rolled back; trying it again
-            # takes a spec change, not a restart.
-            action = f"update to {plan.config_name} failed before; {current['EndpointConfigName']} serves"
-        elif current["EndpointStatus"] == "InService":
-            gw.update_endpoint(plan.update_request)
-            current = gw.describe_endpoint(plan.endpoint_name) or current
-            action = f"updating endpoint {plan.endpoint_name} to configuration {plan.config_name} (blue/green)"
-        elif current["EndpointStatus"] == "Failed":
-            # A Failed endpoint cannot be updated: SageMaker wants it deleted and created again.
-            gw.delete_endpoint(plan.endpoint_name)
-            raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} failed; re-creating it with "
-                                      f"{plan.config_name}", delay=timing.busy_retry)
-        else:
-            # SageMaker refuses a second update while one runs (real ones take minutes): ask
-            # again less and less often, at most once a minute.
-            raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} is {current['EndpointStatus']}; "
-                                      f"the change to {plan.config_name} waits for it",
-                                      delay=min(backoff(timing.busy_retry, retry), 60.0))
-        return plan, current, action
-
-    @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")
-    @kopf.on.create(*RESOURCE, registry=registry, id="reconcile")
-    @kopf.on.update(*RESOURCE, registry=registry, id="reconcile", field="spec")
-    async def reconcile(spec, status, meta, namespace, name, uid, body, retry, llama_finetunes, **_):
-        """Bring SageMaker to the spec: model, config, endpoint (create, adopt, or blue/green).
-        Every status write is computed from the object as it is at the write (`record`), not
-        from `status` as this handler started: SQS events may have moved it on meanwhile."""
-        status = dict(status or {})
-        generation = meta.get("generation")
-        if meta.get("deletionTimestamp"):
-            return
-        try:
-            spec_model = validate_spec(spec)
-        except ValueError as exc:
-            invalid = str(exc)
-
-            def rejected_here(current, _):
-                # An endpoint that serves an older spec keeps serving it (Degraded); else Failed.
-                update = es.refused(current, invalid, serving_config=es.serving_now(current),
-                                    reason=es.INVALID_SPEC, generation=generation)
-                update["observedGeneration"] = generation
-                return update
-
-            await record(body, clearing_refusal(rejected_here))
-            return  # a new spec (an update) runs this handler again
-
-        # Multi-tenancy: a namespace hands SageMaker only the execution roles the operator's
-        # allowlist gives it. Checked before anything is created or updated; a spec fixed to an
-        # allowed role (an update) runs this handler again and proceeds. An endpoint that serves
-        # an older spec keeps serving it (Degraded); nothing serving: Failed.
-        allowlist = getattr(app, "allowlist", None)
-        denied = allowlist.check(namespace, spec.get("roleArn") or "") if allowlist is not None else None
-        if denied:
-            def refused(current, _):
-                update = es.refused(current, denied, serving_config=es.serving_now(current), generation=generation)
-                update["observedGeneration"] = generation
-                return update
-
-            # One Warning named by the cause (not the generic phase-change Event `record` posts).
-            obj, written = await record(body, refused, event=False)
-            kopf.event(body, type="Warning", reason=es.ROLE_NOT_ALLOWED, message=denied[:1000])
-            if obj is not None:
-                metrics.phase(KIND, namespace, name, merged(obj, written).get("phase"))
-            return
-
-        model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
-        if model_uri is None:
-            phase = "Failed" if reason == "FinetuneFailed" else "WaitingForModel"
-
-            def waiting(current, _):
-                said = next((c.get("message") for c in current.get("conditions") or []
-                             if c.get("type") == phase and c.get("status") == "True"), None)
-                if current.get("phase") != phase or said != message:  # write status only when it changes
-                    return es.local_phase(phase, reason, message, current, generation=generation)
-                return {}
-
-            if waiting(status, meta) or _refused(status):  # as kopf saw it: no read while nothing changes
-                await record(body, clearing_refusal(waiting))
-            # keep looking: a failed fine-tune may be re-created under the same name
-            raise kopf.TemporaryError(message, delay=timing.model_wait * (6 if phase == "Failed" else 1))
-
-        try:
-            # (with a refusal of an earlier spec lifted: this spec passed the allowlist)
-            plan, described, action = await asyncio.to_thread(send_requests, spec_model, model_uri,
-                                                            namespace=namespace, name=name, uid=uid,
-                                                            status=without_refusal(status, generation),
-                                                            retry=retry)
-        except TerminalError as exc:
-            code, message = exc.code, f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
-
-            def rejected(current, _):
-                update = es.local_phase("Failed", code, message, current, generation=generation)
-                update["conditions"] = _synced(update["conditions"], True, code, message, generation)
-                update["observedGeneration"] = generation
-                return update
-
-            await record(body, clearing_refusal(rejected))
-            return  # no retry storm: the same request would fail again; a spec change retries
-        except kopf.TemporaryError:
-            if _refused(status):
-                await record(body, clearing_refusal(lambda current, _: {}))
-            raise
-        except Exception as exc:  # throttling, 5xx, S3, network: retried, never fatal to the operator
-            delay = backoff(timing.busy_retry, retry)
-            reason = ("Throttled" if getattr(exc, "throttled", False)
-                      else "ServiceUnavailable" if isinstance(exc, RetryableError) else "Error")
-            message = f"{exc}; retrying in {delay:.0f}s (attempt {retry + 1})"
-            await record(body, clearing_refusal(lambda current, _: {
-                "conditions": _synced(current.get("conditions"), False, reason, message, generation)}))
-            kopf.event(body, type="Warning", reason=reason, message=message[:1000])
-            raise kopf.TemporaryError(message, delay=delay) from exc
-
-        desired = {"specHash": plan.spec_hash, "modelS3Uri": plan.model_s3_uri,
-                   "endpointName": plan.endpoint_name, "observedGeneration": generation}
-
-        def sent(current, _):
-            # The Describe after our requests is dropped by es.observe if an event has recorded
-            # a newer state meanwhile (e.g. InService while this handler waited on SageMaker).
-            base = {**current, **desired}
-            update = dict(desired)
-            update.update(es.observe(described, base, desired_config=plan.config_name,
-                                     desired_model=plan.model_name, generation=generation))
-            if not base.get("modelName") and "modelName" not in update:
-                update["modelName"] = plan.model_name
-            update["conditions"] = _synced(update.get("conditions", current.get("conditions")), True,
-                                           "RequestsSent", action, generation)
-            return update
-
-        obj, written = await record(body, clearing_refusal(sent))
-        log.info("%s/%s: %s", namespace, name, action)
-        if merged(obj, written).get("phase") == "InService":
-            await asyncio.to_thread(collect, gw, namespace, name, uid, model=plan.model_name,
-                                    config=plan.config_name)
-
-    @kopf.timer(*RESOURCE, registry=registry, id="resync", interval=settings.resync_seconds,
-                initial_delay=settings.resync_seconds)
-    async def resync(spec, status, meta, namespace, name, uid, body, llama_finetunes, **_):
-        """The fallback: DescribeEndpoint, in case an event was lost; an endpoint deleted behind
-        the operator's back is created again, as the spec says."""
-        status = dict(status or {})
-        endpoint = status.get("endpointName")
-        # (phase Deleting without a deletionTimestamp: someone else deleted the endpoint)
-        if not endpoint or meta.get("deletionTimestamp") or status.get("phase") == "WaitingForModel":
-            return
-        try:
-            describe = await asyncio.to_thread(gw.describe_endpoint, endpoint)
-        except SageMakerError as exc:
-            log.warning("%s/%s: resync failed: %s", namespace, name, exc)
-            return
-        obj, written = await record(body, lambda current, fresh: settle(
-            describe, namespace=namespace, name=name, uid=uid, status=current, generation=fresh.get("generation")))
-        if obj is None:
-            return
-        await asyncio.to_thread(collect_if_serving, gw, describe, namespace=namespace, name=name, uid=uid,
-                                status=obj.get("status") or {})
-        if describe is None and written:
-            await reconcile(spec=spec, status=merged(obj, written), meta=meta, namespace=namespace, name=name,
-                            uid=uid, body=body, retry=0, llama_finetunes=llama_finetunes)
-
-    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")
-    async def finalize(spec, status, meta, namespace, name, uid, body, retry, **_):
-        """Deletion policy Delete (default): the endpoint, then every config and model this
-        resource owns; the finalizer goes only when SageMaker lists none of them. Retain: leave."""
-        status = dict(status or {})
-        if ((spec or {}).get("deletionPolicy") or "Delete") == "Retain":
-            kopf.event(body, type="Normal", reason="Retained",
-                       message=f"deletionPolicy Retain: endpoint {status.get('endpointName')} left in SageMaker")
-            metrics.phase(KIND, namespace, name, None)
-            return
-        from llama_operator.plan import names
-
-        def delete_endpoints() -> list[str]:
-            owned = gw.owned(uid)
-            endpoint = status.get("endpointName") or names.endpoint_name(namespace, name, uid)
-            endpoints = sorted(set(owned.endpoints) | ({endpoint} if gw.describe_endpoint(endpoint) else set()))
-            for ep in endpoints:
-                gw.delete_endpoint(ep)
-            return endpoints
-
-        def delete_the_rest():
-            gw.delete_owned(uid, endpoints=True)
-            return gw.owned(uid)
-
-        try:
-            endpoints = await asyncio.to_thread(delete_endpoints)
-            if endpoints:
-                if status.get("phase") != "Deleting":
-                    message = f"deleting endpoint {', '.join(endpoints)}"
-                    await record(body, lambda current, _: {} if current.get("phase") == "Deleting" else
-                                 es.local_phase("Deleting", "Deleting", message, current,
-                                                generation=meta.get("generation")))
-                gone = await asyncio.to_thread(
-                    lambda: all(gw.wait_endpoint_gone(ep, timeout=15, interval=0.5) for ep in endpoints))
-                if not gone:
-                    raise kopf.TemporaryError(f"waiting for endpoint {', '.join(endpoints)} to be deleted",
-                                              delay=timing.delete_poll)
-            left = await asyncio.to_thread(delete_the_rest)
-        except SageMakerError as exc:
-            raise kopf.TemporaryError(f"deleting SageMaker objects: {exc}",
-                                      delay=backoff(timing.busy_retry, retry)) from exc
-        if not left.empty():
-            raise kopf.TemporaryError(f"still in SageMaker: {left.endpoints + left.endpoint_configs + left.models}",
-                                      delay=timing.delete_poll)
-        metrics.phase(KIND, namespace, name, None)
-        log.info("%s/%s: SageMaker endpoint, configurations and models deleted", namespace, name)
-
-    async def on_event(event: dict) -> None:
-        """Endpoint state changes update LlamaEndpoint status at once."""
-        await handle_event(gw, event, app.kube)
-
-    app.routes[ENDPOINT_DETAIL_TYPE] = on_event
+    ctx = Bound(app, gw, timing or Timing())
+    bound = functools.partial
+    kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")(llama_finetunes)
+    for on in (kopf.on.resume, kopf.on.create):
+        on(*RESOURCE, registry=registry, id="reconcile")(bound(reconcile, ctx))
+    kopf.on.update(*RESOURCE, registry=registry, id="reconcile", field="spec")(bound(reconcile, ctx))
+    kopf.timer(*RESOURCE, registry=registry, id="resync", interval=app.settings.resync_seconds,
+               initial_delay=app.settings.resync_seconds)(bound(resync, ctx))
+    kopf.on.delete(*RESOURCE, registry=registry, id="finalize")(bound(finalize, ctx))
+    app.routes[ENDPOINT_DETAIL_TYPE] = bound(on_endpoint_event, ctx)
     app.endpoint_gateway = gw
     return gw
 
