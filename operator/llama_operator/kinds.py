@@ -25,3 +25,13 @@ TRAINING_DETAIL_TYPE = "SageMaker Training Job State Change"
 ENDPOINT_DETAIL_TYPE = "SageMaker Endpoint State Change"
 # Blue/green and canary progress; not subscribed (aws/events.py says why).
 ENDPOINT_DEPLOYMENT_DETAIL_TYPE = "SageMaker Endpoint Deployment State Change"
+# An event's detail mirrors the resource's Describe* output: its timestamps, at the top level and
+# nested (SecondaryStatusTransitions, FinalMetricDataList, DeployedImages, VariantStatus,
+# PendingDeploymentSummary), and the maps whose keys are the user's (copied as they are).
+DETAIL_TIME_FIELDS = frozenset({"CreationTime", "LastModifiedTime", "TrainingStartTime", "TrainingEndTime",
+                                "StartTime", "EndTime", "Timestamp", "ResolutionTime"})
+DETAIL_USER_MAPS = frozenset({"Tags", "HyperParameters", "Environment", "StaticHyperParameters"})
+
+# Where SageMaker publishes a running job's MetricDefinitions matches (CloudWatch).
+TRAINING_METRICS_NAMESPACE = "/aws/sagemaker/TrainingJobs"
+TRAINING_METRICS_DIMENSION = "TrainingJobName"

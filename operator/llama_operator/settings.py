@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from llama_operator import s3uri
 
 SOURCE_S3_URI_ENV = "LLAMA_OPERATOR_SOURCE_S3_URI"
 
@@ -28,10 +29,11 @@ def s3_endpoint_overridden(env: Mapping[str, str]) -> bool:
 
 
 def _check_s3_prefix(uri: str) -> None:
-    bucket = uri[len("s3://"):].split("/", 1)[0] if uri.startswith("s3://") else ""
-    if not bucket:
+    try:
+        s3uri.split(uri)
+    except ValueError:
         raise ValueError(f"--source-s3-uri / {SOURCE_S3_URI_ENV} must be an s3://bucket/[prefix/] URI, "
-                         f"not {uri!r}")
+                         f"not {uri!r}") from None
 
 
 @dataclass(frozen=True)

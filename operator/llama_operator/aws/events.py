@@ -40,19 +40,10 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from llama_operator import metrics
 from llama_operator.endpoint_status import endpoint_status_name, to_datetime
-from llama_operator.kinds import NAME_TAG, NAMESPACE_TAG, UID_TAG
+from llama_operator.kinds import DETAIL_TIME_FIELDS, DETAIL_USER_MAPS, NAME_TAG, NAMESPACE_TAG, UID_TAG
 from llama_operator.status import secondary_status_name, training_job_status_name
 
 log = logging.getLogger(__name__)
-
-
-# Timestamps of the Describe* outputs that details mirror, at the top level and nested
-# (SecondaryStatusTransitions, FinalMetricDataList, DeployedImages, VariantStatus,
-# PendingDeploymentSummary).
-TIME_FIELDS = frozenset({"CreationTime", "LastModifiedTime", "TrainingStartTime", "TrainingEndTime",
-                         "StartTime", "EndTime", "Timestamp", "ResolutionTime"})
-# Maps whose keys are the user's, not SageMaker's: copied as they are.
-_USER_MAPS = frozenset({"Tags", "HyperParameters", "Environment", "StaticHyperParameters"})
 _STATUS_FIELDS = {"EndpointStatus": endpoint_status_name, "TrainingJobStatus": training_job_status_name,
                   "SecondaryStatus": secondary_status_name}
 
@@ -69,9 +60,9 @@ def _normalised(value: Any) -> Any:
     if isinstance(value, Mapping):
         out: dict = {}
         for key, item in value.items():
-            if key in _USER_MAPS:
+            if key in DETAIL_USER_MAPS:
                 out[key] = item
-            elif key in TIME_FIELDS and not isinstance(item, (Mapping, list)):
+            elif key in DETAIL_TIME_FIELDS and not isinstance(item, (Mapping, list)):
                 try:
                     out[key] = to_datetime(item)
                 except (TypeError, ValueError, OverflowError, OSError):

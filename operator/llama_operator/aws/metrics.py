@@ -21,11 +21,11 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from llama_operator.endpoint_status import to_epoch
+from llama_operator.kinds import TRAINING_METRICS_DIMENSION, TRAINING_METRICS_NAMESPACE
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "/aws/sagemaker/TrainingJobs"
-JOB_DIMENSION = "TrainingJobName"
+NAMESPACE, JOB_DIMENSION = TRAINING_METRICS_NAMESPACE, TRAINING_METRICS_DIMENSION
 LOSS_METRIC = "train:loss"            # the planner's MetricDefinitions name (plan/finetune.py)
 STATISTIC = "Average"                 # what TrainingJobAnalytics asks for
 PERIOD_SECONDS = 60                   # algorithm metrics come at one-minute resolution

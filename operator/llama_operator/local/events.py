@@ -19,7 +19,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, TRAINING_DETAIL_TYPE
+from llama_operator.kinds import DETAIL_TIME_FIELDS, DETAIL_USER_MAPS, ENDPOINT_DETAIL_TYPE, TRAINING_DETAIL_TYPE
 from llama_operator.local.names import ACCOUNT
 
 log = logging.getLogger(__name__)
@@ -28,18 +28,11 @@ DETAIL_TYPES = {
     "training-job": TRAINING_DETAIL_TYPE,
     "endpoint": ENDPOINT_DETAIL_TYPE,
 }
-_TIME_FIELDS = {"CreationTime", "LastModifiedTime", "TrainingStartTime", "TrainingEndTime", "StartTime",
-                "EndTime", "Timestamp", "ResolutionTime"}
-# EndpointStatus as DescribeEndpoint spells it -> as "SageMaker Endpoint State Change" spells it.
-ENDPOINT_EVENT_STATUS = {
-    "OutOfService": "OUT_OF_SERVICE", "Creating": "CREATING", "Updating": "UPDATING",
-    "SystemUpdating": "SYSTEM_UPDATING", "RollingBack": "ROLLING_BACK", "InService": "IN_SERVICE",
-    "Deleting": "DELETING", "Failed": "FAILED", "UpdateRollbackFailed": "UPDATE_ROLLBACK_FAILED",
-}
-_USER_MAPS = {"Tags", "HyperParameters", "Environment"}  # the user's keys, copied as they are
 
 
 def _upper_snake(value: str) -> str:
+    """EndpointStatus as DescribeEndpoint spells it -> as the endpoint state change spells it
+    ("UpdateRollbackFailed" -> "UPDATE_ROLLBACK_FAILED")."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", value).upper()
 
 
@@ -56,9 +49,9 @@ def _with_times(value, as_string: bool):
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if k in _USER_MAPS:
+            if k in DETAIL_USER_MAPS:
                 out[k] = v
-            elif k in _TIME_FIELDS and not isinstance(v, (dict, list)):
+            elif k in DETAIL_TIME_FIELDS and not isinstance(v, (dict, list)):
                 ms = _millis(v)
                 out[k] = str(ms) if as_string and isinstance(ms, int) else ms
             else:
@@ -83,7 +76,7 @@ def detail_for(kind: str, describe: dict) -> dict:
         detail = _with_times(describe, as_string=False)
         status = detail.get("EndpointStatus")
         if isinstance(status, str):
-            detail["EndpointStatus"] = ENDPOINT_EVENT_STATUS.get(status, _upper_snake(status))
+            detail["EndpointStatus"] = _upper_snake(status)
         return detail
     if kind == "training-job":
         return _with_times(describe, as_string=True)

@@ -247,7 +247,10 @@ class ImageEnvironments:
 
     def image(self, image: str) -> Environment:
         """The environment of `image`, built on first use (minutes: torch and its CUDA libraries)."""
-        profile = self.profile(image)
+        return self.build(self.profile(image))
+
+    def build(self, profile: Profile) -> Environment:
+        """The environment standing in for `profile`, built once under a lock."""
         reqs, diffs = install_plan(profile)
         root = self._root(profile, reqs)
         done = root / ".complete"
@@ -359,5 +362,5 @@ def main(argv: list[str]) -> int:
     if len(chosen) != len(args.names):
         p.error(f"unknown profile; known: {', '.join(pr.name for pr in envs.profiles)}")
     for pr in chosen:
-        print(f"{pr.name}: {envs.image(f'local/{pr.repository}:{pr.tag}').root}")
+        print(f"{pr.name}: {envs.build(pr).root}")
     return 0

@@ -19,10 +19,11 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from llama_operator.kinds import TRAINING_METRICS_DIMENSION, TRAINING_METRICS_NAMESPACE
+
 log = logging.getLogger(__name__)
 
-NAMESPACE = "/aws/sagemaker/TrainingJobs"
-JOB_DIMENSION = "TrainingJobName"
+NAMESPACE, JOB_DIMENSION = TRAINING_METRICS_NAMESPACE, TRAINING_METRICS_DIMENSION
 PUBLISH_INTERVAL_SECONDS = 2.0
 BATCH_SIZE = 20          # PutMetricData's per-call limit was 20 data; keep to it
 STOP_TIMEOUT_SECONDS = 10
@@ -52,17 +53,17 @@ def scan(compiled: list[tuple[str, re.Pattern]], text: str) -> list[tuple[str, f
     """Every (metric name, value) the definitions capture in `text`, each definition's matches in
     the order they appear. The first group is the value (the whole match without groups); a
     capture that is not a number CloudWatch accepts is dropped."""
-    out = []
-    for name, regex in compiled:
-        for m in regex.findall(text):
-            raw = m[0] if isinstance(m, tuple) else m
-            try:
-                value = float(raw)
-            except ValueError:
-                continue
-            if publishable(value):
-                out.append((name, value))
-    return out
+    return [(name, value) for name, regex in compiled for value in captured(regex, text) if publishable(value)]
+
+
+def captured(regex: re.Pattern, text: str) -> Iterator[float]:
+    """The numbers a MetricDefinitions regex captures in `text`, in order: its first group (the
+    whole match without groups); a capture that is not a number is skipped."""
+    for m in regex.findall(text):
+        try:
+            yield float(m[0] if isinstance(m, tuple) else m)
+        except ValueError:
+            continue
 
 
 def datum(job: str, name: str, value: float, when: dt.datetime) -> dict:

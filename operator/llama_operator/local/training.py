@@ -10,14 +10,13 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from llama_operator.local import imageenv, s3io
+from llama_operator.local import imageenv, metrics, s3io
 from llama_operator.local.context import Context
 
 log = logging.getLogger(__name__)
@@ -71,19 +70,10 @@ def input_data_config(channels: list[dict]) -> dict:
 def final_metrics(definitions: list[dict], log_text: str, now: float) -> list[dict]:
     """The last value each MetricDefinitions regex captured in the log, as SageMaker reports it."""
     out = []
-    for d in definitions or []:
-        try:
-            matches = re.findall(d["Regex"], log_text)
-        except re.error:
-            continue
-        for m in reversed(matches):
-            raw = m[0] if isinstance(m, tuple) else m
-            try:
-                value = float(raw)
-            except ValueError:
-                continue
-            out.append({"MetricName": d["Name"], "Value": value, "Timestamp": now})
-            break
+    for name, regex in metrics.compile_definitions(definitions):
+        values = list(metrics.captured(regex, log_text))
+        if values:
+            out.append({"MetricName": name, "Value": values[-1], "Timestamp": now})
     return out
 
 
@@ -258,8 +248,7 @@ class _Run:
             self._check_stop()
             self.job.transition(None, "Training", "Training image download completed. Training in progress.")
             self._spawn(hosts, bases, image_env)
-            from llama_operator.local import metrics  # MetricDefinitions matches -> CloudWatch while it runs
-
+            # MetricDefinitions matches -> CloudWatch while it runs
             publisher = metrics.start_publisher(self.name, d, self.dir / "logs", self.ctx.region)
             try:
                 codes = self._wait(started, max_runtime)
@@ -415,9 +404,9 @@ class _Run:
         if not defs:
             return
         text = "\n".join(_read(p) or "" for p in sorted((self.dir / "logs").glob("algo-*.log")))
-        metrics = final_metrics(defs, text, time.time())
-        if metrics:
-            self.job.update(FinalMetricDataList=metrics)
+        final = final_metrics(defs, text, time.time())
+        if final:
+            self.job.update(FinalMetricDataList=final)
 
 
 def _hyperparameter(hp: dict, key: str) -> str | None:
