@@ -2,8 +2,13 @@
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
+
+# Helpers shared by tests in several folders (CRD tools, spec fixtures): `import crdtools`.
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 # Nothing in the suite may reach a real AWS account: every client gets dummy credentials unless a
 # test's own fixture points it at the local services.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from llama_operator import s3uri
+from llama_operator.artifacts import s3uri
 
 SOURCE_S3_URI_ENV = "LLAMA_OPERATOR_SOURCE_S3_URI"
 
@@ -36,6 +36,16 @@ def _check_s3_prefix(uri: str) -> None:
                          f"not {uri!r}") from None
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(env.get(name) or default)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {env.get(name)!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, not {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     region: str = "us-east-1"
@@ -47,6 +57,9 @@ class Settings:
     retry_seconds: float = 15.0               # first delay after throttling/5xx; doubles, capped at 5 min
     stop_poll_seconds: float = 2.0            # how often a delete checks that the job has stopped
     events_wait_seconds: int = 20             # SQS long-poll wait
+    model_wait_seconds: float = 10.0          # how often an endpoint waiting for its LlamaFinetune looks again
+    endpoint_retry_seconds: float = 5.0       # first retry of a request that met a busy endpoint
+    delete_poll_seconds: float = 2.0          # how often a delete checks that the endpoint is gone
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -60,6 +73,8 @@ class Settings:
             "workloads_dir": Path(env["LLAMA_OPERATOR_WORKLOADS_DIR"]) if env.get("LLAMA_OPERATOR_WORKLOADS_DIR")
             else None,
             "role_allowlist": env.get("LLAMA_OPERATOR_ROLE_ALLOWLIST") or None,
+            "model_wait_seconds": _seconds(env, "LLAMA_OPERATOR_MODEL_WAIT_SECONDS", 10.0),
+            "endpoint_retry_seconds": _seconds(env, "LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS", 5.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)

@@ -4,6 +4,7 @@ SageMaker service, for the integration tests."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import os
 import subprocess
@@ -137,13 +138,14 @@ class InProcessOperator:
 
     def __init__(self, settings: Settings, kubeconfig: Path, sagemaker_client=None, *, endpoints: bool = False,
                  peering: str | None = None):
+        if endpoints:  # with short waits
+            settings = dataclasses.replace(settings, model_wait_seconds=1.0, endpoint_retry_seconds=1.0,
+                                           delete_poll_seconds=0.5)
         self.registry = runner.build_registry(settings, kubeconfig=str(kubeconfig), sagemaker_client=sagemaker_client)
         if endpoints:
             from llama_operator.handlers import endpoint as endpoint_handlers
 
-            endpoint_handlers.register(self.registry, self.registry.app,
-                                       timing=endpoint_handlers.Timing(model_wait=1.0, busy_retry=1.0,
-                                                                       delete_poll=0.5))
+            endpoint_handlers.register(self.registry, self.registry.app)
         self.peering = peering
         self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
         self.error: BaseException | None = None

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from botocore.stub import Stubber
 
-from llama_operator import endpoint_code
+from llama_operator.artifacts import endpoint_code
 from llama_operator.aws.endpoints import EndpointGateway, RetryableError, TerminalError
 from llama_operator.local.stack import LocalStack
 
@@ -76,23 +76,33 @@ def config_request(name, model, uid):
         "InitialInstanceCount": 1, "ContainerStartupHealthCheckTimeoutInSeconds": 60}]}
 
 
+def put_code(s3, base: str, files: dict) -> str:
+    """The endpoint code prefix for `files` under `base`, uploaded as the handlers do."""
+    uri = endpoint_code.code_prefix(base, files)
+    endpoint_code.upload(s3, uri, files)
+    return uri
+
+
 def test_upload_is_content_addressed_and_skipped_when_present(gw_stack):
     s3 = gw_stack.client("s3")
     puts = []
     s3.meta.events.register("provide-client-params.s3.PutObject", lambda params, **_: puts.append(params["Key"]))
     files = {"serving.properties": "option.model_id=s3://b/m/\n", "model.py": "def handle(inputs):\n    pass\n"}
     base = f"s3://{BUCKET}/ops"
-    uri = endpoint_code.upload(s3, base, files)
+    uri = endpoint_code.code_prefix(base, files)
+    assert endpoint_code.upload(s3, uri, files)
     assert uri.startswith(f"{base}/endpoint-code/") and uri.endswith("/")
     assert sorted(p.rsplit("/", 1)[1] for p in puts) == ["model.py", "serving.properties"]
     got = s3.get_object(Bucket=BUCKET, Key=uri[len(f"s3://{BUCKET}/"):] + "serving.properties")["Body"].read()
     assert got.decode() == files["serving.properties"]
 
     puts.clear()
-    assert endpoint_code.upload(s3, base, dict(reversed(list(files.items())))) == uri  # order-independent
+    reordered = dict(reversed(list(files.items())))
+    assert endpoint_code.code_prefix(base, reordered) == uri  # order-independent
+    assert not endpoint_code.upload(s3, uri, reordered)
     assert puts == []  # nothing uploaded again
 
-    changed = endpoint_code.upload(s3, base, {**files, "serving.properties": "option.model_id=s3://b/other/\n"})
+    changed = endpoint_code.code_prefix(base, {**files, "serving.properties": "option.model_id=s3://b/other/\n"})
     assert changed != uri
 
 
@@ -100,8 +110,8 @@ def test_create_adopt_list_collect_delete(gw_stack, sm, gw):
     s3 = gw_stack.client("s3")
     uid, other_uid = str(uuid.uuid4()), str(uuid.uuid4())
     base = "gw-" + uid[:8]
-    code1 = endpoint_code.upload(s3, f"s3://{BUCKET}/ops", {"serving.properties": "option.model_id=one\n"})
-    code2 = endpoint_code.upload(s3, f"s3://{BUCKET}/ops", {"serving.properties": "option.model_id=two\n"})
+    code1 = put_code(s3, f"s3://{BUCKET}/ops", {"serving.properties": "option.model_id=one\n"})
+    code2 = put_code(s3, f"s3://{BUCKET}/ops", {"serving.properties": "option.model_id=two\n"})
 
     arn = gw.ensure_model(model_request(f"{base}-m1", uid, code1), uid)
     assert gw.ensure_model(model_request(f"{base}-m1", uid, code1), uid) == arn  # re-apply / restart: adopted

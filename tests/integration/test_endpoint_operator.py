@@ -6,6 +6,7 @@ workloads/serve. Status is driven by events: the resync interval is an hour."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -54,9 +55,9 @@ class Operator:
     runner registers them itself) run by kopf in a thread with its own event loop."""
 
     def __init__(self, settings: Settings, kubeconfig: Path):
-        self.registry = runner.build_registry(settings, kubeconfig=str(kubeconfig))
-        endpoint_handlers.register(self.registry, self.registry.app,
-                                   timing=endpoint_handlers.Timing(model_wait=1.0, busy_retry=1.0, delete_poll=0.5))
+        fast = dataclasses.replace(settings, model_wait_seconds=1.0, endpoint_retry_seconds=1.0, delete_poll_seconds=0.5)
+        self.registry = runner.build_registry(fast, kubeconfig=str(kubeconfig))
+        endpoint_handlers.register(self.registry, self.registry.app)
         self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="operator", daemon=True)

@@ -11,15 +11,21 @@ import uuid
 
 from conftest import BUCKET
 from operator_harness import InProcessOperator, endpoint
-from llama_operator import endpoint_status as es
+from llama_operator.status import values
 from llama_operator.handlers import endpoint as endpoint_handlers
+from llama_operator.handlers.app import App
 from llama_operator.handlers.kube import KubeWriter
-from llama_operator.runner import _login_from_kubeconfig
+from llama_operator.handlers.lifecycle import login_from_kubeconfig
 from llama_operator.settings import Settings
 
 PLURAL = "llamaendpoints"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-endpoint"
 BASE = 1_795_000_000.0
+
+
+def app_with(kube: KubeWriter) -> App:
+    """What the event handler works with, writing through `kube`."""
+    return App(settings=Settings(), sagemaker=None, s3=None, kube=kube)
 
 
 def unique(prefix: str) -> str:
@@ -47,7 +53,7 @@ def test_two_events_at_once_never_move_status_back(kube):
     # consumer, another replica) is written. The Creating write must not land on top.
     obj = kube.apply(endpoint("racy-events", source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}, role=ROLE))
     creating, in_service = state_change(obj, "Creating", 100), state_change(obj, "InService", 200)
-    info = _login_from_kubeconfig(str(kube.kubeconfig_path))
+    info = login_from_kubeconfig(str(kube.kubeconfig_path))
 
     class RacedWriter(KubeWriter):
         """The first read is followed at once by the other consumer's write."""
@@ -57,12 +63,12 @@ def test_two_events_at_once_never_move_status_back(kube):
             obj = await super().get(*args, **kwargs)
             if not self.raced:
                 self.raced = True
-                assert await endpoint_handlers.handle_event(None, in_service, other)
+                assert await endpoint_handlers.on_endpoint_event(app_with(other), in_service)
             return obj
 
     async def run():
         try:
-            return await endpoint_handlers.handle_event(None, creating, writer)
+            return await endpoint_handlers.on_endpoint_event(app_with(writer), creating)
         finally:
             await writer.close()
             await other.close()
@@ -74,7 +80,7 @@ def test_two_events_at_once_never_move_status_back(kube):
     assert writer.raced
     st = status_of(kube, "racy-events")
     assert st["phase"] == "InService", st
-    assert st["lastEventTime"] == es.iso(BASE + 200)
+    assert st["lastEventTime"] == values.iso(BASE + 200)
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
     reasons = [e["reason"] for e in kube.list("events", "default", api_version="v1")
@@ -102,7 +108,7 @@ def test_handler_status_from_before_a_fast_event_never_moves_status_back(kube, s
             time.sleep(0.1)
 
     op = InProcessOperator(settings, kube.kubeconfig_path, endpoints=True)
-    op.registry.app.endpoint_gateway.sm.meta.events.register("after-call.sagemaker.DescribeEndpoint",
+    op.registry.app.endpoint_gateway.client.meta.events.register("after-call.sagemaker.DescribeEndpoint",
                                                              hold_creating)
     with op:
         kube.apply(endpoint(name, source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}, role=ROLE))
@@ -118,7 +124,7 @@ def test_handler_status_from_before_a_fast_event_never_moves_status_back(kube, s
         assert conditions["Ready"]["status"] == "True" and conditions["Progressing"]["status"] == "False"
         assert conditions["Synced"]["status"] == "True" and conditions["Synced"]["reason"] == "RequestsSent"
         # the time of the InService event, not of the handler's older Describe
-        assert es.to_epoch(st["lastEventTime"]) > es.to_epoch(held[0]["LastModifiedTime"]) + 0.001
+        assert values.to_epoch(st["lastEventTime"]) > values.to_epoch(held[0]["LastModifiedTime"]) + 0.001
         assert stub_serving_aws.client("sagemaker").describe_endpoint(
             EndpointName=held[0]["EndpointName"])["EndpointStatus"] == "InService"
 

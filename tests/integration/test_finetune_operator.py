@@ -11,7 +11,7 @@ import pytest
 
 from conftest import BUCKET
 from operator_harness import PLURAL, InProcessOperator, finetune, wait_for
-from llama_operator.handlers import planning
+from llama_operator.plan.names import training_job_name
 from llama_operator.settings import Settings
 
 HOUR = 3600
@@ -61,7 +61,7 @@ def test_apply_creates_one_job_and_events_drive_status_to_completed(kube, operat
     name = unique("chat")
     obj = kube.apply(finetune(name, BUCKET))
     uid = obj["metadata"]["uid"]
-    job = planning.training_job_name("default", name, uid)
+    job = training_job_name("default", name, uid)
 
     st = wait_for(phase_is(kube, name, "Completed", "Failed"), timeout=120, what=f"{name} to finish")
     assert st["phase"] == "Completed", st

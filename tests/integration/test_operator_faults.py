@@ -4,7 +4,6 @@ stale events arriving late. Each test runs its own operator, one at a time."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 from botocore.stub import Stubber

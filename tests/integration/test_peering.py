@@ -19,7 +19,7 @@ from conftest import BUCKET
 from operator_harness import PLURAL, SubprocessOperator, finetune, wait_for
 from llama_operator.local.kubernetes import EmbeddedKubernetes, crd_resources
 from llama_operator.paths import crds_dir, manifests_dir
-from llama_operator.runner import peering_priority
+from llama_operator.handlers.lifecycle import peering_priority
 
 PEERING = "llama-operator"
 HANDLED = "reconcile' succeeded"  # kopf names it register.<locals>.reconcile

@@ -7,8 +7,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from llama_operator.aws.sagemaker import RetryableError, SageMakerGateway, TerminalError
-from llama_operator.images import training_image_uri
+from llama_operator.aws.errors import RetryableError, TerminalError
+from llama_operator.aws.training_jobs import TrainingJobGateway
+from llama_operator.plan.images import training_image_uri
 
 REQUEST = {
     "TrainingJobName": "default-gw-0123abcd",
@@ -41,7 +42,7 @@ def test_create_errors_are_classified(code, status, kind):
     stub.add_client_error("create_training_job", code, f"{code} says no", http_status_code=status,
                           expected_params=REQUEST)
     with stub, pytest.raises(kind) as err:
-        SageMakerGateway(client).ensure_training_job(REQUEST)
+        TrainingJobGateway(client).ensure_training_job(REQUEST)
     assert err.value.code == code and err.value.message == f"{code} says no"
     assert err.value.operation == "CreateTrainingJob"
 
@@ -55,7 +56,7 @@ def test_existing_job_with_the_name_is_adopted_not_created(local_aws):
                ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
                InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
                    "S3DataType": "S3Prefix", "S3Uri": "s3://gw-adopt/data/", "S3DataDistributionType": "FullyReplicated"}}}])
-    gw = SageMakerGateway(client)
+    gw = TrainingJobGateway(client)
     first, created = gw.ensure_training_job(req)
     again, created_again = gw.ensure_training_job(req)
     assert (created, created_again) == (True, False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from conftest import BUCKET
-from llama_operator import sourcepack, status as st
+from llama_operator.artifacts import training_source
+from llama_operator.status import finetune as st
 
 NOW = "2026-11-24T10:00:00.000Z"
 
@@ -64,13 +65,13 @@ def test_source_tarball_is_reproducible_and_uploaded_once(local_aws, tmp_path):
     (root / "train_entry.py").write_text("print('hi')\n")
     (root / "train" / "job.py").write_text("x = 1\n")
     (root / "train" / "__pycache__" / "job.cpython-311.pyc").write_bytes(b"\0")
-    first = sourcepack.pack(root)
+    first = training_source.pack(root)
     (root / "train" / "job.py").touch()  # a new mtime changes nothing
-    assert sourcepack.pack(root) == first
+    assert training_source.pack(root) == first
     s3 = local_aws.client("s3")
-    uri, uploaded = sourcepack.upload(s3, root, f"s3://{BUCKET}/ops")
+    uri, uploaded = training_source.upload(s3, root, f"s3://{BUCKET}/ops")
     assert uploaded and uri == f"s3://{BUCKET}/ops/source/{hashlib.sha256(first).hexdigest()}.tar.gz"
-    assert sourcepack.upload(s3, root, f"s3://{BUCKET}/ops") == (uri, False)
+    assert training_source.upload(s3, root, f"s3://{BUCKET}/ops") == (uri, False)
     import io
     import tarfile
     body = s3.get_object(Bucket=BUCKET, Key=uri.split("/", 3)[3])["Body"].read()

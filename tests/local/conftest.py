@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_operator.images import training_image_uri
+from llama_operator.plan.images import training_image_uri
 from llama_operator.local.stack import LocalStack
 
 HERE = Path(__file__).parent

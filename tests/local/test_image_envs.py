@@ -1,4 +1,4 @@
-"""Jobs and endpoints run in the environment of the image they name (llama_operator/image_profiles.json),
+"""Jobs and endpoints run in the environment of the image they name (llama_operator/plan/image_profiles.json),
 not in the service's own: a package the image lacks is missing here too, and an image with no
 profile is refused."""
 
@@ -12,7 +12,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import BUCKET, TRAINING_IMAGE, source_tar, training_request, unique, wait_job
-from llama_operator import images, paths, sourcepack
+from llama_operator import paths
+from llama_operator.artifacts import training_source
+from llama_operator.plan import images
 from llama_operator.local import imageenv
 
 PROFILES = imageenv.load_profiles()
@@ -73,7 +75,7 @@ def test_a_job_runs_in_its_images_python_not_the_services(sm, s3, stack):
 def test_deepspeed_job_without_its_requirements_fails_naming_the_missing_package(sm, s3, tmp_path):
     """The real training source, packed as the operator packs it but without requirements.txt: in the
     PyTorch training image the job dies at import, as it would on AWS."""
-    body = sourcepack.pack(paths.workloads_dir())  # no requirements.txt at the root
+    body = training_source.pack(paths.workloads_dir())  # no requirements.txt at the root
     key = f"src/{unique('noreq')}.tar.gz"
     s3.put_object(Bucket=BUCKET, Key=key, Body=body)
     name = unique("noreq")

@@ -10,7 +10,7 @@ import time
 import uuid
 
 from llama_operator.aws.metrics import LossReader
-from llama_operator.images import training_image_uri
+from llama_operator.plan.images import training_image_uri
 
 # The `stack`, `sm` and `s3` fixtures come from this folder's conftest.py; its helpers are not
 # imported (`from conftest import` finds another folder's conftest when run beside tests/integration).

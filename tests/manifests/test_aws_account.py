@@ -18,7 +18,8 @@ import pytest
 import yaml
 from botocore import xform_name
 
-from llama_operator import endpoint_code, sourcepack
+from llama_operator.artifacts import endpoint_code, training_source
+from llama_operator.plan import images
 from llama_operator.paths import REPO_ROOT, manifests_dir
 
 TEMPLATE = manifests_dir() / "aws" / "account.yaml"
@@ -255,7 +256,7 @@ def test_the_execution_role_has_what_sagemaker_needs(template):
     missing = [a for a in EXECUTION_NEEDS if not allowed(stmts, a)]
     assert not missing, missing
     digest = hashlib.sha256(b"x").hexdigest()
-    source = sourcepack.source_uri(f"s3://llama-operator-{ACCOUNT}/", digest)
+    source = training_source.source_uri(f"s3://llama-operator-{ACCOUNT}/", digest)
     code = endpoint_code.code_prefix(f"s3://llama-operator-{ACCOUNT}/", {"serving.properties": "x"})
     s3_arn = lambda uri: "arn:aws:s3:::" + uri[len("s3://"):]  # noqa: E731
     assert allowed(stmts, "s3:GetObject", s3_arn(source)), "the job reads its source"
@@ -268,7 +269,7 @@ def test_the_execution_role_has_what_sagemaker_needs(template):
 
 
 def test_the_execution_role_pulls_every_image_the_operator_picks(template):
-    table = json.loads((REPO_ROOT / "operator" / "llama_operator" / "images.json").read_text())["images"]
+    table = json.loads((images.TABLE).read_text())["images"]
     refused = []
     for kind, by_region in table.items():
         for region, uri in by_region.items():
@@ -302,7 +303,7 @@ def test_the_source_output_gives_one_source_folder(template):
     assert output == f"s3://llama-operator-{ACCOUNT}/"
     assert _settings()["LLAMA_OPERATOR_SOURCE_S3_URI"] == output
     digest = hashlib.sha256(b"workloads").hexdigest()
-    assert sourcepack.source_uri(output, digest) == f"s3://llama-operator-{ACCOUNT}/source/{digest}.tar.gz"
+    assert training_source.source_uri(output, digest) == f"s3://llama-operator-{ACCOUNT}/source/{digest}.tar.gz"
 
 
 def test_the_other_outputs_are_what_the_manifests_hold(template):

@@ -125,13 +125,13 @@ def test_tensor_parallel_degree_max_is_refused_with_the_fix(engine, message):
     """`max` is what an absent tensorParallelDegree means with vllm (the CRD types the field integer,
     so CEL never sees a string there): the API server refuses the string at
     spec.serving.tensorParallelDegree, and the operator's validation names the field and the fix."""
-    from llama_operator.handlers.endpoint import validate_spec
+    from llama_operator.spec import LlamaEndpointSpec, validate
 
     bad = merged(EP, serving={"engine": engine, "tensorParallelDegree": "max"})
     errors = crdtools.validate_spec("llamaendpoints", bad)
     assert errors and all(e.startswith("serving.tensorParallelDegree: ") for e in errors), errors
     with pytest.raises(ValueError) as err:
-        validate_spec(bad)
+        validate(LlamaEndpointSpec, bad)
     assert f"spec.serving.tensorParallelDegree: Value error, {message}" in str(err.value)
     assert crdtools.validate_spec("llamaendpoints", merged(EP, serving={"engine": engine})) == []
-    validate_spec(merged(EP, serving={"engine": engine}))
+    validate(LlamaEndpointSpec, merged(EP, serving={"engine": engine}))

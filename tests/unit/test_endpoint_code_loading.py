@@ -3,7 +3,7 @@
 import sys
 import threading
 
-from llama_operator import endpoint_code
+from llama_operator.artifacts import endpoint_code
 
 NAME = "_llama_operator_workloads_serve_lmi"
 

@@ -4,7 +4,8 @@ import datetime as dt
 
 import pytest
 
-from llama_operator import endpoint_status as es
+from llama_operator.status import endpoint as es
+from llama_operator.status import values
 
 ARN = "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/lep-demo-abc"
 NOW = "2026-11-24T10:00:00.000Z"
@@ -66,12 +67,12 @@ def test_event_detail_in_millis_equals_describe():
     a = es.observe(describe("InService", t=1234.5), {}, desired_config="cfg-new", now=NOW)
     b = es.observe(event_detail("InService", t=1234.5), {}, desired_config="cfg-new", now=NOW)
     assert a == b
-    assert a["lastEventTime"] == es.iso(BASE + 1234.5) and a["lastEventTime"].endswith(".500Z")
+    assert a["lastEventTime"] == values.iso(BASE + 1234.5) and a["lastEventTime"].endswith(".500Z")
 
 
 def test_failed_update_rolled_back_is_degraded_with_sagemakers_reason_and_old_names_kept():
     status = {"phase": "Updating", "endpointConfigName": "cfg-old", "modelName": "m-old",
-              "lastEventTime": es.iso(BASE + 1000)}
+              "lastEventTime": values.iso(BASE + 1000)}
     reason = "Failed to update endpoint: The primary container for production variant AllTraffic did not pass the ping health check."
     p = es.observe(describe("InService", config="cfg-old", t=1100, reason=reason), status,
                    desired_config="cfg-new", desired_model="m-new", now=NOW)
@@ -85,7 +86,7 @@ def test_failed_update_rolled_back_is_degraded_with_sagemakers_reason_and_old_na
 
 def test_success_after_degraded_clears_failure_reason():
     status = {"phase": "Degraded", "failureReason": "x", "endpointConfigName": "cfg-old",
-              "lastEventTime": es.iso(BASE + 1000),
+              "lastEventTime": values.iso(BASE + 1000),
               "conditions": [{"type": "Degraded", "status": "True", "reason": "UpdateFailed", "message": "x",
                               "lastTransitionTime": "2026-11-24T09:00:00.000Z"}]}
     p = es.observe(describe("InService", config="cfg-new", t=1200), status, desired_config="cfg-new",
@@ -195,9 +196,9 @@ def test_gone_resets_to_pending():
 
 def test_to_epoch_forms():
     t = dt.datetime(2026, 11, 24, 10, 0, 0, tzinfo=dt.timezone.utc)
-    assert es.to_epoch(t) == es.to_epoch(int(t.timestamp() * 1000)) == es.to_epoch(t.timestamp()) \
-        == es.to_epoch("2026-11-24T10:00:00Z")
-    assert es.to_epoch(None) is None
+    assert values.to_epoch(t) == values.to_epoch(int(t.timestamp() * 1000)) == values.to_epoch(t.timestamp()) \
+        == values.to_epoch("2026-11-24T10:00:00Z")
+    assert values.to_epoch(None) is None
 
 
 # ---- the role allowlist's refusal of a spec ------------------------------------------------------
@@ -328,8 +329,10 @@ def test_lift_refusal():
 
 # ---- the pure helpers the LlamaEndpoint handlers build on ----------------------------------------
 
-from llama_operator import endpoint_code  # noqa: E402
-from llama_operator.handlers import endpoint as handlers  # noqa: E402
+from llama_operator.artifacts import endpoint_code  # noqa: E402
+from llama_operator.plan import model_source, rollout  # noqa: E402
+from llama_operator.spec import LlamaEndpointSpec, validate  # noqa: E402
+from llama_operator.status import endpoint_changes  # noqa: E402
 
 
 def index(**finetunes):
@@ -337,7 +340,7 @@ def index(**finetunes):
 
 
 def test_model_from_s3_uri_needs_no_finetune():
-    uri, reason, _ = handlers.resolve_model({"model": {"s3Uri": "s3://bkt/m/"}}, "team", index())
+    uri, reason, _ = model_source.resolve_model({"model": {"s3Uri": "s3://bkt/m/"}}, "team", index())
     assert (uri, reason) == ("s3://bkt/m/", "ModelGiven")
 
 
@@ -351,7 +354,7 @@ def test_model_from_s3_uri_needs_no_finetune():
 ])
 def test_model_from_finetune_not_ready(entry, reason):
     idx = index(tune=entry) if entry is not None else index()
-    uri, got, message = handlers.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)
+    uri, got, message = model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)
     assert uri is None and got == reason and "tune" in message
     if entry and entry.get("failureReason"):
         assert "CUDA out of memory" in message
@@ -359,13 +362,13 @@ def test_model_from_finetune_not_ready(entry, reason):
 
 def test_model_from_completed_finetune_in_the_same_namespace_only():
     idx = index(tune={"phase": "Completed", "modelS3Uri": "s3://bkt/out/job/model/"})
-    assert handlers.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)[0] == "s3://bkt/out/job/model/"
-    assert handlers.resolve_model({"model": {"fromFinetune": "tune"}}, "other", idx)[0] is None
+    assert model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)[0] == "s3://bkt/out/job/model/"
+    assert model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "other", idx)[0] is None
 
 
 def test_invalid_spec_names_the_field():
     with pytest.raises(ValueError) as err:
-        handlers.validate_spec({"model": {"s3Uri": "s3://bkt/m/"}, "resources": {"instanceType": "g5.xlarge"},
+        validate(LlamaEndpointSpec, {"model": {"s3Uri": "s3://bkt/m/"}, "resources": {"instanceType": "g5.xlarge"},
                                 "roleArn": "arn:aws:iam::123456789012:role/x"})
     assert "spec.resources.instanceType" in str(err.value)
 
@@ -389,16 +392,16 @@ def test_rendered_code_points_at_the_model_and_is_content_addressed():
 
 
 def test_hash_and_code_location():
-    assert handlers.combined_hash("0123456789abcdef", "s3://a/") != handlers.combined_hash("0123456789abcdef", "s3://b/")
-    assert len(handlers.combined_hash("0123456789abcdef", "s3://a/")) == 16
-    assert handlers.code_base_uri("s3://ops/llama/", "s3://models/m/") == "s3://ops/llama"
-    assert handlers.code_base_uri(None, "s3://models/m/") == "s3://models/llama-operator"
+    assert rollout.combined_hash("0123456789abcdef", "s3://a/") != rollout.combined_hash("0123456789abcdef", "s3://b/")
+    assert len(rollout.combined_hash("0123456789abcdef", "s3://a/")) == 16
+    assert rollout.code_base_uri("s3://ops/llama/", "s3://models/m/") == "s3://ops/llama"
+    assert rollout.code_base_uri(None, "s3://models/m/") == "s3://models/llama-operator"
 
 
 def test_names_prefix_covers_every_model_and_config_name():
     from llama_operator.plan import names
 
-    prefix = handlers.names_prefix("team", "chat", "uid-1")
+    prefix = rollout.names_prefix("team", "chat", "uid-1")
     assert names.model_name("team", "chat", "uid-1", "abc").startswith(prefix)
     assert names.endpoint_config_name("team", "chat", "uid-1", "abc").startswith(prefix)
 
@@ -412,12 +415,12 @@ def test_clearing_refusal_lifts_it_before_the_handlers_change():
         seen.append(current)
         return {"specHash": "h-new"}
 
-    update = handlers.clearing_refusal(change)(dict(status), {"generation": 3})
+    update = endpoint_changes.clearing_refusal(change)(dict(status), {"generation": 3})
     assert es.refusal(seen[0]) is None and "failureReason" not in seen[0] and seen[0]["phase"] == "Updating"
     assert update["failureReason"] is None and update["phase"] == "Updating" and update["specHash"] == "h-new"
-    assert handlers.without_refusal(status, 3)["phase"] == "Updating"
+    assert endpoint_changes.without_refusal(status, 3)["phase"] == "Updating"
     # no refusal: the change alone
-    assert handlers.clearing_refusal(change)(serving(), {"generation": 1}) == {"specHash": "h-new"}
+    assert endpoint_changes.clearing_refusal(change)(serving(), {"generation": 1}) == {"specHash": "h-new"}
 
 
 INVALID = "spec.instanceCount: must be at least 1; set it to 1 or more"

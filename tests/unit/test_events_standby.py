@@ -10,7 +10,7 @@ from kopf._cogs.aiokits import aiotasks, aiotoggles
 
 from llama_operator import metrics
 from llama_operator.aws.events import EventConsumer
-from llama_operator.runner import peering_active
+from llama_operator.handlers.lifecycle import peering_active
 
 EVENT = json.dumps({"detail-type": "SageMaker Training Job State Change", "detail": {"TrainingJobName": "j"}})
 

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from llama_operator import images
-from llama_operator.images import lmi_image_uri, training_image_uri
+from llama_operator.plan import images
+from llama_operator.plan.images import lmi_image_uri, training_image_uri
 
 # The tags as AWS publishes them (the DLC available-images list, the SMP v2 release notes and
 # "Supported frameworks" page, djl-serving's LMI release). Written out here, not derived, so a

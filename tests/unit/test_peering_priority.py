@@ -1,4 +1,4 @@
-from llama_operator.runner import peering_priority
+from llama_operator.handlers.lifecycle import peering_priority
 
 
 def test_replicas_get_distinct_stable_priorities():

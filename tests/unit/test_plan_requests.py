@@ -8,7 +8,7 @@ import pytest
 from botocore.validate import ParamValidator
 
 import specdata
-from llama_operator.images import lmi_image_uri, training_image_uri
+from llama_operator.plan.images import lmi_image_uri, training_image_uri
 from llama_operator.plan import endpoint as plan_ep
 from llama_operator.plan import finetune as plan_ft
 from llama_operator.plan import names
@@ -226,7 +226,7 @@ def test_endpoint_defaults():
 def test_endpoint_tensor_parallel_degree_reaches_lmi():
     """Absent with vllm: LMI's max (all GPUs of the instance) in serving.properties; absent with
     batching: 1 (one GPU); a number: that number."""
-    from llama_operator import endpoint_code
+    from llama_operator.artifacts import endpoint_code
 
     def rendered(body):
         spec = LlamaEndpointSpec.model_validate(body)

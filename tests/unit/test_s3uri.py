@@ -1,6 +1,6 @@
 import pytest
 
-from llama_operator import s3uri
+from llama_operator.artifacts import s3uri
 
 
 def test_split_gives_bucket_and_key():

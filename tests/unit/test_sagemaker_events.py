@@ -13,11 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from llama_operator import endpoint_status as es
+from llama_operator.status import endpoint as es
+from llama_operator.status import values
 from llama_operator import kinds
-from llama_operator import status as st
+from llama_operator.status import finetune as st
 from llama_operator.aws import events as intake
 from llama_operator.handlers import endpoint as endpoint_handlers
+from llama_operator.handlers.app import App
+from llama_operator.settings import Settings
+from llama_operator.status import endpoint_changes
 from llama_operator.local import endpoints as local_endpoints
 from llama_operator.local import events as local_events
 from llama_operator.local.context import Context
@@ -86,7 +90,7 @@ def test_endpoint_example_is_read_in_the_api_spelling_and_shows_in_service():
 
     # what a user sees: the endpoint's LlamaEndpoint status after the event
     obj = {"metadata": {"namespace": "default", "name": "chat", "uid": "u-1", "generation": 1}, "status": {}}
-    patch = endpoint_handlers.event_update(event, obj)
+    patch = endpoint_changes.event_update(event, obj)
     assert patch["phase"] == "InService"
     assert patch["endpointName"] == "MyEndpoint" and patch["endpointConfigName"] == "MyEndpointConfig"
     assert patch["lastEventTime"] == "2020-06-17T16:39:54.287Z"
@@ -127,7 +131,7 @@ def test_endpoint_example_through_the_event_handler_writes_in_service_and_posts_
             self.posted.append((type_, reason))
 
     kube = Kube()
-    assert asyncio.run(endpoint_handlers.handle_event(None, event, kube))
+    assert asyncio.run(endpoint_handlers.on_endpoint_event(App(settings=Settings(), sagemaker=None, s3=None, kube=kube), event))
     assert kube.posted == [("Normal", "InService")]
 
 
@@ -252,25 +256,25 @@ def test_every_time_form_reads_as_the_same_instant():
         forms = [millis, float(millis), str(millis), f"{millis}.0", f" {millis} ", seconds, str(seconds),
                  instant, instant.replace(tzinfo=None), instant.isoformat(),
                  instant.isoformat().replace("+00:00", "Z"), instant.replace(tzinfo=None).isoformat(),
-                 instant.astimezone(dt.timezone(dt.timedelta(hours=5, minutes=30))).isoformat(), es.iso(seconds)]
+                 instant.astimezone(dt.timezone(dt.timedelta(hours=5, minutes=30))).isoformat(), values.iso(seconds)]
         for form in forms:
-            assert es.to_epoch(form) == pytest.approx(seconds, abs=1e-3), form
-            got = es.to_datetime(form)
+            assert values.to_epoch(form) == pytest.approx(seconds, abs=1e-3), form
+            got = values.to_datetime(form)
             assert got.tzinfo is not None and got.utcoffset() == dt.timedelta(0), form
             assert abs((got - instant).total_seconds()) < 1e-3, form
             # what intake makes of it reads back as itself
-            assert es.to_datetime(got) == got
+            assert values.to_datetime(got) == got
 
 
 @pytest.mark.parametrize("value", [None, ""])
 def test_no_time_is_none(value):
-    assert es.to_epoch(value) is None and es.to_datetime(value) is None
+    assert values.to_epoch(value) is None and values.to_datetime(value) is None
 
 
 @pytest.mark.parametrize("value", ["yesterday", "12:00", True, float("nan"), "inf", [1], {"t": 1}])
 def test_what_is_not_a_time_is_refused(value):
     with pytest.raises((TypeError, ValueError)):
-        es.to_epoch(value)
+        values.to_epoch(value)
 
 
 def test_normalise_detail_is_idempotent_and_leaves_the_input_alone():
@@ -282,7 +286,7 @@ def test_normalise_detail_is_idempotent_and_leaves_the_input_alone():
             "TrainingJobStatus": rng.choice(["IN_PROGRESS", "Completed", "STOPPED", "Failed"]),
             "SecondaryStatus": rng.choice(["LAUNCHING_ML_INSTANCES", "Training", "MAX_RUNTIME_EXCEEDED"]),
             "CreationTime": rng.choice([t[0], str(t[0]), float(t[0])]),
-            "LastModifiedTime": rng.choice([str(t[1]), t[1] / 1000, es.iso(t[1] / 1000)]),
+            "LastModifiedTime": rng.choice([str(t[1]), t[1] / 1000, values.iso(t[1] / 1000)]),
             "SecondaryStatusTransitions": [{"Status": "DOWNLOADING_TRAINING_IMAGE", "StartTime": str(t[2])}],
             "FinalMetricDataList": [{"MetricName": "train:loss", "Value": 0.5, "Timestamp": t[3]}],
             "Tags": {"StartTime": "not a time: a tag of the user's", "llamaops.dev/name": "chat"},

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from llama_operator import endpoint_code, sourcepack
+from llama_operator.artifacts import endpoint_code, training_source
 from llama_operator.settings import Settings
 
 DIGEST = hashlib.sha256(b"workloads").hexdigest()
@@ -19,7 +19,7 @@ DIGEST = hashlib.sha256(b"workloads").hexdigest()
     ("s3://bucket/team/ops//", f"s3://bucket/team/ops/source/{DIGEST}.tar.gz"),
 ])
 def test_source_uri_has_one_layout(prefix, expected):
-    assert sourcepack.source_uri(prefix, DIGEST) == expected
+    assert training_source.source_uri(prefix, DIGEST) == expected
     assert "source/source" not in expected
 
 
@@ -31,7 +31,7 @@ def test_endpoint_code_goes_beside_the_source():
 
 def test_source_uri_rejects_what_is_not_s3():
     with pytest.raises(ValueError, match="s3://"):
-        sourcepack.source_uri("https://bucket/x", DIGEST)
+        training_source.source_uri("https://bucket/x", DIGEST)
 
 
 AWS = {"AWS_REGION": "eu-west-1"}  # no endpoint override: boto3 talks to AWS

@@ -4,7 +4,7 @@ Creates are idempotent by name: the planner names every object deterministically
 models and configs), so "already exists" after a restart or a re-apply means "adopt it" — after
 checking that its owner tags are ours, so a foreign object with a colliding name is never taken
 over. Deletes treat "not found" as done. Throttling and 5xx are retried by the client's retry
-mode; what is left comes out as the training gateway's `TerminalError` / `RetryableError`."""
+mode; what is left comes out as errors.py's `TerminalError` / `RetryableError`."""
 
 from __future__ import annotations
 
@@ -14,33 +14,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from llama_operator.aws.sagemaker import RetryableError, SageMakerError, TerminalError, classify
+from llama_operator.aws.errors import RetryableError, SageMakerError, TerminalError, already_exists, classify
+from llama_operator.aws.gateway import Gateway, operation_name
 from llama_operator.kinds import UID_TAG
 
 __all__ = ["EndpointGateway", "Owned", "RetryableError", "SageMakerError", "TerminalError"]
 
 log = logging.getLogger(__name__)
-
-
-
-def _code(exc: ClientError) -> tuple[str, str]:
-    err = exc.response.get("Error", {})
-    return err.get("Code", "Unknown"), err.get("Message", str(exc))
-
-
-def _not_found(exc: ClientError) -> bool:
-    # SageMaker answers an unknown model/config/endpoint with ValidationException "Could not find ...".
-    code, message = _code(exc)
-    return code in ("ResourceNotFound", "ValidationException") and (
-        "Could not find" in message or "not found" in message.lower() or "does not exist" in message)
-
-
-def _already_exists(exc: ClientError) -> bool:
-    code, message = _code(exc)
-    return code in ("ValidationException", "ResourceInUse") and (
-        "already existing" in message or "already exists" in message)
 
 
 @dataclass
@@ -55,45 +37,8 @@ class Owned:
         return not (self.endpoints or self.endpoint_configs or self.models)
 
 
-def _op(method: str) -> str:
-    return "".join(part.capitalize() for part in method.split("_"))
-
-
-class EndpointGateway:
-    def __init__(self, client, *, on_call=None):
-        self.sm = client
-        self._on_call = on_call or (lambda operation, outcome: None)
-
-    def _raw(self, method: str, **kwargs) -> dict:
-        """The call, counted; botocore's exceptions pass through for the caller to interpret."""
-        try:
-            out = getattr(self.sm, method)(**kwargs)
-        except ClientError as exc:
-            self._on_call(_op(method), _code(exc)[0])
-            raise
-        except BotoCoreError as exc:
-            self._on_call(_op(method), type(exc).__name__)
-            raise classify(exc, _op(method)) from exc
-        self._on_call(_op(method), "ok")
-        return out
-
-    def _call(self, method: str, **kwargs) -> dict:
-        try:
-            return self._raw(method, **kwargs)
-        except ClientError as exc:
-            raise classify(exc, _op(method)) from exc
-
+class EndpointGateway(Gateway):
     # ownership -----------------------------------------------------------------------------
-    def tags(self, arn: str) -> dict[str, str]:
-        out: dict[str, str] = {}
-        kwargs: dict[str, Any] = {"ResourceArn": arn}
-        while True:
-            resp = self._call("list_tags", **kwargs)
-            out.update({t["Key"]: t["Value"] for t in resp.get("Tags", [])})
-            if not resp.get("NextToken"):
-                return out
-            kwargs["NextToken"] = resp["NextToken"]
-
     def _check_owner(self, what: str, name: str, arn: str, uid: str) -> None:
         owner = self.tags(arn).get(UID_TAG)
         if owner != uid:
@@ -110,8 +55,8 @@ class EndpointGateway:
         try:
             return self._raw("create_model", **request)["ModelArn"]
         except ClientError as exc:
-            if not _already_exists(exc):
-                raise classify(exc, _op("create_model")) from exc
+            if not already_exists(exc):
+                raise classify(exc, operation_name("create_model")) from exc
         arn = self._call("describe_model", ModelName=name)["ModelArn"]
         self._check_owner("model", name, arn, uid)
         log.info("adopted existing model %s", name)
@@ -122,8 +67,8 @@ class EndpointGateway:
         try:
             return self._raw("create_endpoint_config", **request)["EndpointConfigArn"]
         except ClientError as exc:
-            if not _already_exists(exc):
-                raise classify(exc, _op("create_endpoint_config")) from exc
+            if not already_exists(exc):
+                raise classify(exc, operation_name("create_endpoint_config")) from exc
         arn = self._call("describe_endpoint_config", EndpointConfigName=name)["EndpointConfigArn"]
         self._check_owner("endpoint configuration", name, arn, uid)
         log.info("adopted existing endpoint configuration %s", name)
@@ -135,8 +80,8 @@ class EndpointGateway:
         try:
             self._raw("create_endpoint", **request)
         except ClientError as exc:
-            if not _already_exists(exc):
-                raise classify(exc, _op("create_endpoint")) from exc
+            if not already_exists(exc):
+                raise classify(exc, operation_name("create_endpoint")) from exc
             described = self._call("describe_endpoint", EndpointName=name)
             self._check_owner("endpoint", name, described["EndpointArn"], uid)
             log.info("adopted existing endpoint %s", name)
@@ -145,51 +90,23 @@ class EndpointGateway:
 
     # endpoint ------------------------------------------------------------------------------
     def describe_endpoint(self, name: str) -> dict | None:
-        try:
-            return self._raw("describe_endpoint", EndpointName=name)
-        except ClientError as exc:
-            if _not_found(exc):
-                return None
-            raise classify(exc, _op("describe_endpoint")) from exc
+        return self._unless_missing("describe_endpoint", EndpointName=name)
 
     def config_created(self, name: str) -> dt.datetime | None:
-        try:
-            return self._raw("describe_endpoint_config", EndpointConfigName=name).get("CreationTime")
-        except ClientError as exc:
-            if _not_found(exc):
-                return None
-            raise classify(exc, "DescribeEndpointConfig") from exc
+        return (self._unless_missing("describe_endpoint_config", EndpointConfigName=name) or {}).get("CreationTime")
 
     def update_endpoint(self, request: dict) -> None:
         self._call("update_endpoint", **request)
 
+    # deletes: False when the object was already gone
     def delete_endpoint(self, name: str) -> bool:
-        """DeleteEndpoint; False when it was already gone."""
-        try:
-            self._raw("delete_endpoint", EndpointName=name)
-            return True
-        except ClientError as exc:
-            if _not_found(exc):
-                return False
-            raise classify(exc, _op("delete_endpoint")) from exc
+        return self._unless_missing("delete_endpoint", EndpointName=name) is not None
 
     def delete_endpoint_config(self, name: str) -> bool:
-        try:
-            self._raw("delete_endpoint_config", EndpointConfigName=name)
-            return True
-        except ClientError as exc:
-            if _not_found(exc):
-                return False
-            raise classify(exc, _op("delete_endpoint_config")) from exc
+        return self._unless_missing("delete_endpoint_config", EndpointConfigName=name) is not None
 
     def delete_model(self, name: str) -> bool:
-        try:
-            self._raw("delete_model", ModelName=name)
-            return True
-        except ClientError as exc:
-            if _not_found(exc):
-                return False
-            raise classify(exc, _op("delete_model")) from exc
+        return self._unless_missing("delete_model", ModelName=name) is not None
 
     def wait_endpoint_gone(self, name: str, timeout: float, interval: float = 1.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ flight handles none of what that poll brings and deletes none of it: SQS deliver
 again after the queue's visibility timeout, to whichever replica is active then.
 
 Intake normalises each event's `detail` to the SageMaker API's spelling (`normalise_detail`), so
-the handlers and status.py / endpoint_status.py read an event exactly as they read a Describe*
+the handlers and status/ read an event exactly as they read a Describe*
 response through boto3. The documented events (tests/data/sagemaker_events/) differ from it:
 EndpointStatus is upper snake case ("IN_SERVICE"), and timestamps are epoch milliseconds, as
 numbers in endpoint events (1592411994287.0) and as strings of digits in training job events
@@ -39,9 +39,10 @@ import threading
 from typing import Any, Awaitable, Callable, Mapping
 
 from llama_operator import metrics
-from llama_operator.endpoint_status import endpoint_status_name, to_datetime
+from llama_operator.status.endpoint import endpoint_status_name
 from llama_operator.kinds import DETAIL_TIME_FIELDS, DETAIL_USER_MAPS, NAME_TAG, NAMESPACE_TAG, UID_TAG
-from llama_operator.status import secondary_status_name, training_job_status_name
+from llama_operator.status.finetune import secondary_status_name, training_job_status_name
+from llama_operator.status.values import to_datetime
 
 log = logging.getLogger(__name__)
 _STATUS_FIELDS = {"EndpointStatus": endpoint_status_name, "TrainingJobStatus": training_job_status_name,

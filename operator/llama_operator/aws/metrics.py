@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from llama_operator.endpoint_status import to_epoch
+from llama_operator.status.values import to_epoch
 from llama_operator.kinds import TRAINING_METRICS_DIMENSION, TRAINING_METRICS_NAMESPACE
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""kopf handlers for LlamaFinetune: thin glue between the planner, the SageMaker gateway and status.py.
+"""kopf handlers for LlamaFinetune: thin glue between the planner, the SageMaker gateway and
+status/finetune.py; every status write goes through `kube.write_status`.
 
 - create (and re-run after a crash, since kopf records a handler as done only when it returns):
   validate -> plan -> upload source -> create the training job or adopt the one with the
@@ -17,16 +18,20 @@ import logging
 
 import kopf
 
-from llama_operator import metrics, sourcepack
-from llama_operator import status as st
+from llama_operator import metrics
+from llama_operator.artifacts import training_source
+from llama_operator.aws.errors import RetryableError, TerminalError, describe, retry_reason
 from llama_operator.aws.events import owner_of
 from llama_operator.aws.metrics import LossReader
-from llama_operator.aws.sagemaker import RetryableError, TerminalError
-from llama_operator.endpoint_status import now_iso
-from llama_operator.handlers import planning
-from llama_operator.handlers.app import App
-from llama_operator.handlers.kube import backoff
+from llama_operator.handlers.app import App, Refused
+from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import FINETUNE_KIND, FINETUNES, GROUP, TRAINING_DETAIL_TYPE, VERSION
+from llama_operator.plan import finetune as plan_ft
+from llama_operator.plan.names import training_job_name
+from llama_operator.spec import LlamaFinetuneSpec, deletion_policy
+from llama_operator.status import finetune as st
+from llama_operator.status.conditions import synced
+from llama_operator.status.values import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +39,9 @@ PLURAL = FINETUNES
 RESOURCE = (GROUP, VERSION, PLURAL)
 
 
-def _apply(patch: kopf.Patch, values: dict) -> None:
-    for key, value in values.items():
-        patch.status[key] = value
+async def _write(app: App, body, change) -> tuple[dict | None, dict | None]:
+    meta = body["metadata"]
+    return await write_status(app.kube, PLURAL, meta["namespace"], meta["name"], meta.get("uid"), change)
 
 
 def _event(body, type_: str, reason: str, message: str) -> None:
@@ -48,7 +53,7 @@ def _event(body, type_: str, reason: str, message: str) -> None:
 def remember_name(app: App, type, name, namespace, uid, status, **_):
     """Every watch event: which resource a training job name belongs to (for events without owner
     tags), and the phase metric."""
-    job = status.get("trainingJobName") or planning.training_job_name(namespace, name, uid)
+    job = status.get("trainingJobName") or training_job_name(namespace, name, uid)
     if type == "DELETED":
         app.names.pop(job, None)
         app.loss.forget(job)
@@ -58,7 +63,7 @@ def remember_name(app: App, type, name, namespace, uid, status, **_):
         metrics.phase(FINETUNE_KIND, namespace, name, status.get("phase") or "Pending")
 
 
-async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, patch, retry, **_):
+async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, retry, **_):
     """Create (and resume): validate, plan, upload the source, create or adopt the training job."""
     if meta.get("deletionTimestamp"):
         return
@@ -66,68 +71,55 @@ async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, pa
     now = now_iso()
     if status.get("phase") in st.TERMINAL and status.get("trainingJobName"):
         return  # a finished job is history; nothing to create again
-    spec = dict(spec)
     try:
-        model = planning.validate_spec(spec)
-    except Exception as exc:  # pydantic's errors name each field
-        message = f"spec rejected: {planning.describe_invalid(exc)}"
-        _apply(patch, st.failed_before_start(status, "InvalidSpec", message, generation=generation, now=now))
-        _event(body, "Warning", "InvalidSpec", message)
+        model = app.admit(LlamaFinetuneSpec, spec, namespace)
+    except Refused as exc:
+        reason, message = exc.reason, exc.message
+        await _write(app, body, lambda current, meta: st.failed_before_start(
+            current, reason, message, generation=meta.get("generation"), now=now))
+        _event(body, "Warning", reason, message)
         return
-    role = spec.get("roleArn", "")
-    if app.allowlist is not None:
-        denied = app.allowlist.check(namespace, role)
-        if denied:
-            _apply(patch, st.failed_before_start(status, "RoleNotAllowed", denied, generation=generation, now=now))
-            _event(body, "Warning", "RoleNotAllowed", denied)
-            return
     if status.get("phase") in (None, "Pending"):
         _event(body, "Normal", "Creating", "creating the SageMaker training job")
     try:
-        probe = planning.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
-                                                     source_s3_uri="s3://placeholder/source.tar.gz",
-                                                     region=app.settings.region)
-        prefix = app.settings.source_s3_uri or planning.output_path(probe)
+        prefix = plan_ft.source_prefix(model, app.settings.source_s3_uri)
         workloads = app.settings.workloads()
         source_uri, uploaded = await asyncio.to_thread(
-            sourcepack.upload, app.s3, workloads, prefix, sourcepack.requirements_for(workloads, model.method.type))
-        request = planning.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
+            training_source.upload, app.s3, workloads, prefix,
+            training_source.requirements_for(workloads, model.method.type))
+        request = plan_ft.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
                                                        source_s3_uri=source_uri, region=app.settings.region)
         described, created = await asyncio.to_thread(app.sagemaker.ensure_training_job, request)
     except TerminalError as exc:
-        message = f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
-        _apply(patch, st.failed_before_start(status, exc.code, message, generation=generation, now=now))
-        _event(body, "Warning", exc.code, message)
+        code, message = exc.code, f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
+        await _write(app, body, lambda current, meta: st.failed_before_start(
+            current, code, message, generation=meta.get("generation"), now=now))
+        _event(body, "Warning", code, message)
         metrics.count("RECONCILES", kind=FINETUNE_KIND, outcome="terminal")
         return
-    except RetryableError as exc:
+    except Exception as exc:  # throttling, 5xx, S3, network: retried, never fatal to the operator
         delay = backoff(app.settings.retry_seconds, retry)
-        reason = "Throttled" if exc.throttled else "ServiceUnavailable"
-        message = f"{exc.operation}: {exc.code}: {exc.message}; retrying in {delay:.0f}s (attempt {retry + 1})"
-        values = st.pending(status, generation=generation, now=now)
-        values["conditions"] = st.synced(values["conditions"], False, reason, message,
-                                         generation=generation, now=now)
-        _apply(patch, values)
+        reason = retry_reason(exc)
+        message = f"{describe(exc)}; retrying in {delay:.0f}s (attempt {retry + 1})"
+
+        def retrying(current, meta):
+            values = st.pending(current, generation=meta.get("generation"), now=now)
+            values["conditions"] = synced(values["conditions"], False, reason, message,
+                                          generation=meta.get("generation"), now=now)
+            return values
+
+        await _write(app, body, retrying)
         _event(body, "Warning", reason, message)
         metrics.count("RECONCILES", kind=FINETUNE_KIND, outcome="retry")
-        raise kopf.TemporaryError(message, delay=delay)
-    except Exception as exc:  # S3, network, anything: retried, never fatal to the operator
-        delay = backoff(app.settings.retry_seconds, retry)
-        message = f"{type(exc).__name__}: {exc}; retrying in {delay:.0f}s"
-        values = st.pending(status, generation=generation, now=now)
-        values["conditions"] = st.synced(values["conditions"], False, "Error", message,
-                                         generation=generation, now=now)
-        _apply(patch, values)
         raise kopf.TemporaryError(message, delay=delay)
 
     job = request["TrainingJobName"]
     app.names[job] = (namespace, name)
     transitions: list = []
 
-    def observed(obj: dict) -> dict:
+    def observed(current: dict, _meta) -> dict:
         # From the object as it is now, not as this handler started: SQS events for the new
         # job may already have moved status on (a tiny job can finish within a second).
-        current = obj.get("status") or {}
         # Before a job exists, status holds at most a pre-creation failure (e.g. an invalid
         # spec since fixed): that is no ordering bound for the job's own story.
         basis = current if current.get("trainingJobName") else {"conditions": current.get("conditions")}
@@ -136,14 +128,14 @@ async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, pa
             values["failureReason"] = None
         values.setdefault("trainingJobName", job)
         values["sourceS3Uri"] = source_uri
-        values["conditions"] = st.synced(values.get("conditions", current.get("conditions")), True,
-                                         "Created" if created else "Adopted",
-                                         f"{'created' if created else 'adopted'} training job {job}",
-                                         generation=generation, now=now)
+        values["conditions"] = synced(values.get("conditions", current.get("conditions")), True,
+                                      "Created" if created else "Adopted",
+                                      f"{'created' if created else 'adopted'} training job {job}",
+                                      generation=generation, now=now)
         transitions[:] = events
         return values
 
-    await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+    await write_status(app.kube, PLURAL, namespace, name, uid, observed)
     events = transitions
     _event(body, "Normal", "Created" if created else "Adopted",
            f"{'created' if created else 'adopted existing'} training job {request['TrainingJobName']}"
@@ -153,7 +145,7 @@ async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, pa
     metrics.count("RECONCILES", kind=FINETUNE_KIND, outcome="ok")
 
 
-async def spec_changed(app: App, spec, body, meta, status, name, namespace, uid, patch, retry, **kwargs):
+async def spec_changed(app: App, spec, body, meta, status, name, namespace, uid, retry, **kwargs):
     if status.get("trainingJobName"):
         # A training job cannot change once created; the CRD's rules make the spec immutable
         # in a real cluster, so this is reached only where admission did not run.
@@ -162,10 +154,10 @@ async def spec_changed(app: App, spec, body, meta, status, name, namespace, uid,
                "Create a new LlamaFinetune for a new run")
         return
     await reconcile(app, spec=spec, body=body, meta=meta, status=status, name=name, namespace=namespace, uid=uid,
-                    patch=patch, retry=retry)
+                    retry=retry)
 
 
-async def resync(app: App, body, meta, status, name, namespace, uid, patch, **_):
+async def resync(app: App, body, meta, status, name, namespace, uid, **_):
     if meta.get("deletionTimestamp") or status.get("phase") in st.TERMINAL:
         return
     job = status.get("trainingJobName")
@@ -205,23 +197,22 @@ async def refresh_loss(app: App, namespace: str, name: str, job: str, started, s
     if loss is None or loss == shown:
         return
 
-    def observed(obj: dict) -> dict | None:
-        current = obj.get("status") or {}
+    def observed(current: dict, _meta) -> dict | None:
         if current.get("phase") != "InProgress" or current.get("trainingJobName") != job \
                 or current.get("trainingLoss") == loss:
             return None
         return {"trainingLoss": loss}
 
     try:
-        await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+        await write_status(app.kube, PLURAL, namespace, name, None, observed)
     except Exception as exc:  # the next poll writes it
         log.warning("training loss of %s/%s not written: %s", namespace, name, exc)
 
 
-async def finalize(app: App, spec, body, status, name, namespace, uid, patch, retry, **_):
-    if planning.deletion_policy(dict(spec)) == "Retain":
+async def finalize(app: App, spec, body, status, name, namespace, uid, retry, **_):
+    if deletion_policy(spec) == "Retain":
         return
-    job = status.get("trainingJobName") or planning.training_job_name(namespace, name, uid)
+    job = status.get("trainingJobName") or training_job_name(namespace, name, uid)
     try:
         described = await asyncio.to_thread(app.sagemaker.describe_training_job, job)
         if described is None or described["TrainingJobStatus"] in st.TERMINAL:
@@ -234,7 +225,7 @@ async def finalize(app: App, spec, body, status, name, namespace, uid, patch, re
         return
     except RetryableError as exc:
         raise kopf.TemporaryError(f"{exc}", delay=backoff(app.settings.retry_seconds, retry))
-    patch.status["phase"] = "Stopping"
+    await _write(app, body, lambda current, _: None if current.get("phase") == "Stopping" else {"phase": "Stopping"})
     raise kopf.TemporaryError(f"waiting for training job {job} to stop", delay=app.settings.stop_poll_seconds)
 
 
@@ -244,14 +235,12 @@ async def record_observation(app: App, namespace: str, name: str, detail: dict, 
     written)."""
     transitions: list = []
 
-    def observed(obj: dict) -> dict | None:
-        if uid and uid != obj["metadata"].get("uid"):
-            return None  # an older object of the same name
-        values, transitions[:] = st.from_training_job(detail, obj.get("status") or {},
-                                                      generation=obj["metadata"].get("generation"), now=now_iso())
+    def observed(current: dict, meta) -> dict | None:
+        values, transitions[:] = st.from_training_job(detail, current, generation=meta.get("generation"),
+                                                      now=now_iso())
         return values
 
-    obj, written = await app.kube.update_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, observed)
+    obj, written = await write_status(app.kube, PLURAL, namespace, name, uid, observed)
     return obj, (transitions if written else [])
 
 

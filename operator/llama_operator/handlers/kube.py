@@ -1,7 +1,10 @@
-"""The few Kubernetes calls made outside kopf's own patching (the SQS consumer updates status as
-soon as an event arrives, not at the next handler run; handlers update status with the same guard):
-GET an object, update its status (a merge patch guarded by the read's resourceVersion, never a
-blind one), post an Event. Authenticated with the same ConnectionInfo kopf logged in with."""
+"""The operator's own Kubernetes calls, made outside kopf's patching: GET an object, update its
+status (a merge patch guarded by the read's resourceVersion, never a blind one), post an Event.
+Authenticated with the same ConnectionInfo kopf logged in with.
+
+Every status write of both kinds (handlers, SQS events, resync) goes through `write_status`, so
+an event that arrives while a handler runs, or a handler's view from before a fast state change,
+never overwrites newer status. And the handlers' retry delay, `backoff`."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import tempfile
 import uuid
 
 import aiohttp
+
+from llama_operator.kinds import GROUP, VERSION
 
 
 class KubeWriter:
@@ -113,6 +118,26 @@ class KubeWriter:
         async with http.post(self._url("v1", "events", meta["namespace"]), json=event) as resp:
             if resp.status >= 400 and resp.status not in (403, 404):  # events are best effort
                 resp.raise_for_status()
+
+
+async def write_status(kube: KubeWriter, plural: str, namespace: str, name: str, uid: str | None, change
+                       ) -> tuple[dict | None, dict | None]:
+    """Read-modify-write of one resource's status through `KubeWriter.update_status`: the read's
+    resourceVersion is the precondition, so a writer that raced us (an SQS event, the resync, a
+    handler) makes the API server answer 409 and `change` runs again on the fresh object.
+    `change(status, meta)` maps status as it is now (not as a handler or an event saw it earlier)
+    to the values to merge, {} or None for none; it does no I/O. Returns (object as read, values
+    written); (None, None) when the object is gone or the name now holds another uid."""
+    def compute(obj: dict) -> dict | None:
+        meta = obj.get("metadata") or {}
+        if uid and meta.get("uid") != uid:
+            return None  # deleted and created again under the same name
+        return change(dict(obj.get("status") or {}), meta) or None
+
+    obj, written = await kube.update_status(f"{GROUP}/{VERSION}", plural, namespace, name, compute)
+    if obj is None or (uid and obj.get("metadata", {}).get("uid") != uid):
+        return None, None
+    return obj, written
 
 
 def _tmp(data) -> str:

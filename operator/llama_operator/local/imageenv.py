@@ -1,7 +1,7 @@
 """The environment of a container image, on this machine.
 
 SageMaker runs a job or an endpoint in the image it names; the local service runs it in a cached
-virtualenv built from PyPI with what that image's profile (`llama_operator/image_profiles.json`)
+virtualenv built from PyPI with what that image's profile (`llama_operator/plan/image_profiles.json`)
 says the image carries, at the same versions, so a package the image lacks is missing here too.
 An image with no profile is refused. What cannot be matched here (Python 3.12, CUDA, packages that
 are not on PyPI) is listed as the profile's local differences.
@@ -24,9 +24,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from llama_operator.plan import images as images_table
+
 log = logging.getLogger(__name__)
 
-PROFILES = Path(__file__).resolve().parents[1] / "image_profiles.json"
+PROFILES = images_table.PROFILES
 CONTAINER_DIR = Path(__file__).resolve().parent / "container"
 CACHE_ENV = "LLAMA_OPERATOR_IMAGE_ENVS"
 BUILD_TIMEOUT_S = 3600
@@ -333,12 +335,14 @@ def prebuild(envs: "ImageEnvironments", region: str = "us-east-1", log_line=prin
     """Build what the default images' jobs and endpoints use, as they will use it: each training
     image with its method's requirements.txt (workloads/requirements/) and the service's framework
     module, and the LMI image with the local LMI front end. Done once, ahead of the first job."""
-    from llama_operator import images, paths, sourcepack
+    from llama_operator import paths
+    from llama_operator.artifacts import training_source
+    from llama_operator.plan import images
     from llama_operator.local import endpoints, training
 
     for method in ("deepspeed", "smp"):
         env = envs.image(images.training_image_uri(region, method))
-        requirements = sourcepack.requirements_for(paths.workloads_dir(), method).get("requirements.txt")
+        requirements = training_source.requirements_for(paths.workloads_dir(), method).get("requirements.txt")
         env = envs.overlay(env, requirements.decode() if requirements else None, helpers=(training.FRAMEWORK_FILE,))
         log_line(f"method {method}: {env.profile} in {env.root}")
     env = envs.overlay(envs.image(images.lmi_image_uri(region)), None, helpers=endpoints.LMI_HELPERS)

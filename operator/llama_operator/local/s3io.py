@@ -6,7 +6,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from llama_operator import s3uri
+from llama_operator.artifacts import s3uri
 
 
 def download_prefix(s3, uri: str, dest: Path) -> int:

@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="serve images matching REGEX with COMMAND ({python}, {workloads} are filled in); "
                         "repeatable, checked before the built-in LMI entry")
     p.add_argument("--image-profiles", type=Path, default=None,
-                   help="a JSON file of further image profiles (the schema of llama_operator/image_profiles.json), "
+                   help="a JSON file of further image profiles (the schema of llama_operator/plan/image_profiles.json), "
                         "for images of your own")
     p.add_argument("--max-instances", type=int, default=8,
                    help="instances that may run at once per kind of usage (ResourceLimitExceeded above it)")

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from llama_operator.images import lmi_image_uri
+from llama_operator.plan.images import lmi_image_uri
 from llama_operator.kinds import ENDPOINT_KIND
 from llama_operator.spec import LlamaEndpointSpec
 from llama_operator.spec.endpoint import (DEFAULT_CANARY_PERCENT, DEFAULT_MAX_BATCH_SIZE,

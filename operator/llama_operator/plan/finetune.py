@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_operator.images import training_image_uri
+from llama_operator.plan.images import training_image_uri
 from llama_operator.kinds import FINETUNE_KIND
 from llama_operator.spec import LlamaFinetuneSpec
 
@@ -34,6 +34,12 @@ def _prefix(uri: str) -> str:
 def model_s3_uri(spec: LlamaFinetuneSpec, job_name: str) -> str:
     """Where the workload pushes the fine-tuned model: `<outputS3Uri>/<job name>/model/`."""
     return f"{_prefix(spec.output_s3_uri)}{job_name}/model/"
+
+
+def source_prefix(spec: LlamaFinetuneSpec, operator_prefix: str | None) -> str:
+    """Where the job's source tarball goes: the operator's own prefix, else (the embedded default
+    only, see settings.py) the job's output prefix."""
+    return operator_prefix or spec.output_s3_uri
 
 
 def _text(value: Any) -> str:

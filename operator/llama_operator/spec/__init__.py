@@ -1,6 +1,8 @@
-"""Pydantic models of the two custom resources' specs (`Model.model_validate(body['spec'])`)."""
+"""Pydantic models of the two custom resources' specs, and the one check both kinds run on them
+(`validate(LlamaFinetuneSpec, body['spec'])`)."""
 
 from .endpoint import LlamaEndpointSpec
 from .finetune import LlamaFinetuneSpec
+from .validate import InvalidSpec, deletion_policy, validate
 
-__all__ = ["LlamaEndpointSpec", "LlamaFinetuneSpec"]
+__all__ = ["InvalidSpec", "LlamaEndpointSpec", "LlamaFinetuneSpec", "deletion_policy", "validate"]

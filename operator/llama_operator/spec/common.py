@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Dict
+from typing import Annotated, Dict, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -62,3 +62,12 @@ class SpecModel(BaseModel):
     def to_body(self) -> dict:
         """The spec as it would be stored, defaults filled, optional absent fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ResourceSpec(SpecModel):
+    """The fields both kinds' specs have: the SageMaker execution role, an image instead of the
+    default one, tags for what SageMaker creates, and what deletion does to it."""
+    role_arn: RoleArn
+    image: Optional[Image] = None
+    tags: Tags = {}
+    deletion_policy: Literal["Delete", "Retain"] = "Delete"

@@ -8,7 +8,7 @@ from typing import List, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from typing_extensions import Annotated
 
-from .common import Image, InstanceType, RoleArn, S3Uri, SpecModel, Tags, environment_type
+from .common import InstanceType, ResourceSpec, S3Uri, SpecModel, environment_type
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -108,16 +108,12 @@ class Deployment(SpecModel):
         return self
 
 
-class LlamaEndpointSpec(SpecModel):
+class LlamaEndpointSpec(ResourceSpec):
     model: ModelSource
     serving: Serving = Serving()
     resources: EndpointResources
-    role_arn: RoleArn
     deployment: Deployment = Deployment()
-    image: Optional[Image] = None
     environment: environment_type(1024, 1024) = {}
-    tags: Tags = {}
-    deletion_policy: Literal["Delete", "Retain"] = "Delete"
 
     @model_validator(mode="after")
     def _dtype_fits_the_gpu(self):

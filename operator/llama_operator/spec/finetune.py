@@ -8,7 +8,7 @@ from typing import List, Literal, Optional
 from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
-from .common import (Image, InstanceType, RoleArn, S3Uri, SpecModel, Tags, environment_type)
+from .common import InstanceType, ResourceSpec, S3Uri, SpecModel, environment_type
 
 BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|p3dn|g3|g3s|g4dn)[.]")
 SMP_INSTANCES = re.compile(r"^ml[.](p4d|p4de|p5|p5e|p5en)[.]")
@@ -101,18 +101,14 @@ class TrainingResources(SpecModel):
         return self
 
 
-class LlamaFinetuneSpec(SpecModel):
+class LlamaFinetuneSpec(ResourceSpec):
     base_model: BaseModelSource
     dataset: Dataset
     method: Method = Method()
     hyperparameters: Hyperparameters = Hyperparameters()
     resources: TrainingResources
-    role_arn: RoleArn
     output_s3_uri: S3Uri = Field(alias="outputS3Uri")
-    image: Optional[Image] = None
     environment: environment_type(512, 512) = {}
-    tags: Tags = {}
-    deletion_policy: Literal["Delete", "Retain"] = "Delete"
 
     @model_validator(mode="after")
     def _cross_field(self):

@@ -12,7 +12,7 @@ import hashlib
 from types import ModuleType
 from typing import Any, Mapping
 
-from llama_operator import s3uri
+from llama_operator.artifacts.upload import put_missing
 from llama_operator.paths import load_workload
 
 
@@ -69,17 +69,7 @@ def code_prefix(base_s3_uri: str, files: Mapping[str, str]) -> str:
     return f"{base}/endpoint-code/{content_hash(files)[:32]}/"
 
 
-def upload(s3, base_s3_uri: str, files: Mapping[str, str]) -> str:
-    """Upload the files under their content-addressed prefix unless every one is already there
-    with the same size; returns the prefix URI (with a trailing slash)."""
-    prefix_uri = code_prefix(base_s3_uri, files)
-    bucket, prefix = s3uri.split(prefix_uri)
-    present: dict[str, int] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            present[obj["Key"]] = obj["Size"]
-    for name, text in sorted(files.items()):
-        data = text.encode()
-        if present.get(prefix + name) != len(data):
-            s3.put_object(Bucket=bucket, Key=prefix + name, Body=data)
-    return prefix_uri
+def upload(s3, prefix_uri: str, files: Mapping[str, str]) -> bool:
+    """Put the files under their content-addressed prefix (`code_prefix`) unless every one is
+    already there; True when anything was sent."""
+    return put_missing(s3, prefix_uri, {name: text.encode() for name, text in files.items()})

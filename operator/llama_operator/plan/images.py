@@ -11,7 +11,7 @@ The table is generated from `sagemaker-core` (`sagemaker.core.image_uris`, a tes
 through the same functions the SageMaker SDK uses: the training images through
 `get_training_image_uri()` (the PyTorch estimator's path), the SMP one with the SMP v2
 distribution, which is how the SDK reaches the SMP images; the LMI image through `retrieve()`.
-After changing a pinned version run `python -m llama_operator.images --write`;
+After changing a pinned version run `python -m llama_operator.plan.images --write`;
 tests/unit/test_images.py checks the table's tags and compares it with sagemaker-core."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def pinned_versions() -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     if argv != ["--write"]:
-        print("usage: python -m llama_operator.images --write   (needs sagemaker-core)", file=sys.stderr)
+        print("usage: python -m llama_operator.plan.images --write   (needs sagemaker-core)", file=sys.stderr)
         return 2
     TABLE.write_text(json.dumps({"versions": pinned_versions(), "images": resolve_with_sagemaker_core()},
                                 indent=1, sort_keys=True) + "\n")

@@ -21,9 +21,10 @@ an older spec, not the refused one.
 
 from __future__ import annotations
 
-import datetime as dt
-import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
+
+from llama_operator.status.conditions import for_phase, set_condition
+from llama_operator.status.values import api_spelling, iso, now_iso, to_epoch
 
 PHASES = ("Pending", "WaitingForModel", "Creating", "InService", "Updating", "Degraded", "Failed", "Deleting")
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Failed", "WaitingForModel", "Synced")
@@ -53,19 +54,20 @@ def region_of(arn: str) -> str | None:
     return parts[3] if len(parts) > 4 and parts[3] else None
 
 
-# ---- spelling of enum values ---------------------------------------------------------------
-
-def _spelling_key(value: str) -> str:
-    return value.replace("_", "").replace("-", "").replace(" ", "").upper()
-
-
-def api_spelling(value: Any, known: Iterable[str]) -> Any:
-    """`value` as the SageMaker API spells it when it is one of `known` in any case or with
-    underscores ("IN_SERVICE", "in_service", "InService" -> "InService"); anything else as given."""
-    if not isinstance(value, str):
-        return value
-    key = _spelling_key(value)
-    return next((k for k in known if _spelling_key(k) == key), value)
+def conditions_for(phase: str, reason: str, message: str, previous: list[Mapping[str, Any]] | None, *,
+                   generation: int | None, now: str) -> list[dict]:
+    """The full condition set for a phase: exactly one story told by Ready / Progressing /
+    Degraded / Failed / WaitingForModel."""
+    # During a blue/green update and after a rolled-back one the old fleet keeps answering.
+    truth = {
+        "Ready": phase in ("InService", "Degraded", "Updating"),
+        "Progressing": phase in ("Pending", "WaitingForModel", "Creating", "Updating", "Deleting"),
+        "Degraded": phase == "Degraded",
+        "Failed": phase == "Failed",
+        "WaitingForModel": phase == "WaitingForModel",
+    }
+    return for_phase(truth, reason, message, previous, what="endpoint", phase=phase, generation=generation,
+                     now=now, optional=("Degraded", "WaitingForModel"))
 
 
 def endpoint_status_name(value: Any) -> Any:
@@ -73,111 +75,16 @@ def endpoint_status_name(value: Any) -> Any:
     return api_spelling(value, ENDPOINT_STATUSES)
 
 
-# ---- time ------------------------------------------------------------------------------------
-
-def _from_number(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"not a timestamp: {value!r}")
-    # EventBridge writes millis; 1e11 seconds is the year 5138, so anything larger is millis.
-    return value / 1000.0 if abs(value) > 1e11 else value
-
-
-def to_epoch(value: Any) -> float | None:
-    """SageMaker's timestamp as epoch seconds: a datetime (boto3), epoch millis as a number or a
-    string of digits (EventBridge details: 1592411992203.0, "1583831889050"), epoch seconds, or an
-    ISO-8601 string (what we keep in status; one without a zone is UTC)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.timestamp()
-    if isinstance(value, bool):
-        raise TypeError(f"not a timestamp: {value!r}")
-    if isinstance(value, (int, float)):
-        return _from_number(float(value))
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-            return to_epoch(parsed)
-        return _from_number(number)
-    raise TypeError(f"not a timestamp: {value!r}")
-
-
-def to_datetime(value: Any) -> dt.datetime | None:
-    """SageMaker's timestamp, in any form `to_epoch` takes, as boto3 gives it: an aware UTC datetime."""
-    epoch = to_epoch(value)
-    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
-
-
-def iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def now_iso() -> str:
-    return iso(dt.datetime.now(dt.timezone.utc).timestamp())
-
-
-# ---- conditions ------------------------------------------------------------------------------
-
-def set_condition(conditions: list[Mapping[str, Any]] | None, type_: str, status: bool, reason: str,
-                  message: str, *, generation: int | None, now: str) -> list[dict]:
-    """Conditions with one of them set, Kubernetes-style: lastTransitionTime changes only when
-    the condition's status flips."""
-    out: list[dict] = []
-    found = False
-    value = "True" if status else "False"
-    for c in conditions or []:
-        c = dict(c)
-        if c.get("type") == type_:
-            found = True
-            if c.get("status") != value:
-                c["lastTransitionTime"] = now
-            c.update(status=value, reason=reason, message=message)
-            if generation is not None:
-                c["observedGeneration"] = generation
-        out.append(c)
-    if not found:
-        c = {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": now}
-        if generation is not None:
-            c["observedGeneration"] = generation
-        out.append(c)
-    return out
-
-
-def conditions_for(phase: str, reason: str, message: str, previous: list[Mapping[str, Any]] | None, *,
-                   generation: int | None, now: str) -> list[dict]:
-    """The full condition set for a phase: exactly one story told by Ready / Progressing /
-    Degraded / Failed / WaitingForModel."""
-    # During a blue/green update and after a rolled-back one the old fleet keeps answering.
-    ready = phase in ("InService", "Degraded", "Updating")
-    truth = {
-        "Ready": ready,
-        "Progressing": phase in ("Pending", "WaitingForModel", "Creating", "Updating", "Deleting"),
-        "Degraded": phase == "Degraded",
-        "Failed": phase == "Failed",
-        "WaitingForModel": phase == "WaitingForModel",
-    }
-    conds = list(previous or [])
-    for type_, value in truth.items():
-        if not value and not any(c.get("type") == type_ for c in conds) and type_ in ("Degraded", "WaitingForModel"):
-            continue  # absent says as much as False for the occasional ones; keep the list short
-        if value:
-            conds = set_condition(conds, type_, True, reason, message, generation=generation, now=now)
-        else:
-            conds = set_condition(conds, type_, False, reason, _false_message(type_, phase),
-                                  generation=generation, now=now)
-    return conds
-
-
-def _false_message(type_: str, phase: str) -> str:
-    return f"{type_} is False while the endpoint is {phase}"
-
-
 # ---- SageMaker -> status ---------------------------------------------------------------------
+
+# (phase, reason) of the EndpointStatus values that mean the same whatever configuration serves
+_FIXED_PHASES = {
+    "Creating": ("Creating", "Creating"), "Updating": ("Updating", "Updating"),
+    "RollingBack": ("Degraded", "RollingBack"), "Deleting": ("Deleting", "Deleting"),
+    "OutOfService": ("Degraded", "OutOfService"), "UpdateRollbackFailed": ("Failed", "UpdateRollbackFailed"),
+    "Failed": ("Failed", "EndpointFailed"),
+}
+
 
 def phase_of(endpoint_status: str, serving_config: str | None, desired_config: str | None,
              failure_reason: str | None) -> tuple[str, str]:
@@ -193,20 +100,8 @@ def phase_of(endpoint_status: str, serving_config: str | None, desired_config: s
         return ("Degraded", "UpdateFailed") if failure_reason else ("Updating", "UpdatePending")
     if endpoint_status == "SystemUpdating":
         return ("InService", "SystemUpdating") if on_desired else ("Updating", "SystemUpdating")
-    if endpoint_status == "Creating":
-        return "Creating", "Creating"
-    if endpoint_status == "Updating":
-        return "Updating", "Updating"
-    if endpoint_status == "RollingBack":
-        return "Degraded", "RollingBack"
-    if endpoint_status == "Deleting":
-        return "Deleting", "Deleting"
-    if endpoint_status == "OutOfService":
-        return "Degraded", "OutOfService"
-    if endpoint_status == "UpdateRollbackFailed":
-        return "Failed", "UpdateRollbackFailed"
-    if endpoint_status == "Failed":
-        return "Failed", "EndpointFailed"
+    if endpoint_status in _FIXED_PHASES:
+        return _FIXED_PHASES[endpoint_status]
     return "Pending", endpoint_status or "Unknown"
 
 

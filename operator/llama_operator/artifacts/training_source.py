@@ -11,7 +11,8 @@ import tarfile
 from pathlib import Path
 from typing import Mapping
 
-from llama_operator import s3uri
+from llama_operator.artifacts import s3uri
+from llama_operator.artifacts.upload import put_missing
 
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -68,17 +69,8 @@ def source_uri(prefix_uri: str, digest: str) -> str:
 
 
 def upload(s3, root: Path, prefix_uri: str, extra: Mapping[str, bytes] | None = None) -> tuple[str, bool]:
-    """(s3 URI of the tarball, uploaded?) — the upload is skipped when the key already exists."""
-    from botocore.exceptions import ClientError
-
+    """(s3 URI of the tarball, uploaded?) — nothing is sent when the key already holds it."""
     body = pack(root, extra)
     uri = source_uri(prefix_uri, hashlib.sha256(body).hexdigest())
-    bucket, key = s3uri.split(uri)
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return uri, False
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-            raise
-    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/gzip")
-    return uri, True
+    folder, _, name = uri.rpartition("/")
+    return uri, put_missing(s3, folder + "/", {name: body}, content_type="application/gzip")

@@ -4,7 +4,7 @@ One function takes either a DescribeTrainingJob response (the resync fallback) o
 "SageMaker Training Job State Change" event (the main path); both carry the Describe fields, events
 with timestamps as epoch milliseconds (the documented example writes them as strings of digits,
 "1583831889050"). aws/events.py turns details into the API's spelling at intake; this module takes
-either (`to_epoch`, `training_job_status_name`). Delivery is at least once and unordered, so each
+either (`values.to_epoch`, `training_job_status_name`). Delivery is at least once and unordered, so each
 observation is ranked by (LastModifiedTime, how far along the job is) and one that ranks below
 what status already shows is dropped: duplicate, late or out-of-order events never move status
 backwards, and a terminal phase is final.
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from llama_operator.endpoint_status import api_spelling, iso, set_condition, to_epoch
+from llama_operator.status.conditions import for_phase, synced
+from llama_operator.status.values import api_spelling, iso, to_epoch
 
 PHASES = ("Pending", "Creating", "InProgress", "Completed", "Failed", "Stopping", "Stopped")
 TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
@@ -91,16 +92,8 @@ def conditions_for(phase: str, reason: str, message: str, previous, *, generatio
         "Progressing": phase in ("Pending", "Creating", "InProgress", "Stopping"),
         "Failed": phase == "Failed",
     }
-    conds = list(previous or [])
-    for type_, value in truth.items():
-        conds = set_condition(conds, type_, value, reason, message if value else f"{type_} is False while the "
-                              f"training job is {phase}", generation=generation, now=now)
-    return conds
-
-
-def synced(previous, ok: bool, reason: str, message: str, *, generation: int | None, now: str) -> list[dict]:
-    """The Synced condition: does status reflect SageMaker, or is a call being retried."""
-    return set_condition(previous, "Synced", ok, reason, message, generation=generation, now=now)
+    return for_phase(truth, reason, message, previous, what="training job", phase=phase,
+                     generation=generation, now=now)
 
 
 def from_training_job(detail: Mapping[str, Any], current: Mapping[str, Any] | None, *, generation: int | None,

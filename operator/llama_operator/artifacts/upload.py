@@ -1,0 +1,27 @@
+"""Content-addressed uploads: the key already names the content, so an object of the same size
+under it is the same object and is not sent again."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from llama_operator.artifacts import s3uri
+
+
+def put_missing(s3, prefix_uri: str, files: Mapping[str, bytes], *, content_type: str | None = None) -> bool:
+    """Put each of `files` under `prefix_uri` (s3://bucket/prefix/) unless it is already there
+    with the same size; True when anything was uploaded."""
+    bucket, prefix = s3uri.split(prefix_uri)
+    keys = {prefix + name: data for name, data in files.items()}
+    present: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=os.path.commonprefix(list(keys))):
+        for obj in page.get("Contents", []):
+            present[obj["Key"]] = obj["Size"]
+    uploaded = False
+    for key, data in sorted(keys.items()):
+        if present.get(key) != len(data):
+            extra = {"ContentType": content_type} if content_type else {}
+            s3.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+            uploaded = True
+    return uploaded

@@ -1,0 +1,72 @@
+"""One LlamaEndpoint spec generation as SageMaker objects: their names, the endpoint code prefix
+and every request (pure: the handler uploads `code_files` to `code_s3_uri` before it sends the
+requests)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from llama_operator.artifacts import endpoint_code, s3uri
+from llama_operator.plan import endpoint as plan_ep
+from llama_operator.plan import names
+
+
+@dataclass
+class Plan:
+    """Everything one spec generation asks of SageMaker, with the names it gets."""
+    endpoint_name: str
+    model_name: str
+    config_name: str
+    spec_hash: str
+    model_request: dict
+    config_request: dict
+    endpoint_request: dict
+    update_request: dict
+    model_s3_uri: str
+    code_s3_uri: str
+    code_files: dict[str, str]
+
+
+def code_base_uri(source_s3_uri: str | None, model_s3_uri: str) -> str:
+    """Where endpoint code prefixes go: beside the training source packs when the operator has a
+    source location, else in the model's own bucket (the endpoint's role reads it anyway)."""
+    if source_s3_uri:
+        return source_s3_uri.rstrip("/")
+    bucket, _ = s3uri.split(model_s3_uri)
+    return f"s3://{bucket}/llama-operator"
+
+
+def combined_hash(spec_hash: str, code_s3_uri: str) -> str:
+    """The spec's hash, changed also when the rendered serving code changes (an operator upgrade
+    that renders different artifacts rolls endpoints forward as a spec change would)."""
+    return hashlib.sha256(f"{spec_hash}|{code_s3_uri}".encode()).hexdigest()[:len(spec_hash) or 16]
+
+
+def plan(spec_model, *, namespace: str, name: str, uid: str, model_s3_uri: str, region: str,
+         source_s3_uri: str | None) -> Plan:
+    files = endpoint_code.render(spec_model.serving.engine, model_s3_uri, plan_ep.serving_settings(spec_model))
+    code_uri = endpoint_code.code_prefix(code_base_uri(source_s3_uri, model_s3_uri), files)
+    h = combined_hash(plan_ep.spec_hash(spec_model, model_s3_uri=model_s3_uri), code_uri)
+    common = dict(namespace=namespace, name=name, uid=uid, spec_hash=h)
+    return Plan(
+        endpoint_name=names.endpoint_name(namespace, name, uid),
+        model_name=names.model_name(namespace, name, uid, h),
+        config_name=names.endpoint_config_name(namespace, name, uid, h),
+        spec_hash=h,
+        model_request=plan_ep.create_model_request(spec_model, code_s3_uri=code_uri, region=region, **common),
+        config_request=plan_ep.create_endpoint_config_request(spec_model, **common),
+        endpoint_request=plan_ep.create_endpoint_request(spec_model, **common),
+        update_request=plan_ep.update_endpoint_request(spec_model, **common),
+        model_s3_uri=model_s3_uri, code_s3_uri=code_uri, code_files=files,
+    )
+
+
+def names_prefix(namespace: str, name: str, uid: str) -> str | None:
+    """The part every model/config name of this resource shares, to narrow SageMaker listings
+    before owner tags are read."""
+    candidates = [f(namespace, name, uid, h) for f in (names.model_name, names.endpoint_config_name)
+                  for h in ("0" * 16, "f" * 16)]
+    prefix = os.path.commonprefix(candidates)
+    return prefix if len(prefix) >= 4 else None
