@@ -26,7 +26,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PROFILES = Path(__file__).resolve().parents[1] / "image_profiles.json"
+PROFILES = Path(__file__).resolve().parents[2] / "image_profiles.json"
 CONTAINER_DIR = Path(__file__).resolve().parent / "container"
 CACHE_ENV = "LLAMA_OPERATOR_IMAGE_ENVS"
 BUILD_TIMEOUT_S = 3600
@@ -334,7 +334,7 @@ def prebuild(envs: "ImageEnvironments", region: str = "us-east-1", log_line=prin
     image with its method's requirements.txt (workloads/requirements/) and the service's framework
     module, and the LMI image with the local LMI front end. Done once, ahead of the first job."""
     from llama_operator import images, paths, sourcepack
-    from llama_operator.local import endpoints, training
+    from llama_operator.local.sagemaker import endpoints, training
 
     for method in ("deepspeed", "smp"):
         env = envs.image(images.training_image_uri(region, method))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llama_operator.local import endpoints, events, names, training
-from llama_operator.local.errors import ValidationError
+from llama_operator.local.sagemaker import endpoints, events, names, training
+from llama_operator.local.sagemaker.errors import ValidationError
 
 
 def test_host_addresses_are_distinct_per_job_and_avoid_common_loopbacks():

@@ -121,7 +121,7 @@ def crd_printer_columns(crds_dir: Path | None) -> dict[str, list[dict]]:
 def as_table(objects: list[dict], columns: list[dict], resource_version: str) -> dict:
     """A meta.k8s.io/v1 Table, as the API server answers `kubectl get` (Accept: ...;as=Table):
     the CRD's printer columns, ages already human-readable as the server renders date columns."""
-    from llama_operator.table import rows
+    from llama_operator.local.kubernetes.table import rows
 
     header = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
                "description": "Name of the object"}]

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_operator.local import imageenv, names, s3io
-from llama_operator.local.container import lmi_frontend
-from llama_operator.local.context import Context
-from llama_operator.local.errors import ModelError, ValidationError
+from llama_operator.local.sagemaker import imageenv, names, s3io
+from llama_operator.local.sagemaker.container import lmi_frontend
+from llama_operator.local.sagemaker.context import Context
+from llama_operator.local.sagemaker.errors import ModelError, ValidationError
 
 log = logging.getLogger(__name__)
 

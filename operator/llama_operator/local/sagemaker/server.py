@@ -16,13 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from llama_operator.local import endpoints as ep
-from llama_operator.local import imageenv, s3snapshot, training
-from llama_operator.local.api import SageMaker
-from llama_operator.local.context import Context
-from llama_operator.local.errors import AwsError, InternalFailure, ModelError
-from llama_operator.local.events import EventSink
-from llama_operator.local.store import Store
+from llama_operator.local.sagemaker import endpoints as ep
+from llama_operator.local.sagemaker import imageenv, s3snapshot, training
+from llama_operator.local.sagemaker.api import SageMaker
+from llama_operator.local.sagemaker.context import Context
+from llama_operator.local.sagemaker.errors import AwsError, InternalFailure, ModelError
+from llama_operator.local.sagemaker.events import EventSink
+from llama_operator.local.sagemaker.store import Store
 
 log = logging.getLogger("llama_operator.local")
 

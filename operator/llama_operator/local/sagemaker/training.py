@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from llama_operator.local import imageenv, metrics, s3io
-from llama_operator.local.context import Context
+from llama_operator.local.sagemaker import imageenv, metrics, s3io
+from llama_operator.local.sagemaker.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class _Run:
         return self.images.overlay(env, requirements, helpers=(FRAMEWORK_FILE,))
 
     def _spawn(self, hosts: list[str], bases: list[Path], image_env: imageenv.Environment) -> None:
-        from llama_operator.local.endpoints import free_port
+        from llama_operator.local.sagemaker.endpoints import free_port
 
         d = self.job.describe
         master_port = str(free_port(hosts[0]))
