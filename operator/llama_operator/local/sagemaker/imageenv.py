@@ -334,14 +334,14 @@ def prebuild(envs: "ImageEnvironments", region: str = "us-east-1", log_line=prin
     image with its method's requirements.txt (workloads/requirements/) and the service's framework
     module, and the LMI image with the local LMI front end. Done once, ahead of the first job."""
     from llama_operator import images, paths, sourcepack
-    from llama_operator.local.sagemaker import endpoints, training
+    from llama_operator.local.sagemaker import model_servers, training_run
 
     for method in ("deepspeed", "smp"):
         env = envs.image(images.training_image_uri(region, method))
         requirements = sourcepack.requirements_for(paths.workloads_dir(), method).get("requirements.txt")
-        env = envs.overlay(env, requirements.decode() if requirements else None, helpers=(training.FRAMEWORK_FILE,))
+        env = envs.overlay(env, requirements.decode() if requirements else None, helpers=(training_run.FRAMEWORK_FILE,))
         log_line(f"method {method}: {env.profile} in {env.root}")
-    env = envs.overlay(envs.image(images.lmi_image_uri(region)), None, helpers=endpoints.LMI_HELPERS)
+    env = envs.overlay(envs.image(images.lmi_image_uri(region)), None, helpers=model_servers.LMI_HELPERS)
     log_line(f"endpoints: {env.profile} in {env.root}")
 
 
