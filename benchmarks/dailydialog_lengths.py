@@ -26,7 +26,7 @@ def render(convo: str, response: str) -> str:
 
 def derive(split: str = "train") -> list[int]:
     import datasets
-    from llama_operator.tinymodel import dailydialog_dir, train_tokenizer
+    from llama_operator.local.demo.tinymodel import dailydialog_dir, train_tokenizer
 
     rows = datasets.load_from_disk(str(dailydialog_dir()))[split]
     texts = [render(r["convo"], r["response"]) for r in rows]

@@ -36,7 +36,7 @@ def write_lengths(path: str, mean_tokens: float = 127.0, n: int = 512) -> None:
     """Prompt lengths in tokens from DailyDialog's test conversations: character counts scaled so
     the mean is `mean_tokens` (the mean measured with TinyLlama's tokenizer)."""
     import datasets
-    from llama_operator.tinymodel import dailydialog_dir
+    from llama_operator.local.demo.tinymodel import dailydialog_dir
 
     rows = datasets.load_from_disk(str(dailydialog_dir()))["test"]
     chars = [len(c) for c in rows["convo"]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workloads"))
 
-from llama_operator.tinymodel import dailydialog_dir, dailydialog_texts, train_tokenizer  # noqa: E402
+from llama_operator.local.demo.tinymodel import dailydialog_dir, dailydialog_texts, train_tokenizer  # noqa: E402
 from prepare.writer import prepare_to_jsonl  # noqa: E402
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else ".gpu")

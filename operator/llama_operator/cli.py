@@ -9,10 +9,10 @@ import sys
 # verb -> (module, function, one-line help)
 VERBS: dict[str, tuple[str, str, str]] = {
     "run": ("llama_operator.runner", "main", "run the operator (kopf) against the current cluster"),
-    "demo": ("llama_operator.demo", "main", "fine-tune, deploy and invoke a tiny Llama on the embedded default"),
-    "local-sagemaker": ("llama_operator.local.server", "main", "serve SageMaker, S3 and SQS locally"),
-    "logs": ("llama_operator.local.logs", "main", "print a local training job's or endpoint's logs"),
-    "image-envs": ("llama_operator.local.imageenv", "main",
+    "demo": ("llama_operator.local.demo.demo", "main", "fine-tune, deploy and invoke a tiny Llama on the embedded default"),
+    "local-sagemaker": ("llama_operator.local.sagemaker.server", "main", "serve SageMaker, S3 and SQS locally"),
+    "logs": ("llama_operator.local.sagemaker.logs", "main", "print a local training job's or endpoint's logs"),
+    "image-envs": ("llama_operator.local.sagemaker.imageenv", "main",
                    "build the local environments of the container images (once; the local service needs them)"),
 }
 

@@ -38,7 +38,7 @@ def local_aws(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory):
-    from llama_operator.local.kubernetes import EmbeddedKubernetes
+    from llama_operator.local.kubernetes.server import EmbeddedKubernetes
 
     with EmbeddedKubernetes() as k:
         k.kubeconfig_path = k.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")

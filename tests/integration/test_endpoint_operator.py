@@ -19,7 +19,7 @@ import pytest
 
 from llama_operator import runner
 from llama_operator.handlers import endpoint as endpoint_handlers
-from llama_operator.local.kubernetes import EmbeddedKubernetes
+from llama_operator.local.kubernetes.server import EmbeddedKubernetes
 from llama_operator.local.stack import LocalStack
 from llama_operator.paths import crds_dir
 from llama_operator.settings import Settings
@@ -79,7 +79,7 @@ class Operator:
 
 
 def chat_rows(n: int) -> str:
-    from llama_operator.tinymodel import dailydialog_texts
+    from llama_operator.local.demo.tinymodel import dailydialog_texts
 
     rows = []
     for i, text in enumerate(dailydialog_texts(limit=n)):
@@ -92,7 +92,7 @@ def chat_rows(n: int) -> str:
 def world(tmp_path_factory):
     """Local SageMaker + S3/SQS with a tiny base model and data, the embedded Kubernetes API, the
     operator; AWS variables point boto3 at the local services for the module's duration."""
-    from llama_operator.tinymodel import build_tiny_llama
+    from llama_operator.local.demo.tinymodel import build_tiny_llama
 
     state = tmp_path_factory.mktemp("sagemaker")
     containers = {"broken-lmi": f"{sys.executable} -c \"{BROKEN_SERVER}\""}

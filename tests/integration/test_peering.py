@@ -17,7 +17,8 @@ import yaml
 
 from conftest import BUCKET
 from operator_harness import PLURAL, SubprocessOperator, finetune, wait_for
-from llama_operator.local.kubernetes import EmbeddedKubernetes, crd_resources
+from llama_operator.local.kubernetes.resources import crd_resources
+from llama_operator.local.kubernetes.server import EmbeddedKubernetes
 from llama_operator.paths import crds_dir, manifests_dir
 from llama_operator.handlers.lifecycle import peering_priority
 

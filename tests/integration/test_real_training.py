@@ -28,7 +28,7 @@ def _upload_dir(s3, root: Path, prefix: str) -> None:
 @pytest.mark.parametrize("method", [{"type": "deepspeed", "zeroStage": 3}, {"type": "smp"}],
                          ids=["deepspeed-zero3", "smp"])
 def test_real_workload_fine_tunes_a_tiny_llama_in_its_image(kube, local_aws, tmp_path, method):
-    from llama_operator import tinymodel
+    from llama_operator.local.demo import tinymodel
 
     s3 = local_aws.client("s3")
     _upload_dir(s3, tinymodel.build_tiny_llama(tmp_path / "tiny"), "real/base")

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import BUCKET
 from operator_harness import InProcessOperator, endpoint, finetune, owned, wait_for
-from llama_operator.local import events as local_events
+from llama_operator.local.sagemaker import events as local_events
 from llama_operator.settings import Settings
 
 ROLE_A = "arn:aws:iam::123456789012:role/sagemaker-team-a"

@@ -178,9 +178,9 @@ def test_the_examples_use_the_stacks_execution_role(template):
 
 # -- the operator's policy: every call it makes, nothing more ----------------------------------------
 
-# What `llama-operator run` does not run: the embedded default and the demo (they talk to the local
-# services only) and the tiny model builder.
-NOT_IN_CLUSTER = ("local/", "demo.py", "tinymodel.py")
+# What `llama-operator run` does not run: the embedded default, the demo and the tiny model builder,
+# all under local/ (they talk to the local services only).
+NOT_IN_CLUSTER = ("local/",)
 SERVICES = ("sagemaker", "s3", "sqs", "cloudwatch")  # the clients the operator makes
 # IAM actions named otherwise than their API operation
 ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket"}

@@ -12,7 +12,7 @@ sys.path.insert(0, str(SERVE_DIR))
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from llama_operator.tinymodel import build_tiny_llama
+    from llama_operator.local.demo.tinymodel import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 

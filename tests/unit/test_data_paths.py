@@ -6,7 +6,8 @@ import zipfile
 
 import pytest
 
-from llama_operator import paths, tinymodel
+from llama_operator import paths
+from llama_operator.local.demo import tinymodel
 
 
 def test_the_archive_is_in_the_repository(monkeypatch):

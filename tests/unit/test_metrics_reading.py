@@ -1,5 +1,5 @@
 """Training metrics while a job runs: the local service's log scanning and CloudWatch publishing
-(llama_operator.local.metrics) and the operator's rate-limited, never-failing CloudWatch read
+(llama_operator.local.sagemaker.metrics) and the operator's rate-limited, never-failing CloudWatch read
 (llama_operator.aws.metrics)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from llama_operator.aws import metrics as reading
-from llama_operator.local import metrics as publishing
+from llama_operator.local.sagemaker import metrics as publishing
 from llama_operator.plan.finetune import METRIC_DEFINITIONS
 
 JOB = "chat-0123456789abcdef"
@@ -109,7 +109,7 @@ def test_publisher_puts_new_values_once_and_the_rest_on_stop(tmp_path):
 def test_publisher_failures_are_logged_once_and_never_raise(tmp_path, caplog):
     (tmp_path / "algo-1.log").write_text("loss=1.0\n")
     pub = _publisher(tmp_path, FakePut(fail=EndpointConnectionError(endpoint_url="http://127.0.0.1:1")))
-    with caplog.at_level(logging.WARNING, logger="llama_operator.local.metrics"):
+    with caplog.at_level(logging.WARNING, logger="llama_operator.local.sagemaker.metrics"):
         assert pub.publish_once() == 0
         with open(tmp_path / "algo-1.log", "a") as f:
             f.write("loss=0.5\n")

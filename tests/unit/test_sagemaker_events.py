@@ -22,10 +22,10 @@ from llama_operator.handlers import endpoint as endpoint_handlers
 from llama_operator.handlers.app import App
 from llama_operator.settings import Settings
 from llama_operator.status import endpoint_changes
-from llama_operator.local import endpoints as local_endpoints
-from llama_operator.local import events as local_events
-from llama_operator.local.context import Context
-from llama_operator.local.store import Store
+from llama_operator.local.sagemaker import endpoints as local_endpoints
+from llama_operator.local.sagemaker import events as local_events
+from llama_operator.local.sagemaker.context import Context
+from llama_operator.local.sagemaker.store import Store
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sagemaker_events"
 NOW = "2026-12-04T00:00:00.000Z"

@@ -26,7 +26,7 @@ DONE_LINE = re.compile(r"^\[train\] done steps=(\d+) train_loss=([0-9.]+) tokens
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    from llama_operator.tinymodel import build_tiny_llama
+    from llama_operator.local.demo.tinymodel import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("base") / "tiny-llama", tokenizer_rows=1000)
 
@@ -40,7 +40,7 @@ def tokenizer(tiny_base):
 
 @pytest.fixture(scope="session")
 def dailydialog_path() -> Path:
-    from llama_operator.tinymodel import dailydialog_dir
+    from llama_operator.local.demo.tinymodel import dailydialog_dir
 
     return dailydialog_dir()
 

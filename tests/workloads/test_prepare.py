@@ -57,7 +57,7 @@ def test_dailydialog_reply_speaker_is_the_assistant_and_only_the_reply_is_traine
 
 
 def test_formats_are_detected(tmp_path, dailydialog_path):
-    from llama_operator.tinymodel import dailydialog_zip
+    from llama_operator.local.demo.tinymodel import dailydialog_zip
 
     assert detect_format(dailydialog_path) == "dailydialog"
     assert detect_format(dailydialog_zip()) == "dailydialog"
@@ -75,7 +75,7 @@ def test_bad_chat_row_names_the_line(tmp_path):
 
 
 def test_prepare_command_on_the_dailydialog_zip(tmp_path, tiny_base, tokenizer):
-    from llama_operator.tinymodel import dailydialog_zip
+    from llama_operator.local.demo.tinymodel import dailydialog_zip
 
     out = tmp_path / "train.jsonl"
     proc = subprocess.run([sys.executable, "-m", "prepare", "--tokenizer", str(tiny_base), "--input",
@@ -89,7 +89,7 @@ def test_prepare_command_on_the_dailydialog_zip(tmp_path, tiny_base, tokenizer):
     # the first row's trained tokens are DailyDialog's reply for that conversation
     import datasets
 
-    from llama_operator.tinymodel import dailydialog_dir
+    from llama_operator.local.demo.tinymodel import dailydialog_dir
 
     first = datasets.load_from_disk(str(dailydialog_dir()))["train"][0]
     trained = trained_text(tokenizer, rows[0]).replace(" ", "")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from llama_operator.local.kubernetes import EmbeddedKubernetes
+from llama_operator.local.kubernetes.server import EmbeddedKubernetes
 
 API = "llamaops.dev/v1alpha1"
 BASE = f"/apis/{API}/namespaces/team-a/llamafinetunes"

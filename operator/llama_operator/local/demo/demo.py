@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from llama_operator import paths
-from llama_operator.table import printer_columns, render, rows
+from llama_operator.local.kubernetes.table import printer_columns, render, rows
 
 BUCKET = "llama-operator-local"
 BASE_MODEL_PREFIX = "models/tiny-llama/"
@@ -56,7 +56,7 @@ def prepare_inputs(stack, work: Path, rows_: int) -> list[str]:
     import datasets
     import transformers
 
-    from llama_operator.tinymodel import build_tiny_llama, dailydialog_dir
+    from llama_operator.local.demo.tinymodel import build_tiny_llama, dailydialog_dir
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -237,7 +237,7 @@ def chat_prompt(text: str) -> str:
 def _image_environments() -> None:
     """The local service runs each job and endpoint in its image's environment (docs/images.md);
     building them the first time is the slow part, so it is done, and said, up front."""
-    from llama_operator.local import imageenv
+    from llama_operator.local.sagemaker import imageenv
 
     envs = imageenv.ImageEnvironments()
     if not envs.ready():
@@ -247,7 +247,7 @@ def _image_environments() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_operator.local.kubernetes import EmbeddedKubernetes
+    from llama_operator.local.kubernetes.server import EmbeddedKubernetes
     from llama_operator.local.stack import LocalStack
 
     started = time.monotonic()

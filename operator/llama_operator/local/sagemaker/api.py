@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 import time
 
-from llama_operator.local import endpoints as ep
-from llama_operator.local import imageenv, names, training
-from llama_operator.local.context import Context
-from llama_operator.local.errors import (AwsError, ResourceInUse, ResourceLimitExceeded, ResourceNotFound,
+from llama_operator.local.sagemaker import endpoints as ep
+from llama_operator.local.sagemaker import imageenv, names, training, training_status
+from llama_operator.local.sagemaker.context import Context
+from llama_operator.local.sagemaker.errors import (AwsError, ResourceInUse, ResourceLimitExceeded, ResourceNotFound,
                                          UnknownOperation, ValidationError)
 
 MAX_TAGS = 50
@@ -139,7 +139,7 @@ class SageMaker:
         status = record["describe"]["TrainingJobStatus"]
         if status != "InProgress":
             raise ValidationError(f"The request was rejected because the training job is in status {status}.")
-        training._Job(self.ctx, name).transition("Stopping", "Stopping", "Stopping the training job")
+        training_status.JobStatus(self.ctx, name).transition("Stopping", "Stopping", "Stopping the training job")
         self.jobs.stop(name)
         return {}
 

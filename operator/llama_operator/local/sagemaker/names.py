@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 
-from llama_operator.local.errors import ValidationError
+from llama_operator.local.sagemaker.errors import ValidationError
 
 ACCOUNT = "123456789012"
 NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"

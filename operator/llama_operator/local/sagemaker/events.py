@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timezone
 
 from llama_operator.kinds import DETAIL_TIME_FIELDS, DETAIL_USER_MAPS, ENDPOINT_DETAIL_TYPE, TRAINING_DETAIL_TYPE
-from llama_operator.local.names import ACCOUNT
+from llama_operator.local.sagemaker.names import ACCOUNT
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@ regex in the algorithm's output goes to CloudWatch while the job runs (namespace
 /aws/sagemaker/TrainingJobs, the definition's Name as the metric name, one dimension,
 TrainingJobName, which is how the SageMaker Python SDK's TrainingJobAnalytics asks
 GetMetricStatistics for them). DescribeTrainingJob is left as its reference describes it:
-FinalMetricDataList holds the last values and is set only as the job ends (training.final_metrics).
+FinalMetricDataList holds the last values and is set only as the job ends
+(training_status.final_metrics).
 
 The pure parts read the new complete lines of the hosts' logs, match them and build PutMetricData
 batches; `Publisher` is a small thread per running job that does that every few seconds."""
@@ -35,7 +36,7 @@ _LIMIT_HIGH, _LIMIT_LOW = 2.0 ** 360, 2.0 ** -360
 
 def compile_definitions(definitions: Iterable[dict] | None) -> list[tuple[str, re.Pattern]]:
     """(name, compiled regex) for each usable definition; a regex that does not compile is skipped,
-    as it is when the job ends (training.final_metrics)."""
+    as it is when the job ends (training_status.final_metrics)."""
     out = []
     for d in definitions or []:
         try:

@@ -1,5 +1,6 @@
 """`kubectl get`-style tables for our resources, driven by the CRDs' own printer columns, so the
-demo and the CLI show exactly what `kubectl get llamafinetunes,llamaendpoints` shows."""
+demo and the embedded API's server-side tables show exactly what `kubectl get
+llamafinetunes,llamaendpoints` shows in a cluster."""
 
 from __future__ import annotations
 

@@ -338,14 +338,14 @@ def prebuild(envs: "ImageEnvironments", region: str = "us-east-1", log_line=prin
     from llama_operator import paths
     from llama_operator.artifacts import training_source
     from llama_operator.plan import images
-    from llama_operator.local import endpoints, training
+    from llama_operator.local.sagemaker import model_servers, training_run
 
     for method in ("deepspeed", "smp"):
         env = envs.image(images.training_image_uri(region, method))
         requirements = training_source.requirements_for(paths.workloads_dir(), method).get("requirements.txt")
-        env = envs.overlay(env, requirements.decode() if requirements else None, helpers=(training.FRAMEWORK_FILE,))
+        env = envs.overlay(env, requirements.decode() if requirements else None, helpers=(training_run.FRAMEWORK_FILE,))
         log_line(f"method {method}: {env.profile} in {env.root}")
-    env = envs.overlay(envs.image(images.lmi_image_uri(region)), None, helpers=endpoints.LMI_HELPERS)
+    env = envs.overlay(envs.image(images.lmi_image_uri(region)), None, helpers=model_servers.LMI_HELPERS)
     log_line(f"endpoints: {env.profile} in {env.root}")
 
 

@@ -6,8 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_operator.local import events, names
-from llama_operator.local.store import Store
+from llama_operator.local.sagemaker import events, names
+from llama_operator.local.sagemaker.store import Store
 
 
 @dataclass

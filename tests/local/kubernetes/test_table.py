@@ -1,6 +1,6 @@
 import datetime as dt
 
-from llama_operator.table import human_age, printer_columns, render, rows
+from llama_operator.local.kubernetes.table import human_age, printer_columns, render, rows
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.timezone.utc)
 CRD = {"metadata": {"name": "llamafinetunes.llamaops.dev"}, "spec": {"versions": [{"name": "v1alpha1", "additionalPrinterColumns": [

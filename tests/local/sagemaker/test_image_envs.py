@@ -15,7 +15,7 @@ from conftest import BUCKET, TRAINING_IMAGE, source_tar, training_request, uniqu
 from llama_operator import paths
 from llama_operator.artifacts import training_source
 from llama_operator.plan import images
-from llama_operator.local import imageenv
+from llama_operator.local.sagemaker import imageenv
 
 PROFILES = imageenv.load_profiles()
 
@@ -105,7 +105,7 @@ def _report(stack, name: str) -> dict:
 
 
 def test_lmi_front_end_reads_serving_properties_then_option_variables(tmp_path):
-    from llama_operator.local.container import lmi_frontend
+    from llama_operator.local.sagemaker.container import lmi_frontend
 
     (tmp_path / "serving.properties").write_text(
         "engine=Python\noption.entryPoint=model.py\noption.model_id=s3://b/m/\nbatch_size=4\n"
@@ -121,7 +121,7 @@ def test_lmi_front_end_reads_serving_properties_then_option_variables(tmp_path):
 
 
 def test_lmi_front_end_gives_a_batch_one_status_and_each_request_its_own_body(monkeypatch):
-    from llama_operator.local.container import djl_python, lmi_frontend
+    from llama_operator.local.sagemaker.container import djl_python, lmi_frontend
 
     def handle(inputs):
         out = djl_python.Output()

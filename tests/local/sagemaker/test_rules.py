@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from llama_operator.local import endpoints, events, names, training
-from llama_operator.local.errors import ValidationError
+from llama_operator.local.sagemaker import events, model_servers, names, training_run, training_status
+from llama_operator.local.sagemaker.errors import ValidationError
 
 
 def test_host_addresses_are_distinct_per_job_and_avoid_common_loopbacks():
     seen = set()
     for block in range(0, 200_000, 997):
-        hosts = training.host_addresses(block, 3)
+        hosts = training_run.host_addresses(block, 3)
         assert [h.rsplit(".", 1)[1] for h in hosts] == ["1", "2", "3"]
         assert not hosts[0].startswith(("127.0.0.", "127.0.1."))
         seen.add(hosts[0])
-    assert training.host_addresses(7, 2) != training.host_addresses(8, 2)
+    assert training_run.host_addresses(7, 2) != training_run.host_addresses(8, 2)
 
 
 def test_final_metrics_take_the_last_match_and_skip_bad_definitions():
     log = "step 1 loss=0.9 acc=0.1\nstep 2 loss=0.4\nloss=nan?\n"
-    got = training.final_metrics([{"Name": "loss", "Regex": r"loss=([0-9.]+)"},
+    got = training_status.final_metrics([{"Name": "loss", "Regex": r"loss=([0-9.]+)"},
                                   {"Name": "acc", "Regex": r"acc=([0-9.]+)"},
                                   {"Name": "broken", "Regex": r"("},
                                   {"Name": "absent", "Regex": r"bleu=([0-9.]+)"}], log, now=5.0)
@@ -29,8 +29,8 @@ def test_final_metrics_take_the_last_match_and_skip_bad_definitions():
 
 
 def test_failure_reason_is_prefixed_and_capped():
-    assert training.failure_reason(None, 3).startswith("AlgorithmError: the training process exited with code 3")
-    long = training.failure_reason("x" * 5000, 1)
+    assert training_status.failure_reason(None, 3).startswith("AlgorithmError: the training process exited with code 3")
+    long = training_status.failure_reason("x" * 5000, 1)
     assert len(long) == 1024 and long.endswith("...")
 
 
@@ -60,11 +60,11 @@ def test_envelope_uses_epoch_millis_inside_detail():
 
 
 def test_container_table():
-    assert endpoints.parse_container_flag("echo=python s.py --x=1") == ("echo", "python s.py --x=1")
+    assert model_servers.parse_container_flag("echo=python s.py --x=1") == ("echo", "python s.py --x=1")
     with pytest.raises(ValueError, match="REGEX=COMMAND"):
-        endpoints.parse_container_flag("no-command")
+        model_servers.parse_container_flag("no-command")
     table = [("echo", "{python} e.py")]
-    assert endpoints.command_for("x/echo:1", table, "/py", "/w") == ["/py", "e.py"]
+    assert model_servers.command_for("x/echo:1", table, "/py", "/w") == ["/py", "e.py"]
     # images of AWS's own run in their profile's environment, not through the table
     lmi = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.33.0-lmi15.0.0-cu128"
-    assert endpoints.command_for(lmi, table, "/py", "/w") is None
+    assert model_servers.command_for(lmi, table, "/py", "/w") is None

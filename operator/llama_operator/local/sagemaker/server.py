@@ -16,13 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from llama_operator.local import endpoints as ep
-from llama_operator.local import imageenv, s3snapshot, training
-from llama_operator.local.api import SageMaker
-from llama_operator.local.context import Context
-from llama_operator.local.errors import AwsError, InternalFailure, ModelError
-from llama_operator.local.events import EventSink
-from llama_operator.local.store import Store
+from llama_operator.local.sagemaker import endpoints as ep
+from llama_operator.local.sagemaker import imageenv, model_servers, s3snapshot, training
+from llama_operator.local.sagemaker.api import SageMaker
+from llama_operator.local.sagemaker.context import Context
+from llama_operator.local.sagemaker.errors import AwsError, InternalFailure, ModelError
+from llama_operator.local.sagemaker.events import EventSink
+from llama_operator.local.sagemaker.store import Store
 
 log = logging.getLogger("llama_operator.local")
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="instances that may run at once per kind of usage (ResourceLimitExceeded above it)")
     args = p.parse_args(argv)
     try:
-        args.container = [ep.parse_container_flag(c) for c in args.container]
+        args.container = [model_servers.parse_container_flag(c) for c in args.container]
     except (ValueError, re.error) as exc:
         p.error(str(exc))
     return args

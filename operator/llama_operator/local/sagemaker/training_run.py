@@ -1,7 +1,8 @@
-"""Training jobs that really run: the SageMaker container contract laid out under a base dir per
-job and host, and the sagemaker-training toolkit (the code SageMaker's containers run) as the
-process on each host. N instances are N local hosts on a block of loopback addresses of their own,
-so concurrent jobs never share a torch.distributed master address."""
+"""One training job's run: the SageMaker container contract laid out under a base dir per host
+(input data, config files, model and output dirs), the sagemaker-training toolkit (the code
+SageMaker's containers run) as the process on each host in its image's environment, and the upload
+of what it leaves. N instances are N local hosts on a block of loopback addresses of their own, so
+concurrent jobs never share a torch.distributed master address."""
 
 from __future__ import annotations
 
@@ -16,24 +17,22 @@ import threading
 import time
 from pathlib import Path
 
-from llama_operator.local import imageenv, metrics, s3io
-from llama_operator.local.context import Context
+from llama_operator.local.sagemaker import imageenv, metrics, s3io
+from llama_operator.local.sagemaker.context import Context
+from llama_operator.local.sagemaker.training_status import KIND, JobStatus, failure_reason, final_metrics
 
 log = logging.getLogger(__name__)
 
-KIND = "training-job"
-TERMINAL = {"Completed", "Failed", "Stopped"}
 FRAMEWORK_MODULE = "local_sagemaker_framework:main"
 FRAMEWORK_FILE = imageenv.CONTAINER_DIR / "local_sagemaker_framework.py"
 MASTER_PORT_ENV = "LLAMA_OPERATOR_MASTER_PORT"  # read by local_sagemaker_framework
 STOP_GRACE_SECONDS = 10
-FAILURE_REASON_LIMIT = 1024
 
 _blocks = itertools.count(random.randint(300, 30000))
 _blocks_lock = threading.Lock()
 
 
-# ---- pure parts -------------------------------------------------------------------------------
+# ---- the container contract -------------------------------------------------------------------
 
 def host_addresses(block: int, count: int) -> list[str]:
     """Loopback addresses for one job's hosts; they resolve to themselves, so the toolkit's
@@ -67,138 +66,19 @@ def input_data_config(channels: list[dict]) -> dict:
     return out
 
 
-def final_metrics(definitions: list[dict], log_text: str, now: float) -> list[dict]:
-    """The last value each MetricDefinitions regex captured in the log, as SageMaker reports it."""
-    out = []
-    for name, regex in metrics.compile_definitions(definitions):
-        values = list(metrics.captured(regex, log_text))
-        if values:
-            out.append({"MetricName": name, "Value": values[-1], "Timestamp": now})
-    return out
-
-
-def failure_reason(failure_text: str | None, exit_code: int | None) -> str:
-    text = (failure_text or "").strip()
-    if not text:
-        text = f"the training process exited with code {exit_code}; see the job's logs"
-    reason = f"AlgorithmError: {text}"
-    return reason if len(reason) <= FAILURE_REASON_LIMIT else reason[: FAILURE_REASON_LIMIT - 3] + "..."
-
-
 # ---- the running job --------------------------------------------------------------------------
-
-class TrainingJobs:
-    """Starts, watches and stops the service's training jobs."""
-
-    def __init__(self, ctx: Context, images: imageenv.ImageEnvironments | None = None):
-        self.ctx = ctx
-        self.images = images or imageenv.ImageEnvironments()
-        self._runs: dict[str, _Run] = {}
-        self._lock = threading.Lock()
-
-    def start(self, name: str) -> None:
-        run = _Run(self.ctx, name, self.images)
-        with self._lock:
-            self._runs[name] = run
-        run.thread.start()
-
-    def stop(self, name: str) -> None:
-        with self._lock:
-            run = self._runs.get(name)
-        if run:
-            run.request_stop("Stopped")
-
-    def running_instances(self) -> int:
-        with self._lock:
-            return sum(r.instance_count for r in self._runs.values() if r.thread.is_alive())
-
-    def shutdown(self) -> None:
-        """Kill every host's process group (the job stays InProgress on disk; the next start of
-        the service reports it as lost, as SageMaker does when a host dies)."""
-        with self._lock:
-            runs = list(self._runs.values())
-        for run in runs:
-            run.shutting_down = True
-            run.kill(signal.SIGKILL)
-
-    def recover(self) -> None:
-        now = time.time()
-        for record in self.ctx.store.all(KIND):
-            d = record["describe"]
-            if d["TrainingJobStatus"] in TERMINAL:
-                continue
-            job = _Job(self.ctx, record["name"])
-            if d["TrainingJobStatus"] == "Stopping":
-                job.transition("Stopped", "Stopped", "Training job stopped (the service restarted)", end=now)
-            else:
-                job.transition(
-                    "Failed", "Failed",
-                    "Training job failed: the local SageMaker service restarted while it ran",
-                    failure="host lost: the local SageMaker service restarted while the job was running",
-                    end=now,
-                )
-
-
-class _Job:
-    """Status bookkeeping for one job record: every change is persisted, then announced."""
-
-    def __init__(self, ctx: Context, name: str):
-        self.ctx, self.name = ctx, name
-
-    @property
-    def describe(self) -> dict:
-        return self.ctx.store.get(KIND, self.name)["describe"]
-
-    def update(self, **fields) -> None:
-        with self.ctx.store.lock:
-            record = self.ctx.store.get(KIND, self.name)
-            record["describe"].update(fields)
-            record["describe"]["LastModifiedTime"] = time.time()
-            self.ctx.store.put(KIND, record)
-
-    def transition(self, status: str | None, secondary: str, message: str, *, failure: str | None = None,
-                   end: float | None = None, **fields) -> None:
-        with self.ctx.store.lock:
-            record = self.ctx.store.get(KIND, self.name)
-            d = record["describe"]
-            now = time.time()
-            changed = (status and status != d["TrainingJobStatus"]) or secondary != d.get("SecondaryStatus")
-            trans = d.setdefault("SecondaryStatusTransitions", [])
-            if trans and "EndTime" not in trans[-1]:
-                trans[-1]["EndTime"] = now
-            if secondary != d.get("SecondaryStatus") or not trans:
-                entry = {"Status": secondary, "StartTime": now, "StatusMessage": message}
-                if secondary in TERMINAL or secondary in ("MaxRuntimeExceeded",):
-                    entry["EndTime"] = now
-                trans.append(entry)
-            if status:
-                d["TrainingJobStatus"] = status
-            d["SecondaryStatus"] = secondary
-            if failure:
-                d["FailureReason"] = failure
-            if end is not None:
-                d["TrainingEndTime"] = end
-                start = d.get("TrainingStartTime")
-                if start:
-                    seconds = max(1, int(round(end - start)))
-                    d["TrainingTimeInSeconds"] = seconds
-                    d["BillableTimeInSeconds"] = seconds * int(d["ResourceConfig"].get("InstanceCount", 1))
-            d.update(fields)
-            d["LastModifiedTime"] = now
-            self.ctx.store.put(KIND, record)
-            snapshot = json.loads(json.dumps(d))
-        if changed:
-            self.ctx.emit(KIND, self.name, snapshot)
-
 
 class _Stop(Exception):
     pass
 
 
-class _Run:
+class JobRun:
+    """One job in a thread of its own: lays out its hosts, runs the toolkit on each, stops the
+    processes when asked or when one fails, uploads what they leave and records the outcome."""
+
     def __init__(self, ctx: Context, name: str, images: imageenv.ImageEnvironments):
         self.ctx, self.name, self.images = ctx, name, images
-        self.job = _Job(ctx, name)
+        self.job = JobStatus(ctx, name)
         d = self.job.describe
         self.instance_count = int(d["ResourceConfig"].get("InstanceCount", 1))
         self.dir = ctx.store.dir(KIND, name)
@@ -337,7 +217,7 @@ class _Run:
         return self.images.overlay(env, requirements, helpers=(FRAMEWORK_FILE,))
 
     def _spawn(self, hosts: list[str], bases: list[Path], image_env: imageenv.Environment) -> None:
-        from llama_operator.local.endpoints import free_port
+        from llama_operator.local.sagemaker.model_servers import free_port
 
         d = self.job.describe
         master_port = str(free_port(hosts[0]))
