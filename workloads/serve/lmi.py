@@ -12,7 +12,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ENGINES = ("vllm", "batching")
 # Files the batching entry point needs beside it, copied verbatim.
-BATCHING_SOURCES = ("model.py", "batching_engine.py", "request_params.py", "model_source.py", "sm_server.py")
+BATCHING_SOURCES = ("model.py", "batching_engine.py", "scheduler.py", "model_runner.py", "fused_layers.py",
+                    "request_params.py", "model_source.py", "sm_server.py")
 DTYPES = ("bf16", "fp16", "fp32")
 # LMI's tensor_parallel_degree "max": split each model copy over all GPUs of the instance (vllm only).
 ALL_GPUS = "max"
