@@ -20,6 +20,7 @@ from concurrent.futures import Future
 import torch
 from fused_layers import select_tokens
 from model_runner import LENGTH_BUCKET, ModelRunner
+from model_source import knob_default
 from request_params import GenerationParams, RequestError
 from scheduler import PREFILL_BUDGET, Call, Request, Scheduler, prefill_groups, record_token
 
@@ -29,10 +30,10 @@ log = logging.getLogger("batching_engine")
 class BatchingEngine(ModelRunner):
     """`submit()` from any thread; results come back on `concurrent.futures.Future`s."""
 
-    def __init__(self, model, tokenizer=None, *, max_batch_size: int = 32, max_wait_ms: float = 10.0,
-                 max_len: int | None = None, use_cuda_graphs: bool | None = None,
-                 default_max_new_tokens: int = 64, compile_step: bool = False, graph_prefill: bool = True,
-                 attention: str | None = None):
+    def __init__(self, model, tokenizer=None, *, max_batch_size: int = knob_default("maxBatchSize"),
+                 max_wait_ms: float = knob_default("maxWaitMs"), max_len: int | None = None,
+                 use_cuda_graphs: bool | None = None, default_max_new_tokens: int = knob_default("maxNewTokens"),
+                 compile_step: bool = False, graph_prefill: bool = True, attention: str | None = None):
         super().__init__(model, max_batch_size, max_len=max_len, use_cuda_graphs=use_cuda_graphs,
                          compile_step=compile_step, graph_prefill=graph_prefill, attention=attention)
         self.tokenizer = tokenizer
