@@ -15,7 +15,7 @@ ENGINES = ("vllm", "batching")
 # Files the batching entry point needs beside it, copied verbatim (defaults.json: the knobs'
 # defaults, which model_source.py reads).
 BATCHING_SOURCES = ("model.py", "batching_engine.py", "scheduler.py", "model_runner.py", "fused_layers.py",
-                    "request_params.py", "model_source.py", "sm_server.py", "defaults.json")
+                    "decode_attention.py", "request_params.py", "model_source.py", "sm_server.py", "defaults.json")
 # The serving knobs' defaults, shared with the operator and model_source.py (see defaults.json).
 KNOBS = json.loads((HERE / "defaults.json").read_text())["knobs"]
 DTYPES = ("bf16", "fp16", "fp32")
