@@ -17,8 +17,8 @@ from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workloads" / "serve"))
 
-from batching_engine import _flash_varlen  # noqa: E402
 from decode_attention import decode_attention  # noqa: E402
+from fused_layers import flash_varlen  # noqa: E402
 
 HEADS, KV, DIM, HIDDEN, INTER, VOCAB = 32, 4, 64, 2048, 5632, 32000
 
@@ -39,7 +39,7 @@ def attention(batch: int, context: int, cache_len: int = 1152) -> None:
     keys, values = cache[0].view(-1, KV, DIM), cache[1].view(-1, KV, DIM)
     kv_bytes = batch * context * KV * DIM * 2 * 2
     row = [f"attention b={batch:2d} ctx={context:4d} ({kv_bytes / 1e6:5.1f} MB)"]
-    row.append(f"flash {us(lambda: _flash_varlen(q, keys, values, cu_q, cu_q * cache_len, 1, cache_len, 0.125, False, used)):6.1f}")
+    row.append(f"flash {us(lambda: flash_varlen(q, keys, values, cu_q, cu_q * cache_len, 1, cache_len, 0.125, False, used)):6.1f}")
     for block, warps, stages in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 4, 3), (128, 8, 2), (32, 4, 3)):
         t = us(lambda: decode_attention(qkv, cache[0], cache[1], pos, cos, sin, HEADS, 0.125, block=block,
                                         num_warps=warps, num_stages=stages))

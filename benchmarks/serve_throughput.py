@@ -145,7 +145,8 @@ def profile_step(model, batch, device, compiled=False, attention=None, context=2
     row at `context` tokens."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from batching_engine import LENGTH_BUCKET, BatchingEngine
+    from batching_engine import BatchingEngine
+    from model_runner import LENGTH_BUCKET
 
     engine = BatchingEngine(model, None, max_batch_size=batch, max_len=max(512, context + 8), use_cuda_graphs=False,
                             compile_step=compiled, attention=attention)
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (fused kernels)")
     ap.add_argument("--attention", choices=("triton", "flash", "sdpa"),
                     help="attention kernels (default: triton decode + flash prefill where the GPU has them, "
-                         "else masked SDPA); tests/serve/test_engine_gpu.py checks them against each other")
+                         "else masked SDPA); tests/workloads/serve/test_engine_gpu.py checks them against each other")
     ap.add_argument("--profile-context", type=int, default=256, help="context length of each row in --profile")
     ap.add_argument("--eager-prefill", action="store_true", help="run prefills eagerly (decode steps stay graphs)")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode steps (to measure what graphs buy)")
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
               f"admission {admit * 1e3:5.1f} ms a round", flush=True)
 
     # Decode step time at each batch size, context = mean prompt + half the new tokens.
-    from batching_engine import LENGTH_BUCKET
+    from model_runner import LENGTH_BUCKET
     ctx = int(statistics.mean(lengths)) + args.new_tokens // 2
     length = -(-ctx // LENGTH_BUCKET) * LENGTH_BUCKET
     step_ms = {}
@@ -279,11 +280,11 @@ def main(argv=None) -> int:
             step_ms[n] = (time.perf_counter() - t0) / reps * 1e3
     # Prefill alone (graph replay on the GPU) for n prompts of the mix, in free slots, packed into
     # groups of at most PREFILL_BUDGET tokens as admission packs them.
-    from batching_engine import _Request, prefill_groups
+    from scheduler import Request, prefill_groups
     prefill_ms = {}
     with torch.no_grad():
         for n in clients:
-            reqs = [_Request(p, params, None, slot=i) for i, p in enumerate(prompts_for(lengths, min(n, engine.n_slots),
+            reqs = [Request(p, params, None, slot=i) for i, p in enumerate(prompts_for(lengths, min(n, engine.n_slots),
                                                                                          vocab, rng))]
             groups = prefill_groups(reqs)
             times = []

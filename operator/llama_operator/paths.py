@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import os
 import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +20,24 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def workloads_dir() -> Path:
     """The `workloads/` folder: what runs inside SageMaker (it is uploaded as the job's source)."""
     return Path(os.environ.get("LLAMA_OPERATOR_WORKLOADS_DIR", REPO_ROOT / "workloads")).resolve()
+
+
+def serving_defaults() -> dict[str, dict[str, Any]]:
+    """workloads/serve/defaults.json's knobs: for each serving knob (by its LlamaEndpoint spec
+    field), its serving.properties key, the engines it applies to, its default and bounds. The
+    serving files shipped into SageMaker read the same table beside them."""
+    return _serving_table(workloads_dir() / "serve" / "defaults.json")["knobs"]
+
+
+@functools.lru_cache(maxsize=4)
+def _serving_table(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def serving_default(spec_field: str, engine: str) -> Any:
+    """What an absent spec.serving.<spec_field> means with this engine (None: the model's own)."""
+    default = serving_defaults()[spec_field]["default"]
+    return default[engine] if isinstance(default, dict) else default
 
 
 def crds_dir() -> Path:

@@ -7,12 +7,17 @@ is self-contained (and sm_server.py, which serves the same prefix outside LMI)."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ("vllm", "batching")
-# Files the batching entry point needs beside it, copied verbatim.
-BATCHING_SOURCES = ("model.py", "batching_engine.py", "request_params.py", "model_source.py", "sm_server.py")
+# Files the batching entry point needs beside it, copied verbatim (defaults.json: the knobs'
+# defaults, which model_source.py reads).
+BATCHING_SOURCES = ("model.py", "batching_engine.py", "scheduler.py", "model_runner.py", "fused_layers.py",
+                    "decode_attention.py", "request_params.py", "model_source.py", "sm_server.py", "defaults.json")
+# The serving knobs' defaults, shared with the operator and model_source.py (see defaults.json).
+KNOBS = json.loads((HERE / "defaults.json").read_text())["knobs"]
 DTYPES = ("bf16", "fp16", "fp32")
 # LMI's tensor_parallel_degree "max": split each model copy over all GPUs of the instance (vllm only).
 ALL_GPUS = "max"
@@ -29,7 +34,20 @@ _KNOBS = {
 }
 # Knobs for which 0 means something (max_wait_ms 0: a batch does not wait for more requests).
 _ZERO_OK = {"max_wait_ms"}
-DEFAULTS = {"dtype": "bf16", "tensor_parallel_degree": 1, "max_rolling_batch_size": 32}
+
+
+def knob_default(spec_field: str, engine: str):
+    """What an absent knob (named as in the LlamaEndpoint spec) means for this engine."""
+    default = KNOBS[spec_field]["default"]
+    return default[engine] if isinstance(default, dict) else default
+
+
+def defaults(engine: str) -> dict:
+    """The settings rendered when not given; the batching engine's batch size is the spec's
+    maxBatchSize, vllm's its maxRollingBatchSize."""
+    batch = "maxRollingBatchSize" if engine == "vllm" else "maxBatchSize"
+    return {"dtype": knob_default("dtype", engine), "tensor_parallel_degree": knob_default("tensorParallelDegree", engine),
+            "max_rolling_batch_size": knob_default(batch, engine)}
 
 
 class ArtifactError(ValueError):
@@ -41,7 +59,7 @@ def _check(engine: str, model_id: str, settings: dict) -> dict:
         raise ArtifactError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
     if not isinstance(model_id, str) or not model_id or any(c in model_id for c in "\n\r="):
         raise ArtifactError(f"model_id {model_id!r}: give an s3:// prefix or a path")
-    merged = {**DEFAULTS, **(settings or {})}
+    merged = {**defaults(engine), **(settings or {})}
     unknown = sorted(set(merged) - set(_KNOBS) - {"dtype"})
     if unknown:
         raise ArtifactError(f"settings.{unknown[0]}: unknown; known: dtype, {', '.join(_KNOBS)}")
@@ -82,7 +100,7 @@ def serving_properties(engine: str, model_id: str, settings: dict | None = None)
         # the engine then batches across those calls too (rolling).
         lines += ["option.entryPoint=model.py", "option.rolling_batch=disable",
                   f"batch_size={int(merged['max_rolling_batch_size'])}",
-                  f"max_batch_delay={int(merged.get('max_wait_ms', 10))}"]
+                  f"max_batch_delay={int(merged.get('max_wait_ms', knob_default('maxWaitMs', engine)))}"]
     for key, (prop, kind, _) in _KNOBS.items():
         if key in merged:
             lines.append(f"{prop}={_render(key, kind, merged[key])}")

@@ -8,6 +8,7 @@ pulled with s5cmd (endpoint from `AWS_ENDPOINT_URL_S3`, as boto3 reads it)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,6 +19,9 @@ from pathlib import Path
 
 log = logging.getLogger("model_source")
 
+# The serving knobs' defaults, the operator's too: defaults.json ships beside this file.
+KNOBS = json.loads(Path(__file__).with_name("defaults.json").read_text())["knobs"]
+
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
 
@@ -26,16 +30,22 @@ class ConfigError(ValueError):
     """The model directory or serving.properties cannot be served; the message says what to fix."""
 
 
+def knob_default(spec_field: str, engine: str = "batching"):
+    """What an absent knob (named as in the LlamaEndpoint spec) means for this engine."""
+    default = KNOBS[spec_field]["default"]
+    return default[engine] if isinstance(default, dict) else default
+
+
 @dataclass
 class ServeSettings:
     model_dir: Path
     engine: str = "batching"            # "batching" or "vllm" (what serving.properties asked for)
     dtype: str | None = None            # None: bfloat16 on a GPU, float32 on the CPU
-    max_batch_size: int = 32
-    max_wait_ms: float = 10.0
-    max_model_len: int | None = None
-    default_max_new_tokens: int = 64
-    tensor_parallel_degree: int | str = 1  # or "max": every GPU of the instance (LMI's vllm)
+    max_batch_size: int = knob_default("maxBatchSize")
+    max_wait_ms: float = float(knob_default("maxWaitMs"))
+    max_model_len: int | None = knob_default("maxModelLength")
+    default_max_new_tokens: int = knob_default("maxNewTokens")
+    tensor_parallel_degree: int | str = knob_default("tensorParallelDegree")  # or "max": every GPU (LMI's vllm)
     properties: dict[str, str] = field(default_factory=dict)
 
 
@@ -75,21 +85,24 @@ def settings_from_properties(props: dict[str, str], base_dir: Path) -> ServeSett
     else:
         raise ConfigError(f"serving.properties option.rolling_batch={props['option.rolling_batch']!r}: "
                           "this server runs 'vllm' configurations or our batching engine (option.entryPoint=model.py)")
+    # A vllm configuration's batch size is its rolling batch size; ours is maxBatchSize's.
+    batch_knob = "maxRollingBatchSize" if engine == "vllm" else "maxBatchSize"
     dtype = props.get("option.dtype")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"serving.properties option.dtype={dtype!r}: use one of {', '.join(DTYPES)}")
     try:
-        wait = float(props.get("option.max_wait_ms", 10))
+        wait = float(props.get("option.max_wait_ms", knob_default("maxWaitMs", engine)))
     except ValueError:
         raise ConfigError(f"serving.properties option.max_wait_ms={props['option.max_wait_ms']!r}: "
                           "must be a number of milliseconds") from None
     return ServeSettings(
         model_dir=base_dir, engine=engine, dtype=DTYPES[dtype] if dtype else None,
-        max_batch_size=_int(props, "option.max_rolling_batch_size", 32), max_wait_ms=wait,
-        max_model_len=_int(props, "option.max_model_len", None),
-        default_max_new_tokens=_int(props, "option.max_new_tokens", 64),
+        max_batch_size=_int(props, "option.max_rolling_batch_size", knob_default(batch_knob, engine)),
+        max_wait_ms=wait, max_model_len=_int(props, "option.max_model_len", knob_default("maxModelLength", engine)),
+        default_max_new_tokens=_int(props, "option.max_new_tokens", knob_default("maxNewTokens", engine)),
         tensor_parallel_degree=("max" if props.get("option.tensor_parallel_degree") == "max"
-                                else _int(props, "option.tensor_parallel_degree", 1)),
+                                else _int(props, "option.tensor_parallel_degree",
+                                          knob_default("tensorParallelDegree", engine))),
         properties=props)
 
 
@@ -105,7 +118,7 @@ def pull_s3(prefix: str, dest: Path) -> Path:
     cmd += ["cp", prefix.rstrip("/") + "/*", str(dest) + "/"]
     dest.mkdir(parents=True, exist_ok=True)
     log.info("pulling %s into %s", prefix, dest)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ConfigError(f"option.model_id={prefix}: s5cmd failed ({proc.returncode}): "
                           f"{(proc.stderr or proc.stdout).strip()[-500:]}")
@@ -154,9 +167,8 @@ def _dtype_kwargs(dtype) -> dict:
 def load_engine(settings: ServeSettings, device: str | None = None):
     """Load model and tokenizer and start a BatchingEngine with the settings' knobs."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from batching_engine import BatchingEngine
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = settings.dtype or ("bfloat16" if device == "cuda" else "float32")

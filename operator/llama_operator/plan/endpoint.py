@@ -12,9 +12,9 @@ from typing import Any
 
 from llama_operator.plan.images import lmi_image_uri
 from llama_operator.kinds import ENDPOINT_KIND
+from llama_operator.paths import serving_default
 from llama_operator.spec import LlamaEndpointSpec
-from llama_operator.spec.endpoint import (DEFAULT_CANARY_PERCENT, DEFAULT_MAX_BATCH_SIZE,
-                                          DEFAULT_MAX_ROLLING_BATCH_SIZE, DEFAULT_MAX_WAIT_MS, TP_ALL_GPUS)
+from llama_operator.spec.endpoint import DEFAULT_CANARY_PERCENT
 
 from .names import endpoint_config_name, endpoint_name, model_name
 from .tags import owner_tags
@@ -36,20 +36,23 @@ def spec_hash(spec: LlamaEndpointSpec, *, model_s3_uri: str | None = None) -> st
 
 
 def serving_settings(spec: LlamaEndpointSpec) -> dict[str, Any]:
-    """The engine's knobs with defaults applied, for the serving workload's renderer. An absent
-    tensorParallelDegree is "max" (LMI splits each model copy over all GPUs of the instance) with
-    vllm, and 1 with the batching engine, which runs on one GPU."""
+    """The engine's knobs with defaults applied (workloads/serve/defaults.json), for the serving
+    workload's renderer. An absent tensorParallelDegree is "max" (LMI splits each model copy over
+    all GPUs of the instance) with vllm, and 1 with the batching engine, which runs on one GPU."""
     s = spec.serving
-    default_tp = TP_ALL_GPUS if s.engine == "vllm" else 1
+
+    def default(spec_field: str) -> Any:
+        return serving_default(spec_field, s.engine)
+
     settings: dict[str, Any] = {"dtype": s.dtype, "max_new_tokens": s.max_new_tokens,
-                                "tensor_parallel_degree": s.tensor_parallel_degree or default_tp}
+                                "tensor_parallel_degree": s.tensor_parallel_degree or default("tensorParallelDegree")}
     if s.engine == "vllm":
-        settings["max_rolling_batch_size"] = s.max_rolling_batch_size or DEFAULT_MAX_ROLLING_BATCH_SIZE
+        settings["max_rolling_batch_size"] = s.max_rolling_batch_size or default("maxRollingBatchSize")
         if s.max_model_length is not None:
             settings["max_model_len"] = s.max_model_length
     else:
-        settings["max_batch_size"] = s.max_batch_size or DEFAULT_MAX_BATCH_SIZE
-        settings["max_wait_ms"] = s.max_wait_ms if s.max_wait_ms is not None else DEFAULT_MAX_WAIT_MS
+        settings["max_batch_size"] = s.max_batch_size or default("maxBatchSize")
+        settings["max_wait_ms"] = s.max_wait_ms if s.max_wait_ms is not None else default("maxWaitMs")
     return settings
 
 

@@ -37,10 +37,8 @@ MSG_CANARY = ("deployment.canaryPercent applies only to deployment.strategy Cana
 MSG_ALARMS = ("deployment.rollbackAlarms are watched only when deployment.autoRollback is true: set "
               "autoRollback to true or remove the alarms")
 
-# Defaults the engines apply when the spec leaves a knob out (documented in the CRD descriptions).
-DEFAULT_MAX_ROLLING_BATCH_SIZE = 32
-DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_MAX_WAIT_MS = 50
+# What the serving knobs default to when the spec leaves them out is workloads/serve/defaults.json
+# (llama_operator.paths.serving_default), which the serving workload reads too.
 DEFAULT_CANARY_PERCENT = 10
 
 

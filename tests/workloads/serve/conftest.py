@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-SERVE_DIR = Path(__file__).resolve().parents[2] / "workloads" / "serve"
+from llama_operator.paths import workloads_dir
+
+SERVE_DIR = workloads_dir() / "serve"
 # The workload's modules import each other by plain name, as they do inside the container.
 sys.path.insert(0, str(SERVE_DIR))
 

@@ -1,21 +1,18 @@
 """The engine's GPU paths (flash attention over the packed cache, our Triton decode kernel, CUDA
 graphs) against the masked SDPA path. Runs only where a CUDA GPU of compute capability 8.0+ is
-present (the device machine: `python3 -m pytest tests/serve/test_engine_gpu.py`); CI has none."""
+present (the device machine: `python3 -m pytest tests/workloads/serve/test_engine_gpu.py`); CI has none."""
 
 import random
-import sys
 from concurrent.futures import Future
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workloads" / "serve"))
-
-from batching_engine import (LENGTH_BUCKET, BatchingEngine, _flash_varlen, _Request,  # noqa: E402
-                             flash_attention_usable)
-from request_params import GenerationParams  # noqa: E402
+from batching_engine import BatchingEngine
+from fused_layers import flash_attention_usable, flash_varlen
+from model_runner import LENGTH_BUCKET
+from request_params import GenerationParams
+from scheduler import Request
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not flash_attention_usable(torch.device("cuda"), torch.bfloat16),
@@ -88,7 +85,7 @@ def test_flash_decode_reads_each_row_only_up_to_its_own_length():
     cu_q = torch.arange(n_rows + 1, dtype=torch.int32, device="cuda")
     used = (pos + 1).to(torch.int32)
     keys, values = cache[0].reshape(-1, kv, dim), cache[1].reshape(-1, kv, dim)
-    out = _flash_varlen(q, keys, values, cu_q, cu_q * cache_len, 1, cache_len, dim ** -0.5, False, used)
+    out = flash_varlen(q, keys, values, cu_q, cu_q * cache_len, 1, cache_len, dim ** -0.5, False, used)
     for i, p in enumerate(ROWS):
         ref = reference(q[i:i + 1], cache[0, i, :p + 1], cache[1, i, :p + 1], 1, p + 1, dim ** -0.5)
         assert rel_err(out[i:i + 1], ref) < 1e-2, i
@@ -103,7 +100,7 @@ def test_packed_prefill_keeps_attention_inside_each_prompt():
     q = torch.randn(n_tok, heads, dim, device=dev, dtype=torch.bfloat16)
     k = torch.randn(n_tok, kv, dim, device=dev, dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    out = _flash_varlen(q, k, v, cu, cu, n_tok, n_tok, dim ** -0.5, True)
+    out = flash_varlen(q, k, v, cu, cu, n_tok, n_tok, dim ** -0.5, True)
     start = 0
     for n in lengths:
         ref = reference(q[start:start + n], k[start:start + n], v[start:start + n], n, n, dim ** -0.5)
@@ -133,7 +130,7 @@ def _teacher_forced(model, attention, prompts, forced):
     engine = BatchingEngine(model, None, max_batch_size=len(prompts), max_len=512, attention=attention)
     engine.close()  # driven by hand on this thread from here on
     params = GenerationParams(max_new_tokens=forced.shape[1])
-    reqs = [_Request(p, params, Future(), slot=i) for i, p in enumerate(prompts)]
+    reqs = [Request(p, params, Future(), slot=i) for i, p in enumerate(prompts)]
     b = len(prompts)
     with torch.no_grad():
         logits = engine._prefill(reqs).clone()

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVE_DIR
+from llama_operator.paths import workloads_dir
+
+SERVE_DIR = workloads_dir() / "serve"
 
 PROMPTS = ["Hello, how are you?", "I want two tickets", "Where is the station?", "Thank you very much",
            "Person1: Hi!##Person2:", "Could you help me?", "It is raining again", "See you later"]

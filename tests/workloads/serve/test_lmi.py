@@ -1,13 +1,16 @@
 """LMI artifacts: what the operator puts in an endpoint's code prefix, and that it serves."""
 
+import ast
 import importlib.util
 import json
 import re
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
+import lmi
 from lmi import ArtifactError, lmi_environment, render_artifacts
 from model_source import parse_properties, settings_from_properties
 
@@ -44,6 +47,24 @@ def test_batching_artifacts_are_self_contained_and_round_trip(tmp_path):
     # The rendered modules import each other and nothing from the operator.
     for name, text in files.items():
         assert "llama_operator" not in text, name
+
+
+def test_the_batching_prefix_ships_every_serving_module_its_files_import():
+    """model.py runs from the code prefix alone: a serving module that a shipped file imports, at
+    the top or inside a function (decode_attention on a GPU), is shipped too."""
+    serve = Path(lmi.__file__).parent
+    modules = {p.stem for p in serve.glob("*.py")}
+    shipped = set(render_artifacts("batching", "s3://b/m/", {}))
+    for name in sorted(n for n in shipped if n.endswith(".py")):
+        for node in ast.walk(ast.parse((serve / name).read_text())):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported = [node.module]
+            else:
+                continue
+            for module in {m.split(".")[0] for m in imported} & modules:
+                assert f"{module}.py" in shipped, f"{name} imports {module}, which the prefix lacks"
 
 
 def test_batching_max_wait_ms_zero_is_no_wait():

@@ -1,0 +1,136 @@
+"""The engine's tensor math: a decoder layer's weights fused for few kernels a step, the per-layer
+functions (which torch.compile may fuse further), attention selection and token selection.
+
+Attention paths: `sdpa` is masked scaled_dot_product_attention over a bucketed prefix of the cache
+(any device); `flash` is flash attention's varlen form, prefill and decode, each row reading its
+own length; `triton` is flash prefill and decode by our kernel, which also applies rotary and
+writes the cache (decode_attention.py)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION = ("triton", "flash", "sdpa")
+
+
+def qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: int):
+    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_qkv, b_qkv)
+    head_dim = cos.shape[-1]
+    qkv = qkv.view(x.shape[0], n_heads + 2 * n_kv, head_dim)
+    qk = qkv[:, :n_heads + n_kv]
+    qk = torch.addcmul(qk * cos[:, None], qk.roll(head_dim // 2, dims=-1), sin[:, None])
+    kv = torch.cat((qk[:, n_heads:], qkv[:, n_heads + n_kv:]), dim=1)
+    return qk[:, :n_heads], kv.view(x.shape[0], 2, n_kv, head_dim)
+
+
+def qkv_raw_math(x, ln_w, eps: float, w_qkv, b_qkv, n_heads: int, n_kv: int):
+    """Norm and fused q/k/v projection, [N, H + 2 KV, D], for a kernel that does rotary itself."""
+    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_qkv, b_qkv)
+    return qkv.view(x.shape[0], n_heads + 2 * n_kv, -1)
+
+
+def rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act):
+    """Output projection and MLP, residuals folded into the matmuls (addmm)."""
+    x = torch.addmm(x, attn_out, w_o.t()) if b_o is None else x + F.linear(attn_out, w_o, b_o)
+    gu = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_gu)
+    inter = gu.shape[-1] // 2
+    return torch.addmm(x, act(gu[:, :inter]) * gu[:, inter:], w_down.t())
+
+
+def layer_functions(compile_step: bool):
+    """(qkv, qkv_raw, rest) for the engine's steps. Compiled, inductor fuses the small kernels
+    around the matmuls (norms, rotary, SiLU) and the graphs then replay the fused kernels; sizes
+    stay symbolic, so one compile serves all buckets. Compiling the whole 22-layer step took too
+    long; these pure functions compile once each."""
+    if not compile_step:
+        return qkv_math, qkv_raw_math, rest_math
+    return (torch.compile(qkv_math, dynamic=True), torch.compile(qkv_raw_math, dynamic=True),
+            torch.compile(rest_math, dynamic=True))
+
+
+def default_attention(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    if not flash_attention_usable(device, dtype):
+        return "sdpa"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "flash"
+    return "triton" if head_dim & (head_dim - 1) == 0 else "flash"
+
+
+def flash_attention_usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Flash attention (varlen, with per-row key lengths) runs on CUDA GPUs of compute capability
+    8.0 or newer, in bf16 or fp16."""
+    return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+            and torch.backends.cuda.is_flash_attention_available()
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
+def flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, causal: bool, seqused_k=None):
+    """Attention over packed sequences: q [Nq, H, D], k/v [Nk, KV, D]; sequence i is queries
+    cu_q[i]:cu_q[i+1] and keys from cu_k[i], seqused_k[i] of them when given (else up to cu_k[i+1]).
+    Grouped-query heads are native (no repeat of k/v); no mask is materialised."""
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False,
+                                                   scale=scale, seqused_k=seqused_k)[0]
+
+
+class FusedLayer:
+    """A decoder layer's weights arranged for few kernels per step: q/k/v in one matrix and
+    gate/up in another. The module's own parameters become views into these, so the model is
+    unchanged (generate() still works) and no weight is stored twice."""
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.w_qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.b_qkv = _fuse_bias(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.w_gu = _fuse(mlp.gate_proj, mlp.up_proj)
+        if getattr(mlp.gate_proj, "bias", None) is not None:
+            raise ValueError("MLP biases are not supported (Llama has none)")
+        self.w_o, self.b_o = attn.o_proj.weight, attn.o_proj.bias
+        self.w_down = mlp.down_proj.weight
+        # One function object for every layer, so a compiled step is not specialised per layer.
+        self.act = F.silu if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") else mlp.act_fn
+        self.ln1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
+        self.ln2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+
+
+def _fuse(*linears):
+    fused = torch.cat([m.weight.data for m in linears], dim=0)
+    start = 0
+    for m in linears:
+        n = m.weight.shape[0]
+        m.weight.data = fused[start:start + n]
+        start += n
+    return fused
+
+
+def _fuse_bias(*linears):
+    if all(getattr(m, "bias", None) is None for m in linears):
+        return None
+    return _fuse_bias_tensors([m.bias for m in linears])
+
+
+def _fuse_bias_tensors(biases):
+    fused = torch.cat([b.data for b in biases])
+    start = 0
+    for b in biases:
+        n = b.shape[0]
+        b.data = fused[start:start + n]
+        start += n
+    return fused
+
+
+def select_tokens(logits, temperature, top_p, sample, with_sampling: bool):
+    """Greedy argmax, and for rows that sample: temperature, nucleus (top_p) cut, then a draw
+    by the exponential-race trick (argmax of p / Exp(1)), which needs no host sync."""
+    greedy = logits.argmax(-1)
+    if not with_sampling:
+        return greedy
+    probs = torch.softmax(logits / temperature[:, None].clamp_min(1e-5), dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    cut = (sorted_p.cumsum(-1) - sorted_p) > top_p[:, None]
+    sorted_p = sorted_p.masked_fill(cut, 0.0)
+    draw = (sorted_p / torch.empty_like(sorted_p).exponential_()).argmax(-1)
+    drawn = order.gather(-1, draw[:, None])[:, 0]
+    return torch.where(sample, drawn, greedy)
