@@ -10,7 +10,7 @@ import lmi
 import model_source
 import pytest
 import yaml
-from llama_operator import endpoint_code
+from llama_operator.artifacts import endpoint_code
 from llama_operator.paths import REPO_ROOT, crds_dir, serving_default, serving_defaults, workloads_dir
 from llama_operator.plan.endpoint import serving_settings
 from llama_operator.spec import LlamaEndpointSpec
