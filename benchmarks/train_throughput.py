@@ -33,7 +33,6 @@ import dataclasses
 import gc
 import importlib.util
 import json
-import math
 import random
 import sys
 import time
@@ -335,7 +334,6 @@ def check_packing(cfg: dict, lengths: list[int], device: torch.device, log, flex
            "nomask_max_abs": float((leaky - alone).abs().max()),
            "nomask_mean_abs": float((leaky - alone).abs().mean())}
     log("packing check " + json.dumps(res))
-    del model
     return res
 
 

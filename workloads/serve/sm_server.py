@@ -40,7 +40,7 @@ def render_result(result, params) -> dict:
 def invoke(engine, body) -> tuple[int, object]:
     """Answer one /invocations body: (HTTP status, JSON payload). Pure apart from the engine."""
     try:
-        prompts, params, many = parse_request(body)
+        prompts, params, many = parse_request(body, default_max_new_tokens=engine.default_max_new_tokens)
         futures = [engine.submit(p, params) for p in prompts]
     except RequestError as err:
         return err.status, err.to_json()

@@ -38,6 +38,7 @@ anything outside torch and transformers. The trainer calls, in order:
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any, Iterable
 
 import torch
@@ -51,30 +52,25 @@ def _device(device: Any) -> torch.device:
 
 
 @functools.lru_cache(maxsize=None)
+def _provides(module: str, *names: str) -> bool:
+    """Whether `module` imports here and has `names` (a broken install counts as absent)."""
+    try:
+        found = importlib.import_module(module)
+    except Exception:
+        return False
+    return all(hasattr(found, n) for n in names)
+
+
 def _has_flex() -> bool:
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return _provides("torch.nn.attention.flex_attention", "create_block_mask", "flex_attention")
 
 
-@functools.lru_cache(maxsize=None)
 def _has_liger() -> bool:
-    try:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return _provides("liger_kernel.transformers", "apply_liger_kernel_to_llama")
 
 
-@functools.lru_cache(maxsize=None)
 def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return _provides("triton")
 
 
 def available(device: Any) -> dict[str, bool]:

@@ -51,27 +51,23 @@ class EndpointGateway(Gateway):
     # create or adopt -----------------------------------------------------------------------
     def ensure_model(self, request: dict, uid: str) -> str:
         """CreateModel, or adopt the same-named model we made before. Returns its ARN."""
-        name = request["ModelName"]
-        try:
-            return self._raw("create_model", **request)["ModelArn"]
-        except ClientError as exc:
-            if not already_exists(exc):
-                raise classify(exc, operation_name("create_model")) from exc
-        arn = self._call("describe_model", ModelName=name)["ModelArn"]
-        self._check_owner("model", name, arn, uid)
-        log.info("adopted existing model %s", name)
-        return arn
+        return self._create_or_adopt("model", "create_model", "describe_model", "Model", request, uid)
 
     def ensure_endpoint_config(self, request: dict, uid: str) -> str:
-        name = request["EndpointConfigName"]
+        return self._create_or_adopt("endpoint configuration", "create_endpoint_config",
+                                     "describe_endpoint_config", "EndpointConfig", request, uid)
+
+    def _create_or_adopt(self, what: str, create: str, describe: str, shape: str, request: dict, uid: str) -> str:
+        """`create`, or on AlreadyExists adopt the one of that name if we own it; its ARN."""
+        name = request[f"{shape}Name"]
         try:
-            return self._raw("create_endpoint_config", **request)["EndpointConfigArn"]
+            return self._raw(create, **request)[f"{shape}Arn"]
         except ClientError as exc:
             if not already_exists(exc):
-                raise classify(exc, operation_name("create_endpoint_config")) from exc
-        arn = self._call("describe_endpoint_config", EndpointConfigName=name)["EndpointConfigArn"]
-        self._check_owner("endpoint configuration", name, arn, uid)
-        log.info("adopted existing endpoint configuration %s", name)
+                raise classify(exc, operation_name(create)) from exc
+        arn = self._call(describe, **{f"{shape}Name": name})[f"{shape}Arn"]
+        self._check_owner(what, name, arn, uid)
+        log.info("adopted existing %s %s", what, name)
         return arn
 
     def ensure_endpoint(self, request: dict, uid: str) -> dict:

@@ -12,7 +12,7 @@ through the same functions the SageMaker SDK uses: the training images through
 `get_training_image_uri()` (the PyTorch estimator's path), the SMP one with the SMP v2
 distribution, which is how the SDK reaches the SMP images; the LMI image through `retrieve()`.
 After changing a pinned version run `python -m llama_operator.plan.images --write`;
-tests/unit/test_images.py checks the table's tags and compares it with sagemaker-core."""
+tests/operator/plan/test_images.py checks the table's tags and compares it with sagemaker-core."""
 
 from __future__ import annotations
 

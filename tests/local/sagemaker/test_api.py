@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BUCKET, ECHO_IMAGE, ROLE, source_tar, training_request, unique, wait_job
+from sagemaker_helpers import BUCKET, ECHO_IMAGE, ROLE, source_tar, training_request, unique, wait_job
 
 
 def _code(err) -> str:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BUCKET, ECHO_IMAGE, ROLE, unique, validated, wait_endpoint
+from sagemaker_helpers import BUCKET, ECHO_IMAGE, ROLE, unique, validated, wait_endpoint
 
 
 def _model(sm, s3, name: str, text: str, **env) -> None:

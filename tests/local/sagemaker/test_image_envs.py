@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import BUCKET, TRAINING_IMAGE, source_tar, training_request, unique, wait_job
+from sagemaker_helpers import BUCKET, TRAINING_IMAGE, source_tar, training_request, unique, wait_job
 from llama_operator import paths
 from llama_operator.artifacts import training_source
 from llama_operator.plan import images

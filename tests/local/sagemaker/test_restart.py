@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from conftest import (ECHO_IMAGE, ROLE, source_tar, training_request, unique, validated, wait_endpoint,
+from sagemaker_helpers import (ECHO_IMAGE, ROLE, source_tar, training_request, unique, validated, wait_endpoint,
                       wait_job)
 
 

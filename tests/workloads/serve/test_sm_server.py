@@ -160,3 +160,28 @@ def test_unservable_model_dir_exits_with_a_clear_message(tmp_path):
     assert srv.proc.wait(60) == 1
     log = "".join(srv.lines)
     assert "neither serving.properties nor a Hugging Face model" in log and "SM_MODEL_DIR" in log
+
+
+def test_a_request_that_does_not_say_max_new_tokens_gets_the_endpoints_default():
+    """spec.serving.maxNewTokens reaches the engine as its default; a request's own value wins."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    import sm_server
+
+    class RecordingEngine:
+        default_max_new_tokens = 37
+
+        def __init__(self):
+            self.seen = []
+
+        def submit(self, prompt, params):
+            self.seen.append(params.max_new_tokens)
+            done = Future()
+            done.set_result(SimpleNamespace(text="ok", finish_reason="length", token_ids=[1], prompt_tokens=1))
+            return done
+
+    engine = RecordingEngine()
+    assert sm_server.invoke(engine, {"inputs": "hi"})[0] == 200
+    assert sm_server.invoke(engine, {"inputs": "hi", "parameters": {"max_new_tokens": 5}})[0] == 200
+    assert engine.seen == [37, 5]

@@ -40,6 +40,16 @@ class SageMaker:
         self.ctx.store.put(kind, record)
         return record
 
+    def _create_from_request(self, kind: str, what: str, arn_key: str, name: str, p: dict) -> dict:
+        """A resource whose Describe is its Create request (less tags) plus ARN and creation time."""
+        with self.ctx.store.lock:
+            if self.ctx.store.get(kind, name) is not None:
+                raise ValidationError(f"Cannot create already existing {what} \"{self._arn(kind, name)}\".")
+            describe = {k: copy.deepcopy(v) for k, v in p.items() if k != "Tags"}
+            describe.update({arn_key: self._arn(kind, name), "CreationTime": time.time()})
+            self._new(kind, name, describe, p.get("Tags"))
+        return {arn_key: describe[arn_key]}
+
     def _check_tags(self, tags) -> None:
         if tags and len(tags) > MAX_TAGS:
             raise ValidationError(f"1 validation error detected: Value at 'tags' failed to satisfy constraint: "
@@ -164,13 +174,7 @@ class SageMaker:
             if not c.get("Image"):
                 raise ValidationError("PrimaryContainer.Image is required: the inference image URI, "
                                       "e.g. an LMI (djl-inference) image.")
-        with self.ctx.store.lock:
-            if self.ctx.store.get("model", name) is not None:
-                raise ValidationError(f"Cannot create already existing model \"{self._arn('model', name)}\".")
-            describe = {k: copy.deepcopy(v) for k, v in p.items() if k != "Tags"}
-            describe.update({"ModelArn": self._arn("model", name), "CreationTime": time.time()})
-            self._new("model", name, describe, p.get("Tags"))
-        return {"ModelArn": describe["ModelArn"]}
+        return self._create_from_request("model", "model", "ModelArn", name, p)
 
     def op_DescribeModel(self, p: dict) -> dict:
         name = p.get("ModelName", "")
@@ -207,14 +211,7 @@ class SageMaker:
             seen.add(v.get("VariantName"))
             if self.ctx.store.get("model", v["ModelName"]) is None:
                 raise ValidationError(f"Could not find model \"{self._arn('model', v['ModelName'])}\".")
-        with self.ctx.store.lock:
-            if self.ctx.store.get("endpoint-config", name) is not None:
-                raise ValidationError("Cannot create already existing endpoint configuration "
-                                      f"\"{self._arn('endpoint-config', name)}\".")
-            describe = {k: copy.deepcopy(v) for k, v in p.items() if k != "Tags"}
-            describe.update({"EndpointConfigArn": self._arn("endpoint-config", name), "CreationTime": time.time()})
-            self._new("endpoint-config", name, describe, p.get("Tags"))
-        return {"EndpointConfigArn": describe["EndpointConfigArn"]}
+        return self._create_from_request("endpoint-config", "endpoint configuration", "EndpointConfigArn", name, p)
 
     def op_DescribeEndpointConfig(self, p: dict) -> dict:
         name = p.get("EndpointConfigName", "")

@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from operator_harness import PLURAL, InProcessOperator, finetune, wait_for
+from operator_harness import BUCKET, PLURAL, InProcessOperator, finetune, wait_for
 from llama_operator.aws.metrics import LossReader
 from llama_operator.settings import Settings
 
 HOUR = 3600
-BUCKET = "finetune-it"  # seeded by this folder's conftest (not imported: run beside tests/local,
-                        # `from conftest import` may find that folder's conftest instead)
 
 # Logs two per-step lines as the real workload does, then holds until the test releases it (a file
 # named after the job), then logs the last step and ends.

@@ -27,7 +27,7 @@ from llama_operator.local.sagemaker import events as local_events
 from llama_operator.local.sagemaker.context import Context
 from llama_operator.local.sagemaker.store import Store
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "sagemaker_events"
+DATA = Path(__file__).resolve().parents[2] / "data" / "sagemaker_events"
 NOW = "2026-12-04T00:00:00.000Z"
 UTC = dt.timezone.utc
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from operator_harness import PLURAL, InProcessOperator, finetune, wait_for
 from llama_operator import paths
 from llama_operator.settings import Settings

@@ -1,10 +1,11 @@
-"""LlamaEndpoint status from DescribeEndpoint output and endpoint state-change event details."""
+"""LlamaEndpoint status from DescribeEndpoint output and endpoint state-change event details, and refusals."""
 
 import datetime as dt
 
 import pytest
 
 from llama_operator.status import endpoint as es
+from llama_operator.status import endpoint_changes
 from llama_operator.status import values
 
 ARN = "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/lep-demo-abc"
@@ -325,85 +326,6 @@ def test_lift_refusal():
     lift = es.lift_refusal(failed, generation=2, now=NOW)
     assert lift["phase"] == "Pending" and cond(lift, "Failed")["status"] == "False"
     assert es.refusal(apply(failed, lift)) is None
-
-
-# ---- the pure helpers the LlamaEndpoint handlers build on ----------------------------------------
-
-from llama_operator.artifacts import endpoint_code  # noqa: E402
-from llama_operator.plan import model_source, rollout  # noqa: E402
-from llama_operator.spec import LlamaEndpointSpec, validate  # noqa: E402
-from llama_operator.status import endpoint_changes  # noqa: E402
-
-
-def index(**finetunes):
-    return {("team", name): [value] for name, value in finetunes.items()}
-
-
-def test_model_from_s3_uri_needs_no_finetune():
-    uri, reason, _ = model_source.resolve_model({"model": {"s3Uri": "s3://bkt/m/"}}, "team", index())
-    assert (uri, reason) == ("s3://bkt/m/", "ModelGiven")
-
-
-@pytest.mark.parametrize("entry,reason", [
-    (None, "FinetuneNotFound"),
-    ({"phase": "InProgress"}, "FinetuneNotCompleted"),
-    ({"phase": None}, "FinetuneNotCompleted"),
-    ({"phase": "Completed", "modelS3Uri": None}, "FinetuneHasNoModel"),
-    ({"phase": "Failed", "failureReason": "CUDA out of memory"}, "FinetuneFailed"),
-    ({"phase": "Stopped"}, "FinetuneFailed"),
-])
-def test_model_from_finetune_not_ready(entry, reason):
-    idx = index(tune=entry) if entry is not None else index()
-    uri, got, message = model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)
-    assert uri is None and got == reason and "tune" in message
-    if entry and entry.get("failureReason"):
-        assert "CUDA out of memory" in message
-
-
-def test_model_from_completed_finetune_in_the_same_namespace_only():
-    idx = index(tune={"phase": "Completed", "modelS3Uri": "s3://bkt/out/job/model/"})
-    assert model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)[0] == "s3://bkt/out/job/model/"
-    assert model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "other", idx)[0] is None
-
-
-def test_invalid_spec_names_the_field():
-    with pytest.raises(ValueError) as err:
-        validate(LlamaEndpointSpec, {"model": {"s3Uri": "s3://bkt/m/"}, "resources": {"instanceType": "g5.xlarge"},
-                                "roleArn": "arn:aws:iam::123456789012:role/x"})
-    assert "spec.resources.instanceType" in str(err.value)
-
-
-def test_lmi_settings_translate_the_planners_knobs():
-    batching = endpoint_code.lmi_settings("batching", {"dtype": "fp32", "max_new_tokens": 8, "max_batch_size": 4,
-                                                       "max_wait_ms": 5, "tensor_parallel_degree": "max"})
-    assert batching == {"dtype": "fp32", "max_new_tokens": 8, "max_rolling_batch_size": 4, "max_wait_ms": 5}
-    vllm = endpoint_code.lmi_settings("vllm", {"dtype": "bf16", "max_new_tokens": 256, "tensor_parallel_degree": 4,
-                                               "max_rolling_batch_size": 64, "max_model_len": 4096})
-    assert vllm == {"dtype": "bf16", "tensor_parallel_degree": 4, "max_rolling_batch_size": 64, "max_model_len": 4096}
-
-
-def test_rendered_code_points_at_the_model_and_is_content_addressed():
-    files = endpoint_code.render("batching", "s3://bkt/out/job/model/", {"dtype": "fp32", "max_batch_size": 4})
-    assert "option.model_id=s3://bkt/out/job/model/" in files["serving.properties"]
-    again = endpoint_code.render("batching", "s3://bkt/out/job/model/", {"dtype": "fp32", "max_batch_size": 4})
-    other = endpoint_code.render("batching", "s3://bkt/out/job2/model/", {"dtype": "fp32", "max_batch_size": 4})
-    assert endpoint_code.code_prefix("s3://ops/x", files) == endpoint_code.code_prefix("s3://ops/x/", again)
-    assert endpoint_code.code_prefix("s3://ops/x", files) != endpoint_code.code_prefix("s3://ops/x", other)
-
-
-def test_hash_and_code_location():
-    assert rollout.combined_hash("0123456789abcdef", "s3://a/") != rollout.combined_hash("0123456789abcdef", "s3://b/")
-    assert len(rollout.combined_hash("0123456789abcdef", "s3://a/")) == 16
-    assert rollout.code_base_uri("s3://ops/llama/", "s3://models/m/") == "s3://ops/llama"
-    assert rollout.code_base_uri(None, "s3://models/m/") == "s3://models/llama-operator"
-
-
-def test_names_prefix_covers_every_model_and_config_name():
-    from llama_operator.plan import names
-
-    prefix = rollout.names_prefix("team", "chat", "uid-1")
-    assert names.model_name("team", "chat", "uid-1", "abc").startswith(prefix)
-    assert names.endpoint_config_name("team", "chat", "uid-1", "abc").startswith(prefix)
 
 
 def test_clearing_refusal_lifts_it_before_the_handlers_change():

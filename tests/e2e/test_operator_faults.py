@@ -8,7 +8,7 @@ import uuid
 
 from botocore.stub import Stubber
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from operator_harness import PLURAL, InProcessOperator, SubprocessOperator, finetune, wait_for
 from llama_operator.settings import Settings
 

@@ -15,7 +15,7 @@ import uuid
 
 import yaml
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from operator_harness import PLURAL, SubprocessOperator, finetune, wait_for
 from llama_operator.local.kubernetes.resources import crd_resources
 from llama_operator.local.kubernetes.server import EmbeddedKubernetes

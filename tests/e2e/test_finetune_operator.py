@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from operator_harness import PLURAL, InProcessOperator, finetune, wait_for
 from llama_operator.plan.names import training_job_name
 from llama_operator.settings import Settings

@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from operator_harness import InProcessOperator, endpoint
 from llama_operator.status import values
 from llama_operator.handlers import endpoint as endpoint_handlers

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from conftest import BUCKET, source_tar, training_request, unique, wait_job
+from sagemaker_helpers import BUCKET, source_tar, training_request, unique, wait_job
 
 TRAIN_OK = """
 import json, os, pathlib

@@ -1,5 +1,5 @@
 """The SQS consumer receives only while kopf peering lets this replica work (see
-tests/integration/test_peering.py for two real replicas)."""
+tests/e2e/test_peering.py for two real replicas)."""
 
 import asyncio
 import json

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from operator_harness import InProcessOperator, endpoint, finetune, owned, wait_for
 from llama_operator.local.sagemaker import events as local_events
 from llama_operator.settings import Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from llama_operator.artifacts import training_source
 from llama_operator.status import finetune as st
 

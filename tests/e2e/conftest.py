@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-BUCKET = "finetune-it"
+from operator_harness import BUCKET  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from llama_operator import runner
 from llama_operator.settings import Settings
 
 API = "llamaops.dev/v1alpha1"
+BUCKET = "finetune-it"  # seeded by this folder's conftest
 PLURAL = "llamafinetunes"
 
 # Tiny stand-ins for workloads/: the job's behaviour follows the resource's name, which the
@@ -160,12 +161,12 @@ class InProcessOperator:
 
     def __enter__(self) -> "InProcessOperator":
         self.thread.start()
-        assert self.ready_flag.wait(30), f"operator did not get ready: {self.error!r}"
+        assert self.ready_flag.wait(60), f"operator did not get ready: {self.error!r}"
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop_flag.set()
-        self.thread.join(30)
+        self.thread.join(60)
         assert not self.thread.is_alive(), "operator did not stop"
 
 
@@ -204,7 +205,7 @@ class SubprocessOperator:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def wait_for(fn, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+def wait_for(fn, timeout: float = 60, what: str = "condition", interval: float = 0.2):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

@@ -19,7 +19,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import BUCKET
+from operator_harness import BUCKET
 from operator_harness import InProcessOperator, endpoint, finetune, wait_for
 from llama_operator.local.kubernetes.resources import crd_resources
 from llama_operator.local.kubernetes.server import EmbeddedKubernetes

@@ -5,7 +5,6 @@ workloads/serve. Status is driven by events: the resync interval is an hour."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -17,15 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from llama_operator import runner
-from llama_operator.handlers import endpoint as endpoint_handlers
 from llama_operator.local.kubernetes.server import EmbeddedKubernetes
 from llama_operator.local.stack import LocalStack
 from llama_operator.paths import crds_dir
 from llama_operator.settings import Settings
 
 from crd_schema import undeclared_fields
-from operator_harness import environment, owned
+from operator_harness import InProcessOperator, environment, owned, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,45 +34,6 @@ ROLE = "arn:aws:iam::123456789012:role/sagemaker-endpoint"
 BROKEN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/broken-lmi:1"
 BROKEN_SERVER = ("import sys; print('loading model: CUDA out of memory while loading the weights', flush=True); "
                  "sys.exit(3)")
-
-
-def wait_for(fn, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
-
-
-class Operator:
-    """The operator's registry (runner.build_registry, plus the LlamaEndpoint handlers unless the
-    runner registers them itself) run by kopf in a thread with its own event loop."""
-
-    def __init__(self, settings: Settings, kubeconfig: Path):
-        fast = dataclasses.replace(settings, model_wait_seconds=1.0, endpoint_retry_seconds=1.0, delete_poll_seconds=0.5)
-        self.registry = runner.build_registry(fast, kubeconfig=str(kubeconfig))
-        endpoint_handlers.register(self.registry, self.registry.app)
-        self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="operator", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(runner.operator_coroutine(self.registry, stop_flag=self.stop_flag, ready_flag=self.ready_flag))
-        except BaseException as exc:  # reported by the test that waits on it
-            self.error = exc
-
-    def __enter__(self) -> "Operator":
-        self.thread.start()
-        assert self.ready_flag.wait(60), f"operator did not get ready: {self.error!r}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_flag.set()
-        self.thread.join(60)
 
 
 def chat_rows(n: int) -> str:
@@ -111,7 +69,7 @@ def world(tmp_path_factory):
             settings = Settings.from_env(region=stack.env["AWS_DEFAULT_REGION"],
                                          events_queue_url=stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
                                          resync_seconds=3600.0, source_s3_uri=f"s3://{BUCKET}/operator")
-            ops = [Operator(settings, kubeconfig).__enter__()]
+            ops = [InProcessOperator(settings, kubeconfig, endpoints=True).__enter__()]
             try:
                 yield {"stack": stack, "kube": kube, "ops": ops, "settings": settings, "kubeconfig": kubeconfig,
                        "sm": stack.client("sagemaker"), "rt": stack.client("sagemaker-runtime"), "s3": s3}
@@ -346,7 +304,7 @@ def test_restart_mid_creation_and_reapply_adopt_instead_of_duplicating(world):
     # and must adopt what exists (and catch up on the events queued meanwhile).
     world["ops"][-1].__exit__()
     first = owned(sm, uid)
-    world["ops"].append(Operator(world["settings"], world["kubeconfig"]).__enter__())
+    world["ops"].append(InProcessOperator(world["settings"], world["kubeconfig"], endpoints=True).__enter__())
     ep = wait_for(lambda: (o := get(world, "llamaendpoints", "again")).get("status", {}).get("phase")
                   in ("InService", "Failed") and o, 120, "InService after the restart")
     assert ep["status"]["phase"] == "InService", ep["status"].get("failureReason")
@@ -428,12 +386,11 @@ def test_a_change_during_an_update_waits_for_it_then_rolls_on(world):
 
 def test_endpoint_deleted_behind_the_operators_back_comes_back_at_resync(world):
     """The one test that relies on the Describe fallback: an operator with a 2-second resync."""
-    import dataclasses
 
     kube, sm = world["kube"], world["sm"]
     world["ops"][-1].__exit__()
-    world["ops"].append(Operator(dataclasses.replace(world["settings"], resync_seconds=2.0),
-                                 world["kubeconfig"]).__enter__())
+    world["ops"].append(InProcessOperator(dataclasses.replace(world["settings"], resync_seconds=2.0),
+                                          world["kubeconfig"], endpoints=True).__enter__())
     kube.apply(endpoint("drift", source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}))
     ep = wait_for(lambda: (o := get(world, "llamaendpoints", "drift")).get("status", {}).get("phase")
                   in ("InService", "Failed") and o, 120, "InService")
