@@ -34,7 +34,7 @@ from llama_operator.handlers.app import App, Refused
 from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, FINETUNES, GROUP, KIND_TAG, VERSION
 from llama_operator.plan.model_source import finetune_entry, resolve_model
-from llama_operator.spec import LlamaEndpointSpec, deletion_policy
+from llama_operator.spec import LlamaEndpointSpec, deletion_policy, stored_spec
 from llama_operator.status import endpoint as es
 from llama_operator.status.endpoint_changes import (clearing_refusal, event_update, merged, settle, synced_now,
                                                     transition, without_refusal)
@@ -59,6 +59,11 @@ async def record(app: App, body, change, *, event: bool = True) -> tuple[dict | 
     return obj, written
 
 
+# waiting on something only the user can fix: a Warning, not the Normal phase-change Event (a
+# failed fine-tune makes the endpoint Failed, whose Event is a Warning already)
+_NEEDS_THE_USER = ("FinetuneNotFound", "FinetuneHasNoModel")
+
+
 async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, retry, llama_finetunes, **_):
     """Bring SageMaker to the spec: model, config, endpoint (create, adopt, or blue/green).
     Every status write is computed from the object as it is at the write (`record`), not
@@ -68,7 +73,7 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
     if meta.get("deletionTimestamp"):
         return
     try:
-        spec_model = app.admit(LlamaEndpointSpec, spec, namespace)
+        spec_model = app.admit(LlamaEndpointSpec, stored_spec(body), namespace)
     except Refused as exc:
         why, message = exc.reason, exc.message
 
@@ -97,8 +102,12 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
                 return es.local_phase(phase, reason, message, current, generation=generation)
             return {}
 
-        if waiting(status, meta) or es.refusal(status) is not None:  # as kopf saw it: no read while nothing changes
-            await record(app, body, clearing_refusal(waiting))
+        changed = waiting(status, meta)
+        warn = bool(changed) and reason in _NEEDS_THE_USER  # once per change of what is wrong, not each retry
+        if changed or es.refusal(status) is not None:  # as kopf saw it: no read while nothing changes
+            await record(app, body, clearing_refusal(waiting), event=not warn)
+        if warn:
+            kopf.event(body, type="Warning", reason=reason, message=message[:1000])
         # keep looking: a failed fine-tune may be re-created under the same name
         raise kopf.TemporaryError(message, delay=app.settings.model_wait_seconds * (6 if phase == "Failed" else 1))
 
@@ -183,7 +192,7 @@ async def finalize(app: App, spec, status, meta, namespace, name, uid, body, ret
     """Deletion policy Delete (default): the endpoint, then every config and model this
     resource owns; the finalizer goes only when SageMaker lists none of them. Retain: leave."""
     status = dict(status or {})
-    if deletion_policy(spec) == "Retain":
+    if deletion_policy(stored_spec(body)) == "Retain":
         kopf.event(body, type="Normal", reason="Retained",
                    message=f"deletionPolicy Retain: endpoint {status.get('endpointName')} left in SageMaker")
         metrics.phase(KIND, namespace, name, None)

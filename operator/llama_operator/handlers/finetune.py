@@ -28,7 +28,7 @@ from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import FINETUNE_KIND, FINETUNES, GROUP, TRAINING_DETAIL_TYPE, VERSION
 from llama_operator.plan import finetune as plan_ft
 from llama_operator.plan.names import training_job_name
-from llama_operator.spec import LlamaFinetuneSpec, deletion_policy
+from llama_operator.spec import LlamaFinetuneSpec, deletion_policy, stored_spec
 from llama_operator.status import finetune as st
 from llama_operator.status.conditions import synced
 from llama_operator.status.values import now_iso
@@ -72,7 +72,7 @@ async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, re
     if status.get("phase") in st.TERMINAL and status.get("trainingJobName"):
         return  # a finished job is history; nothing to create again
     try:
-        model = app.admit(LlamaFinetuneSpec, spec, namespace)
+        model = app.admit(LlamaFinetuneSpec, stored_spec(body), namespace)
     except Refused as exc:
         reason, message = exc.reason, exc.message
         await _write(app, body, lambda current, meta: st.failed_before_start(
@@ -210,7 +210,7 @@ async def refresh_loss(app: App, namespace: str, name: str, job: str, started, s
 
 
 async def finalize(app: App, spec, body, status, name, namespace, uid, retry, **_):
-    if deletion_policy(spec) == "Retain":
+    if deletion_policy(stored_spec(body)) == "Retain":
         return
     job = status.get("trainingJobName") or training_job_name(namespace, name, uid)
     try:

@@ -17,7 +17,7 @@ def resolve_model(spec: Mapping[str, Any], namespace: str, finetunes) -> tuple[s
     found = list(finetunes.get((namespace, source), [])) if finetunes is not None and source else []
     if not found:
         return None, "FinetuneNotFound", (f"waiting for LlamaFinetune {source} in namespace {namespace}: "
-                                          "it does not exist (yet)")
+                                          "it does not exist (yet); create it, or fix spec.model.fromFinetune")
     ft = found[0]
     phase = ft.get("phase") or "Pending"
     if phase == "Completed":

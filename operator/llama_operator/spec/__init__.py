@@ -3,6 +3,6 @@
 
 from .endpoint import LlamaEndpointSpec
 from .finetune import LlamaFinetuneSpec
-from .validate import InvalidSpec, deletion_policy, validate
+from .validate import InvalidSpec, deletion_policy, stored_spec, validate
 
-__all__ = ["InvalidSpec", "LlamaEndpointSpec", "LlamaFinetuneSpec", "deletion_policy", "validate"]
+__all__ = ["InvalidSpec", "LlamaEndpointSpec", "LlamaFinetuneSpec", "deletion_policy", "stored_spec", "validate"]

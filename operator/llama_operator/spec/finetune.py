@@ -122,7 +122,8 @@ class LlamaFinetuneSpec(ResourceSpec):
         return self
 
     def check_update(self, old: "LlamaFinetuneSpec") -> None:
-        """The CRD's transition rule, for API servers that do not run CEL (the embedded emulator)."""
+        """The CRD's transition rule, which holds once status.trainingJobName is set, for API servers
+        that do not run CEL."""
         mine = self.to_body()
         theirs = old.to_body()
         mine.pop("deletionPolicy", None)

@@ -41,3 +41,9 @@ def deletion_policy(spec: Any) -> str:
     """The spec's deletionPolicy for the finalizer, whatever the spec holds: only a spec that
     says Retain keeps SageMaker's objects (a spec too broken to read is cleaned up)."""
     return "Retain" if isinstance(spec, Mapping) and spec.get("deletionPolicy") == "Retain" else "Delete"
+
+
+def stored_spec(body: Any) -> Any:
+    """The object's spec as the API server stored it (None when absent). kopf's `spec` argument is
+    a mapping view even where the stored spec is a list or a string, so checks read this instead."""
+    return body.get("spec") if isinstance(body, Mapping) else None

@@ -86,6 +86,20 @@ _FIXED_PHASES = {
 }
 
 
+# SageMaker's words when the serving container never came up; on AWS the reason (a model that is
+# not there, a role that may not read it) is only in the container's log
+_CONTAINER_DID_NOT_START = ("did not pass the ping health check", "Failed to download model data")
+
+
+def with_hint(failure: str | None, endpoint: str | None) -> str | None:
+    """SageMaker's FailureReason, with the fields to check when the container never started."""
+    if not failure or not any(words in failure for words in _CONTAINER_DID_NOT_START):
+        return failure
+    return (f"{failure} Check that the model at spec.model.s3Uri (or spec.model.fromFinetune's model) exists and "
+            f"that spec.roleArn may read it; the container's log is in CloudWatch, log group "
+            f"/aws/sagemaker/Endpoints/{endpoint}.")
+
+
 def phase_of(endpoint_status: str, serving_config: str | None, desired_config: str | None,
              failure_reason: str | None) -> tuple[str, str]:
     """(phase, condition reason) for a SageMaker EndpointStatus.
@@ -174,7 +188,8 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
                                  generation=generation, now=now))
         return {} if _unchanged(patch, status) else patch
     if phase in ("Degraded", "Failed"):
-        patch["failureReason"] = failure or _message(phase, reason, name, serving, desired_config, failure)
+        patch["failureReason"] = with_hint(failure, name) or _message(phase, reason, name, serving, desired_config,
+                                                                      failure)
     elif phase == "InService":
         patch["failureReason"] = None  # a merge patch with null removes the field
     message = _message(phase, reason, name, serving, desired_config, failure)

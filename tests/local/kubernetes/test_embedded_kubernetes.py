@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from llama_operator.local.kubernetes.server import EmbeddedKubernetes
+from specdata import FINETUNE_MIN
 
 API = "llamaops.dev/v1alpha1"
 BASE = f"/apis/{API}/namespaces/team-a/llamafinetunes"
@@ -17,7 +18,7 @@ MERGE = "application/merge-patch+json"
 
 def manifest(name: str, spec: dict | None = None) -> dict:
     return {"apiVersion": API, "kind": "LlamaFinetune", "metadata": {"name": name, "namespace": "team-a"},
-            "spec": spec or {"roleArn": "arn:aws:iam::123456789012:role/r"}, "status": {"phase": "Forged"}}
+            "spec": spec or FINETUNE_MIN, "status": {"phase": "Forged"}}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,7 @@ def test_kubectl_get_prints_the_crd_printer_columns(kube, tmp_path):
     # what a user of the embedded default types: the columns must be the CRD's, as in a cluster
     if not shutil.which("kubectl"):
         pytest.skip("kubectl is not installed")
-    kube.request("POST", BASE, manifest("columns", {"roleArn": "arn:aws:iam::123456789012:role/r",
-                                                   "resources": {"instanceType": "ml.g5.2xlarge", "instanceCount": 2}}))
+    kube.request("POST", BASE, manifest("columns", {**FINETUNE_MIN, "resources": {"instanceType": "ml.g5.2xlarge", "instanceCount": 2}}))
     kube.request("PATCH", f"{BASE}/columns/status",
                  {"status": {"phase": "InProgress", "trainingJobName": "team-a-columns-1a2b3c4d", "trainingLoss": 1.25}},
                  content_type=MERGE)

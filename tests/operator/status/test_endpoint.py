@@ -78,7 +78,7 @@ def test_failed_update_rolled_back_is_degraded_with_sagemakers_reason_and_old_na
     p = es.observe(describe("InService", config="cfg-old", t=1100, reason=reason), status,
                    desired_config="cfg-new", desired_model="m-new", now=NOW)
     assert p["phase"] == "Degraded"
-    assert p["failureReason"] == reason
+    assert p["failureReason"].startswith(reason)
     assert p["endpointConfigName"] == "cfg-old"
     assert "modelName" not in p  # the old model keeps serving; status still names it
     assert cond(p, "Degraded")["status"] == "True" and reason in cond(p, "Degraded")["message"]
@@ -117,8 +117,17 @@ def test_every_sagemaker_status_maps_to_a_crd_phase(sm, phase):
 def test_create_failure_reports_reason():
     reason = "The primary container for production variant AllTraffic did not pass the ping health check."
     p = es.observe(describe("Failed", reason=reason), {}, desired_config="cfg-new", now=NOW)
-    assert p["phase"] == "Failed" and p["failureReason"] == reason
+    assert p["phase"] == "Failed" and p["failureReason"].startswith(reason)
     assert cond(p, "Failed")["status"] == "True" and cond(p, "Ready")["status"] == "False"
+
+
+def test_a_container_that_never_started_names_the_fields_to_check():
+    """On AWS a missing model bucket shows only as a failed health check: status says where to look."""
+    reason = "The primary container for production variant AllTraffic did not pass the ping health check."
+    told = es.observe(describe("Failed", reason=reason), {}, desired_config="cfg-new", now=NOW)["failureReason"]
+    assert "spec.model.s3Uri" in told and "spec.roleArn" in told and "/aws/sagemaker/Endpoints/lep-demo-abc" in told
+    other = "ResourceLimitExceeded: the account-level service limit for ml.g5.2xlarge is 0 instances"
+    assert es.observe(describe("Failed", reason=other), {}, desired_config="cfg-new", now=NOW)["failureReason"] == other
 
 
 def test_late_event_never_moves_status_backwards():

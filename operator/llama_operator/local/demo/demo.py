@@ -180,7 +180,10 @@ def ask(stack, endpoint: str, prompts: list[str], max_new_tokens: int) -> tuple[
     runtime = stack.client("sagemaker-runtime")
 
     def one(prompt: str) -> tuple[str, str]:
-        body = json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens, "temperature": 0}})
+        # sampled, as a chat client asks: greedy decoding of a model this small gives every
+        # question the same most likely reply
+        body = json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens, "do_sample": True,
+                                                            "temperature": 0.8, "top_p": 0.9}})
         answer = runtime.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="application/json",
                                          Accept="application/json")
         result = json.loads(answer["Body"].read())
@@ -244,6 +247,19 @@ def _image_environments() -> None:
         say(f"building the container images' environments under {envs.root} "
             "(first run only: torch with its CUDA libraries for each image, several GB, a few minutes)")
     imageenv.prebuild(envs, log_line=lambda line: say("image environment: " + line))
+
+
+def hold(operator, operator_log: Path, poll_seconds: float = 1.0) -> bool:
+    """Keep everything up until Ctrl-C (True) or until the operator dies under the user (False,
+    said): with it gone nothing reconciles any more, so the demo stops rather than seem alive."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while operator.poll() is None:
+            time.sleep(poll_seconds)
+    if operator.poll() is None:
+        return True
+    say(f"the operator exited with code {operator.returncode} while everything was kept running; "
+        f"see {operator_log}; stopping the embedded default")
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,9 +333,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  export KUBECONFIG={kubeconfig}")
             print("  kubectl get llamafinetunes,llamaendpoints")
             print("Press Ctrl-C to stop.")
-            with contextlib.suppress(KeyboardInterrupt):
-                while operator.poll() is None:
-                    time.sleep(1)
+            ok = hold(operator, operator_log) and ok
         else:
             for plural, name in (("llamaendpoints", ep_name), ("llamafinetunes", ft_name)):
                 kube.delete(plural, namespace, name)

@@ -27,8 +27,13 @@ import aiohttp.web
 import kmock
 from kmock._internal import enums  # noqa: PLC2701 (the action enum is not re-exported under this name)
 
+from llama_operator.local.kubernetes import openapi
+from llama_operator.local.kubernetes.admission import Invalid, Schema, admit
 from llama_operator.local.kubernetes.objects import SERVER_META, merge_patch, now, rv, written
 from llama_operator.local.kubernetes.resources import as_table
+
+# custom resources take no strategic merge patch, as on a real API server
+_CR_PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")
 
 
 class Emulator(kmock.KubernetesEmulator):
@@ -39,6 +44,7 @@ class Emulator(kmock.KubernetesEmulator):
         self._rv = itertools.count(1)
         self._last_rv = 0
         self.printer_columns: dict[str, list[dict]] = {}
+        self.schemas: dict[str, Schema] = {}   # plural -> the CRD's schema, for admission
 
     async def _serve_version(self, request):
         # a subresource entry carries no short names, as on a real API server; kubectl warns that
@@ -63,7 +69,13 @@ class Emulator(kmock.KubernetesEmulator):
                 return res, self.resources[res]
         raise kmock.KubernetesResourceNotFoundError()
 
+    def _header(self, request, name: str) -> str:
+        return next((v for k, v in (request.headers or {}).items() if k.lower() == name), "")
+
     async def _handle(self, request):  # noqa: C901 (one dispatch over the verbs)
+        if request.url.path.startswith("/openapi/"):
+            found = openapi.serve(request.url.path, self._header(request, "accept"), self.schemas)
+            return aiohttp.web.json_response(found[1], status=found[0])
         if request.resource is None:
             return await super()._handle(request)
         method = str(request.method.value).upper()
@@ -85,13 +97,27 @@ class Emulator(kmock.KubernetesEmulator):
                                                           listing["metadata"]["resourceVersion"]))
             if not is_write:
                 return await super()._handle(request)
+            content_type = self._header(request, "content-type").split(";")[0].strip()
+            if method == "PATCH" and request.resource.plural in self.schemas and content_type not in _CR_PATCH_TYPES:
+                raise kmock.KubernetesError(status=415, reason="UnsupportedMediaType", message=(
+                    "the body of the request was in an unknown format - accepted media types include: "
+                    + ", ".join(_CR_PATCH_TYPES)))
             async with self._lock:
-                status, body, event = self._write(request, method)
+                status, body, event, warnings = self._write(request, method)
                 if event:
                     await self._buses[request.resource].put(event)
-            return aiohttp.web.json_response(body, status=status)
+            headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
+            return aiohttp.web.json_response(body, status=status, headers=headers)
+        except Invalid as exc:
+            return aiohttp.web.json_response(exc.status(), status=exc.code)
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)
+
+    def _admit(self, request, obj: dict, old: dict | None) -> tuple[dict, list[str]]:
+        schema = self.schemas.get(request.resource.plural)
+        if schema is None:
+            return obj, []
+        return admit(schema, obj, old, strict=request.params.get("fieldValidation") == "Strict")
 
     async def _serve_watch(self, request):
         """Watch from `resourceVersion`: objects newer than it first, then live events, each
@@ -135,7 +161,7 @@ class Emulator(kmock.KubernetesEmulator):
         return {"apiVersion": api_version, "kind": f"{info.kind}List",
                 "metadata": {"resourceVersion": str(self._last_rv)}, "items": items}
 
-    def _write(self, request, method: str) -> tuple[int, dict, dict | None]:
+    def _write(self, request, method: str) -> tuple[int, dict, dict | None, list[str]]:
         resource, info = self._info(request.resource)
         has_status = "status" in info.subresources
         data = request.data if isinstance(request.data, dict) else {}
@@ -155,28 +181,28 @@ class Emulator(kmock.KubernetesEmulator):
             meta = old.get("metadata", {})
             if meta.get("finalizers"):
                 if meta.get("deletionTimestamp"):
-                    return 200, old, None
+                    return 200, old, None, []
                 new = merge_patch(old, {"metadata": {"deletionTimestamp": now(), "resourceVersion": self._next_rv()}})
                 stored.history.append(kmock.ObjectVersion(new))
-                return 200, new, {"type": "MODIFIED", "object": new}
+                return 200, new, {"type": "MODIFIED", "object": new}, []
             old["metadata"]["resourceVersion"] = self._next_rv()
             stored.delete()
-            return 200, old, {"type": "DELETED", "object": old}
+            return 200, old, {"type": "DELETED", "object": old}, []
 
-        new = written(old, request.data, method, request.subresource, has_status)
+        new, warnings = self._admit(request, written(old, request.data, method, request.subresource, has_status), old)
         if new == old:
-            return 200, old, None
+            return 200, old, None, warnings
         if new.get("spec") != old.get("spec"):
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = self._next_rv()
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             stored.history.append(kmock.ObjectVersion(new))
             stored.delete()
-            return 200, new, {"type": "DELETED", "object": new}
+            return 200, new, {"type": "DELETED", "object": new}, warnings
         stored.history.append(kmock.ObjectVersion(new))
-        return 200, new, {"type": "MODIFIED", "object": new}
+        return 200, new, {"type": "MODIFIED", "object": new}, warnings
 
-    def _create(self, resource, info, request, data, has_status) -> tuple[int, dict, dict]:
+    def _create(self, resource, info, request, data, has_status) -> tuple[int, dict, dict, list[str]]:
         obj = copy.deepcopy(data)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -202,8 +228,9 @@ class Emulator(kmock.KubernetesEmulator):
         obj["kind"] = info.kind
         if has_status:
             obj.pop("status", None)
+        obj, warnings = self._admit(request, obj, None)
         if key in self._objects:
             self._objects[key].create(obj)
         else:
             self._objects[key] = obj
-        return 201, obj, {"type": "ADDED", "object": obj}
+        return 201, obj, {"type": "ADDED", "object": obj}, warnings

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_operator.kinds import ENDPOINT_KIND, ENDPOINTS, FINETUNE_KIND, FINETUNES, GROUP, VERSION
+from llama_operator.local.kubernetes.admission import Schema
 from llama_operator.local.kubernetes.table import rows
 
 # Used when crds/ has no definition (yet): enough for discovery and routing.
@@ -22,18 +23,29 @@ CORE = {
 }
 
 
-def crd_printer_columns(crds_dir: Path | None) -> dict[str, list[dict]]:
-    """{plural: additionalPrinterColumns} of our CRDs, for server-side tables."""
-    columns: dict[str, list[dict]] = {}
+def _crds(crds_dir: Path | None):
+    """Every CustomResourceDefinition in the folder's YAML files."""
     if crds_dir and crds_dir.is_dir():
         import yaml
 
         for path in sorted(crds_dir.glob("*.yaml")):
             for doc in yaml.safe_load_all(path.read_text()):
                 if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                    for ver in doc["spec"].get("versions", []):
-                        columns[doc["spec"]["names"]["plural"]] = list(ver.get("additionalPrinterColumns", []))
-    return columns
+                    yield doc
+
+
+def crd_printer_columns(crds_dir: Path | None) -> dict[str, list[dict]]:
+    """{plural: additionalPrinterColumns} of our CRDs, for server-side tables."""
+    return {doc["spec"]["names"]["plural"]: list(ver.get("additionalPrinterColumns", []))
+            for doc in _crds(crds_dir) for ver in doc["spec"].get("versions", [])}
+
+
+def crd_schemas(crds_dir: Path | None) -> dict[str, Schema]:
+    """{plural: its served version's schema}, for admission and /openapi."""
+    return {doc["spec"]["names"]["plural"]: Schema(doc["spec"]["names"]["kind"], doc["spec"]["group"], ver["name"],
+                                                   ver["schema"]["openAPIV3Schema"])
+            for doc in _crds(crds_dir) for ver in doc["spec"].get("versions", [])
+            if ver.get("served", True) and (ver.get("schema") or {}).get("openAPIV3Schema")}
 
 
 def as_table(objects: list[dict], columns: list[dict], resource_version: str) -> dict:
@@ -54,21 +66,15 @@ def as_table(objects: list[dict], columns: list[dict], resource_version: str) ->
 def crd_resources(crds_dir: Path | None) -> dict[str, dict]:
     """{"group/version/plural": ResourceInfo kwargs} for our kinds, from the CRD files if any."""
     found: dict[str, dict] = {}
-    if crds_dir and crds_dir.is_dir():
-        import yaml
-
-        for path in sorted(crds_dir.glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
-                    continue
-                spec, names = doc["spec"], doc["spec"]["names"]
-                for ver in spec.get("versions", []):
-                    found[f"{spec['group']}/{ver['name']}/{names['plural']}"] = {
-                        "kind": names["kind"], "singular": names.get("singular", names["kind"].lower()),
-                        "shortnames": set(names.get("shortNames", [])), "namespaced": spec.get("scope") != "Cluster",
-                        "subresources": {"status"} if (ver.get("subresources") or {}).get("status") is not None else set(),
-                        "verbs": VERBS,
-                    }
+    for doc in _crds(crds_dir):
+        spec, names = doc["spec"], doc["spec"]["names"]
+        for ver in spec.get("versions", []):
+            found[f"{spec['group']}/{ver['name']}/{names['plural']}"] = {
+                "kind": names["kind"], "singular": names.get("singular", names["kind"].lower()),
+                "shortnames": set(names.get("shortNames", [])), "namespaced": spec.get("scope") != "Cluster",
+                "subresources": {"status"} if (ver.get("subresources") or {}).get("status") is not None else set(),
+                "verbs": VERBS,
+            }
     for plural, info in BUILTIN.items():
         found.setdefault(f"{GROUP}/{VERSION}/{plural}", {**info, "namespaced": True, "subresources": {"status"},
                                                           "verbs": VERBS})

@@ -15,7 +15,7 @@ import aiohttp.test_utils
 
 from llama_operator.kinds import GROUP, VERSION
 from llama_operator.local.kubernetes.emulator import Emulator
-from llama_operator.local.kubernetes.resources import CORE, crd_printer_columns, crd_resources
+from llama_operator.local.kubernetes.resources import CORE, crd_printer_columns, crd_resources, crd_schemas
 
 
 class EmbeddedKubernetes:
@@ -69,6 +69,7 @@ class EmbeddedKubernetes:
         for key, info in crd_resources(self.crds_dir).items():
             emulator.resources[key] = info
         emulator.printer_columns = crd_printer_columns(self.crds_dir)
+        emulator.schemas = crd_schemas(self.crds_dir)
         for key, info in CORE.items():
             emulator.resources[key] = info
         for key, info in self.extra_resources.items():

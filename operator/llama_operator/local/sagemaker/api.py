@@ -3,26 +3,35 @@ record, and hand the work to training jobs or endpoints."""
 
 from __future__ import annotations
 
+import collections
 import copy
+import random
 import time
 
 from llama_operator.local.sagemaker import endpoints as ep
 from llama_operator.local.sagemaker import imageenv, names, training, training_status
 from llama_operator.local.sagemaker.context import Context
 from llama_operator.local.sagemaker.errors import (AwsError, ResourceInUse, ResourceLimitExceeded, ResourceNotFound,
-                                         UnknownOperation, ValidationError)
+                                         Throttling, UnknownOperation, ValidationError)
 
 MAX_TAGS = 50
 
 
 class SageMaker:
-    def __init__(self, ctx: Context, jobs: training.TrainingJobs, endpoints: ep.Endpoints):
+    def __init__(self, ctx: Context, jobs: training.TrainingJobs, endpoints: ep.Endpoints, *,
+                 throttle_rate: float = 0.0):
         self.ctx, self.jobs, self.endpoints = ctx, jobs, endpoints
+        self.throttle_rate = throttle_rate
+        self.calls: collections.Counter = collections.Counter()  # (operation, outcome)
 
     def call(self, operation: str, params: dict) -> dict:
         handler = getattr(self, f"op_{operation}", None)
         if handler is None:
             raise UnknownOperation(f"Operation {operation} is not supported by the local SageMaker service.")
+        if self.throttle_rate and random.random() < self.throttle_rate:
+            self.calls[(operation, "throttled")] += 1
+            raise Throttling("Rate exceeded")
+        self.calls[(operation, "answered")] += 1
         return handler(params or {})
 
     # helpers -------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ class ResourceLimitExceeded(AwsError):
     code = "ResourceLimitExceeded"
 
 
+class Throttling(AwsError):
+    code = "ThrottlingException"
+
+
 class UnknownOperation(AwsError):
     code = "UnknownOperationException"
 

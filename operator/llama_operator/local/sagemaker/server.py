@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from llama_operator.local.sagemaker import endpoints as ep
-from llama_operator.local.sagemaker import imageenv, model_servers, s3snapshot, training
+from llama_operator.local.sagemaker import imageenv, model_servers, names, s3snapshot, scheduled, training
 from llama_operator.local.sagemaker.api import SageMaker
 from llama_operator.local.sagemaker.context import Context
 from llama_operator.local.sagemaker.errors import AwsError, InternalFailure, ModelError
@@ -48,7 +48,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "for images of your own")
     p.add_argument("--max-instances", type=int, default=8,
                    help="instances that may run at once per kind of usage (ResourceLimitExceeded above it)")
+    p.add_argument("--scheduled", type=float, metavar="SECONDS", default=None,
+                   help="scheduled mode, for scale tests: jobs and endpoints change state every SECONDS "
+                        "(jittered) and nothing runs (llama_operator/local/sagemaker/scheduled.py)")
+    p.add_argument("--throttle-rate", type=float, default=0.0, metavar="FRACTION",
+                   help="answer this fraction of SageMaker API calls with ThrottlingException, as AWS does "
+                        "under load")
     args = p.parse_args(argv)
+    if not 0 <= args.throttle_rate < 1:
+        p.error("--throttle-rate must be at least 0 and below 1")
     try:
         args.container = [model_servers.parse_container_flag(c) for c in args.container]
     except (ValueError, re.error) as exc:
@@ -98,16 +106,27 @@ class Service:
             log.info("restored %d S3 objects from the state dir", restored)
         sqs = boto3.client("sqs", region_name=args.region)
         queue_url = sqs.create_queue(QueueName=args.events_queue)["QueueUrl"]
-        self.env = {**self.child_env, "LLAMA_OPERATOR_EVENTS_QUEUE_URL": queue_url}
+        # The operator's own prefix for training sources and endpoint code, as the account stack's
+        # SourceBucket (llama-operator-ACCOUNT): never the bucket of a user's model or data.
+        source_bucket = f"llama-operator-{names.ACCOUNT}"
+        if source_bucket not in {b["Name"] for b in self.s3.list_buckets().get("Buckets", [])}:
+            self.s3.create_bucket(Bucket=source_bucket)
+        self.env = {**self.child_env, "LLAMA_OPERATOR_EVENTS_QUEUE_URL": queue_url,
+                    "LLAMA_OPERATOR_SOURCE_S3_URI": f"s3://{source_bucket}/"}
         self.ctx = Context(
             region=args.region, state_dir=args.state_dir, store=Store(args.state_dir),
             sink=EventSink(sqs, queue_url), child_env=dict(self.env),
             s3_factory=lambda: boto3.client("s3", region_name=args.region), max_instances=args.max_instances,
         )
         images = imageenv.ImageEnvironments(profiles=imageenv.load_profiles(extra=args.image_profiles))
-        self.jobs = training.TrainingJobs(self.ctx, images)
-        self.endpoints = ep.Endpoints(self.ctx, args.container, images)
-        self.api = SageMaker(self.ctx, self.jobs, self.endpoints)
+        if args.scheduled is not None:
+            timetable = scheduled.Timetable()
+            self.jobs = scheduled.ScheduledJobs(self.ctx, timetable, args.scheduled, images)
+            self.endpoints = scheduled.ScheduledEndpoints(self.ctx, timetable, args.scheduled, images)
+        else:
+            self.jobs = training.TrainingJobs(self.ctx, images)
+            self.endpoints = ep.Endpoints(self.ctx, args.container, images)
+        self.api = SageMaker(self.ctx, self.jobs, self.endpoints, throttle_rate=args.throttle_rate)
         self.jobs.recover()
         self.endpoints.recover()
 
@@ -161,6 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path in ("/", "/ping", "/health"):
             self._send(200, b"{}", {"Content-Type": "application/json"})
+        elif self.path == "/_local/calls":  # this service's own: API calls by operation and outcome
+            calls = [{"operation": op, "outcome": outcome, "count": n}
+                     for (op, outcome), n in sorted(self.server.service.api.calls.items())]
+            self._send(200, json.dumps(calls).encode(), {"Content-Type": "application/json"})
         else:
             self._send(404, b"{}", {"Content-Type": "application/json"})
 
