@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from llama_operator import runner
@@ -214,6 +215,22 @@ def wait_for(fn, timeout: float = 60, what: str = "condition", interval: float =
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def status_of(kube, name: str, namespace: str = "default") -> dict:
+    return ((kube.get(PLURAL, namespace, name) or {}).get("status")) or {}
+
+
+def phase_is(kube, name: str, *phases):
+    return lambda: status_of(kube, name) if status_of(kube, name).get("phase") in phases else None
+
+
+def jobs_for(sm, name: str) -> list[str]:
+    return [j["TrainingJobName"] for j in sm.list_training_jobs(NameContains=name, MaxResults=100)["TrainingJobSummaries"]]
 
 
 def owned(sm, uid: str) -> dict[str, list[str]]:

@@ -4,13 +4,12 @@ ended FinalMetricDataList decides. CloudWatch refusing never gets in the way of 
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
-from operator_harness import BUCKET, PLURAL, InProcessOperator, finetune, wait_for
+from operator_harness import BUCKET, InProcessOperator, finetune, status_of, unique, wait_for
 from llama_operator.aws.metrics import LossReader
 from llama_operator.settings import Settings
 
@@ -29,10 +28,6 @@ while not pathlib.Path({release!r}, job).exists() and time.time() < deadline:
     time.sleep(0.2)
 print("[train] step=2/3 loss=0.25 lr=0.0002", flush=True)
 '''
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +50,6 @@ def settings(local_aws, loss_workloads):
                     events_queue_url=local_aws.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
                     resync_seconds=HOUR, workloads_dir=loss_workloads, retry_seconds=0.5,
                     stop_poll_seconds=0.5, events_wait_seconds=1, extra={"loss_poll_seconds": "1"})
-
-
-def status_of(kube, name: str) -> dict:
-    return (kube.get(PLURAL, "default", name) or {}).get("status") or {}
 
 
 def _release(release_dir: Path, job: str) -> None:

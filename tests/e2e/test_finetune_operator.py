@@ -5,20 +5,15 @@ through the SQS events."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
 from operator_harness import BUCKET
-from operator_harness import PLURAL, InProcessOperator, finetune, wait_for
+from operator_harness import PLURAL, InProcessOperator, finetune, jobs_for, phase_is, status_of, unique, wait_for
 from llama_operator.plan.names import training_job_name
 from llama_operator.settings import Settings
 
 HOUR = 3600
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +33,6 @@ def operator(settings, kube):
 @pytest.fixture(scope="module")
 def sm(local_aws):
     return local_aws.client("sagemaker")
-
-
-def jobs_for(sm, name: str) -> list[str]:
-    return [j["TrainingJobName"] for j in sm.list_training_jobs(NameContains=name, MaxResults=100)["TrainingJobSummaries"]]
-
-
-def status_of(kube, name: str, namespace: str = "default") -> dict:
-    obj = kube.get(PLURAL, namespace, name)
-    return (obj or {}).get("status") or {}
-
-
-def phase_is(kube, name: str, *phases):
-    return lambda: status_of(kube, name) if status_of(kube, name).get("phase") in phases else None
 
 
 def events_for(kube, name: str) -> list[dict]:
@@ -150,36 +132,3 @@ def test_retain_policy_leaves_the_job_running(kube, operator, sm):
     wait_for(lambda: kube.get(PLURAL, "default", name) is None, timeout=30, what="the object to go")
     assert sm.describe_training_job(TrainingJobName=st["trainingJobName"])["TrainingJobStatus"] == "InProgress"
     sm.stop_training_job(TrainingJobName=st["trainingJobName"])
-
-
-def test_rejected_spec_goes_failed_with_aws_message_and_no_job(lax_kube, lax_operator, sm):
-    kube = lax_kube  # the CRD's pattern would refuse this output at admission
-    name = unique("badout")
-    # SageMaker refuses an output that is not an s3:// URI.
-    kube.apply(finetune(name, BUCKET, outputS3Uri="https://example.com/not-s3"))
-    st = wait_for(phase_is(kube, name, "Failed"), timeout=30, what="Failed")
-    assert "S3OutputPath" in st["failureReason"] or "outputS3Uri" in st["failureReason"]
-    assert jobs_for(sm, name[:20]) == []
-
-
-def test_invalid_spec_goes_failed_naming_the_field_and_creates_nothing(lax_kube, lax_operator, sm):
-    # An API server without the CRD's rules stores it, so the operator's own validation answers.
-    kube = lax_kube
-    name = unique("invalid")
-    manifest = finetune(name, BUCKET)
-    manifest["spec"]["resources"] = {"instanceCount": 0}
-    kube.apply(manifest)
-    st = wait_for(phase_is(kube, name, "Failed"), timeout=30, what="Failed")
-    assert "spec.resources.instanceType" in st["failureReason"]
-    assert "spec.resources.instanceCount" in st["failureReason"]
-    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
-    assert failed["status"] == "True" and failed["reason"] == "InvalidSpec"
-    assert jobs_for(sm, name[:20]) == []
-    # Fixing the manifest and applying it again starts the job.
-    kube.apply(finetune(name, BUCKET))
-    try:
-        st = wait_for(phase_is(kube, name, "Completed"), timeout=90, what="Completed after the fix")
-    except AssertionError:
-        raise AssertionError(json.dumps(kube.get(PLURAL, "default", name), indent=1)[:4000]) from None
-    assert jobs_for(sm, name[:20]) == [st["trainingJobName"]]
-    assert st["observedGeneration"] == 2

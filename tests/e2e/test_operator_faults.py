@@ -4,27 +4,14 @@ stale events arriving late. Each test runs its own operator, one at a time."""
 from __future__ import annotations
 
 import json
-import uuid
 
 from botocore.stub import Stubber
 
 from operator_harness import BUCKET
-from operator_harness import PLURAL, InProcessOperator, SubprocessOperator, finetune, wait_for
+from operator_harness import InProcessOperator, SubprocessOperator, finetune, jobs_for, status_of, unique, wait_for
 from llama_operator.settings import Settings
 
 HOUR = 3600
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def status_of(kube, name: str) -> dict:
-    return ((kube.get(PLURAL, "default", name) or {}).get("status")) or {}
-
-
-def jobs_for(sm, name: str) -> list[str]:
-    return [j["TrainingJobName"] for j in sm.list_training_jobs(NameContains=name, MaxResults=100)["TrainingJobSummaries"]]
 
 
 def settings_for(local_aws, workloads) -> Settings:

@@ -16,7 +16,7 @@ import uuid
 import yaml
 
 from operator_harness import BUCKET
-from operator_harness import PLURAL, SubprocessOperator, finetune, wait_for
+from operator_harness import PLURAL, SubprocessOperator, finetune, jobs_for, wait_for
 from llama_operator.local.kubernetes.resources import crd_resources
 from llama_operator.local.kubernetes.server import EmbeddedKubernetes
 from llama_operator.paths import crds_dir, manifests_dir
@@ -29,10 +29,6 @@ HANDLED = "reconcile' succeeded"  # kopf names it register.<locals>.reconcile
 def finished(kube, name: str) -> dict | None:
     st = ((kube.get(PLURAL, "default", name) or {}).get("status")) or {}
     return st if st.get("phase") in ("Completed", "Failed") else None
-
-
-def jobs_for(sm, name: str) -> list[str]:
-    return [j["TrainingJobName"] for j in sm.list_training_jobs(NameContains=name, MaxResults=100)["TrainingJobSummaries"]]
 
 
 def queued(sqs, queue_url: str) -> tuple[int, int]:

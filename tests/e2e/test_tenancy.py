@@ -13,12 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
 
 import pytest
 
 from operator_harness import BUCKET
-from operator_harness import InProcessOperator, endpoint, finetune, owned, wait_for
+from operator_harness import InProcessOperator, endpoint, finetune, owned, unique, wait_for
 from llama_operator.local.sagemaker import events as local_events
 from llama_operator.settings import Settings
 
@@ -27,10 +26,6 @@ ROLE_B = "arn:aws:iam::123456789012:role/sagemaker-team-b"
 NS = "team-a"
 FINETUNES, ENDPOINTS = "llamafinetunes", "llamaendpoints"
 RESYNC_SECONDS = 2.0
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ async def in_daemon_thread(fn, /, **kwargs):
 
 class EventConsumer:
     """`active`: whether this replica may take messages now (None: always, as without peering);
-    asked before every receive and before each message of a batch is handled."""
+    asked before every receive and again when a receive returns."""
 
     def __init__(self, sqs, queue_url: str, handle: Callable[[dict], Awaitable[None]], *,
                  wait_seconds: int = 20, batch: int = 10, active: Callable[[], bool] | None = None,
@@ -183,29 +183,59 @@ class EventConsumer:
                 metrics.consuming(False)
 
     async def poll_once(self) -> int:
+        """One receive; its events handled concurrently across resources and in received order
+        within one (status ordering is per resource); what was handled or malformed is deleted in
+        one batch call. Serial handling would make the status lag of the last event of a batch
+        the sum of all the batch's Kubernetes writes."""
         resp = await in_daemon_thread(self.sqs.receive_message, QueueUrl=self.queue_url,
                                       MaxNumberOfMessages=self.batch, WaitTimeSeconds=self.wait_seconds)
-        handled = 0
         messages = resp.get("Messages", [])
-        for i, msg in enumerate(messages):
-            if not self._check_active():
-                log.info("events queue: leaving %d received message(s) unhandled and undeleted; SQS "
-                         "delivers them again after the visibility timeout", len(messages) - i)
-                break
+        if not messages:
+            return 0
+        if not self._check_active():
+            log.info("events queue: leaving %d received message(s) unhandled and undeleted; SQS "
+                     "delivers them again after the visibility timeout", len(messages))
+            return 0
+        done: list[dict] = []
+        by_resource: dict[Any, list[tuple[dict, dict]]] = {}
+        for msg in messages:
             event = parse_message(msg.get("Body", ""))
             if event is None:
                 log.warning("events queue: dropping a message that is not an EventBridge event (id %s)",
                             msg.get("MessageId"))
+                done.append(msg)
             else:
-                try:
-                    await self.handle(event)
-                    handled += 1
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("events queue: handling %s failed (%s); SQS will redeliver it",
-                                event.get("detail-type"), exc)
-                    continue
-            await asyncio.to_thread(self.sqs.delete_message, QueueUrl=self.queue_url,
-                                    ReceiptHandle=msg["ReceiptHandle"])
+                by_resource.setdefault(resource_key(event), []).append((msg, event))
+        handled = await asyncio.gather(*(self._handle_in_order(group, done) for group in by_resource.values()))
+        await self._delete(done)
+        return sum(handled)
+
+    async def _handle_in_order(self, group: list[tuple[dict, dict]], done: list[dict]) -> int:
+        handled = 0
+        for msg, event in group:
+            try:
+                await self.handle(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("events queue: handling %s failed (%s); SQS will redeliver it",
+                            event.get("detail-type"), exc)
+                continue
+            handled += 1
+            done.append(msg)
         return handled
+
+    async def _delete(self, messages: list[dict]) -> None:
+        if not messages:
+            return
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        resp = await asyncio.to_thread(self.sqs.delete_message_batch, QueueUrl=self.queue_url, Entries=entries)
+        for failed in resp.get("Failed", []):  # redelivered later; handling is idempotent
+            log.warning("events queue: deleting a handled message failed (%s); SQS will redeliver it",
+                        failed.get("Code"))
+
+
+def resource_key(event: Mapping[str, Any]) -> tuple:
+    """What orders events: the SageMaker object an event is about."""
+    detail = event.get("detail") or {}
+    return (event.get("detail-type"), detail.get("TrainingJobName") or detail.get("EndpointName"))

@@ -36,8 +36,9 @@ class FakeSQS:
         got, self.waiting = self.waiting, []
         return {"Messages": got}
 
-    def delete_message(self, ReceiptHandle, **_):
-        self.deleted.append(ReceiptHandle)
+    def delete_message_batch(self, Entries, **_):
+        self.deleted += [e["ReceiptHandle"] for e in Entries]
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
 
 def consuming() -> float:
