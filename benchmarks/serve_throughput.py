@@ -9,12 +9,14 @@ generates exactly --new-tokens tokens (EOS ignored). Prompt lengths follow the D
 
   python benchmarks/serve_throughput.py                      # GPU, TinyLlama shape
   python benchmarks/serve_throughput.py --tiny               # CPU, seconds
+  python benchmarks/serve_throughput.py --adapters 4         # + the same clients over 4 LoRA adapters
   python benchmarks/serve_throughput.py --write-lengths L.json   # needs llama_operator + datasets
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -64,6 +66,34 @@ def build_model(tiny: bool, fp32: bool = False):
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
     return model.eval(), device
+
+
+def adapter_run(args, model, lengths, clients, vocab, rng, engine_kwargs, base) -> dict:
+    """The clients again, their requests spread round-robin over --adapters random adapters."""
+    import tempfile
+
+    from batching_engine import BatchingEngine
+    from lora_adapters import write_random_adapter
+    from request_params import GenerationParams
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {f"a{i}": write_random_adapter(model, Path(tmp) / f"a{i}", 16, i) for i in range(args.adapters)}
+        engine = BatchingEngine(model, None, adapters=dirs, **engine_kwargs)
+    engine.warmup(clients)
+    names, turn, out = list(dirs), itertools.count(), {}
+
+    def call(ids):
+        p = GenerationParams(max_new_tokens=args.new_tokens, ignore_eos=True, adapter=names[next(turn) % len(names)])
+        assert len(engine.submit(input_ids=ids, params=p).result().token_ids) == args.new_tokens
+
+    for n in clients:
+        run_clients(call, prompts_for(lengths, n, vocab, rng))  # captures this size's graphs
+        walls = [run_clients(call, prompts_for(lengths, n, vocab, rng))[0] for _ in range(args.rounds)]
+        out[n] = n * args.new_tokens * args.rounds / sum(walls)
+        print(f"adapters clients {n:3d}: {out[n]:9.0f} tok/s over {len(names)} rank-16 adapters "
+              f"({out[n] / base[n]['tokens_per_s']:.2f}x the base model's {base[n]['tokens_per_s']:.0f})", flush=True)
+    engine.close()
+    return out
 
 
 def prompts_for(lengths, count, vocab, rng):
@@ -189,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eager-prefill", action="store_true", help="run prefills eagerly (decode steps stay graphs)")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode steps (to measure what graphs buy)")
     ap.add_argument("--out", help="write the full results as JSON here")
+    ap.add_argument("--adapters", type=int, default=0, metavar="N",
+                    help="also serve the clients over N random rank-16 LoRA adapters (all projections)")
     ap.add_argument("--profile", type=int, metavar="BATCH",
                     help="print the kernels of one decode step at this batch size (torch.profiler) and exit")
     ap.add_argument("--check", action="store_true",
@@ -227,10 +259,10 @@ def main(argv=None) -> int:
 
     if args.profile:
         return profile_step(model, args.profile, device, args.compile, args.attention, args.profile_context)
-    engine = BatchingEngine(model, None, max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
-                            max_len=max(lengths) + args.new_tokens + 8,
-                            use_cuda_graphs=False if args.no_graphs else None, compile_step=args.compile,
-                            graph_prefill=not args.eager_prefill, attention=args.attention)
+    engine_kwargs = dict(max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         max_len=max(lengths) + args.new_tokens + 8, use_cuda_graphs=False if args.no_graphs else None,
+                         compile_step=args.compile, graph_prefill=not args.eager_prefill, attention=args.attention)
+    engine = BatchingEngine(model, None, **engine_kwargs)
     results["attention"] = engine.attention
     t0 = time.perf_counter()
     captured = engine.warmup(clients)
@@ -299,6 +331,8 @@ def main(argv=None) -> int:
             print(f"prefill  clients {n:3d}: {sum(len(r.prompt_ids) for r in reqs)} tokens in {prefill_ms[n]:.1f} ms",
                   flush=True)
     engine.close()
+    if args.adapters:
+        results["adapters"] = adapter_run(args, model, lengths, clients, vocab, rng, engine_kwargs, results["engine"])
 
     # Roofline: every decode step reads all weights but the embedding table, plus the KV cache.
     bw = copy_bandwidth(device)

@@ -20,8 +20,8 @@ from concurrent.futures import Future
 import torch
 from fused_layers import select_tokens
 from model_runner import LENGTH_BUCKET, ModelRunner
-from model_source import knob_default
-from request_params import GenerationParams, RequestError
+from model_source import adapter_knob_default, knob_default
+from request_params import GenerationParams, RequestError, check_adapter
 from scheduler import PREFILL_BUDGET, Call, Request, Scheduler, prefill_groups, record_token
 
 log = logging.getLogger("batching_engine")
@@ -33,9 +33,13 @@ class BatchingEngine(ModelRunner):
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = knob_default("maxBatchSize"),
                  max_wait_ms: float = knob_default("maxWaitMs"), max_len: int | None = None,
                  use_cuda_graphs: bool | None = None, default_max_new_tokens: int = knob_default("maxNewTokens"),
-                 compile_step: bool = False, graph_prefill: bool = True, attention: str | None = None):
+                 compile_step: bool = False, graph_prefill: bool = True, attention: str | None = None,
+                 adapters: dict | None = None, max_loras: int | None = None,
+                 max_lora_rank: int = adapter_knob_default("maxLoraRank"), lora_targets=None):
         super().__init__(model, max_batch_size, max_len=max_len, use_cuda_graphs=use_cuda_graphs,
-                         compile_step=compile_step, graph_prefill=graph_prefill, attention=attention)
+                         compile_step=compile_step, graph_prefill=graph_prefill, attention=attention,
+                         adapters=adapters, max_loras=max_loras, max_lora_rank=max_lora_rank,
+                         lora_targets=lora_targets)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.default_max_new_tokens = default_max_new_tokens
@@ -56,6 +60,9 @@ class BatchingEngine(ModelRunner):
         """Queue one request. Raises `RequestError` at once for a request that cannot run, so
         it never joins (or breaks) a batch."""
         params = params or GenerationParams(max_new_tokens=self.default_max_new_tokens)
+        if params.prompt_adapters:
+            raise RequestError("adapters", "one prompt per submit: pass params.for_prompt(i)")
+        check_adapter("parameters.adapter", params.adapter, self.adapter_names)
         if input_ids is None:
             if self.tokenizer is None:
                 raise RequestError("inputs", "this engine has no tokenizer; send input_ids")
@@ -83,6 +90,25 @@ class BatchingEngine(ModelRunner):
 
     def generate(self, prompt: str, params: GenerationParams | None = None, timeout: float | None = None):
         return self.submit(prompt, params).result(timeout)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The LoRA adapters requests may name (parameters.adapter)."""
+        return list(self.adapter_ids)
+
+    def add_adapter(self, name: str, path) -> int:
+        """Load one more adapter into a free slot (see max_loras), on the worker thread once no
+        request is in flight; raises lora_adapters.AdapterError for one the engine refuses."""
+        done: Future = Future()
+
+        def load():
+            try:
+                done.set_result(self.load_adapter(name, path))
+            except Exception as err:  # noqa: BLE001 -- reaches the caller; must not kill the worker
+                done.set_exception(err)
+
+        self._sched.put(Call(load))
+        return done.result()
 
     def warmup(self, batch_sizes=None, prefill: bool = True) -> int:
         """Capture the decode graphs for these batch sizes at every attention length now, so no
@@ -148,6 +174,8 @@ class BatchingEngine(ModelRunner):
             self.temperature[s] = temp[idx]
             self.top_p[s] = top_p[idx]
             self.sample[s] = sample[idx]
+            self.adapter_idx[s] = torch.tensor([self.adapter_ids.get(reqs[i].params.adapter, 0) for i in live],
+                                               device=dev)
 
     def _accept(self, r: Request, tok: int) -> bool:
         return record_token(r, tok, self.eos_ids, self.tokenizer)
@@ -156,6 +184,7 @@ class BatchingEngine(ModelRunner):
         self._sched.release(r)
         self.active[r.slot] = 0
         self.pos[r.slot] = 0
+        self.adapter_idx[r.slot] = 0
 
     def _loop(self) -> None:
         pending = None  # (host buffer, event, rows launched) of the step whose tokens are unread

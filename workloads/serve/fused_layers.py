@@ -14,8 +14,21 @@ import torch.nn.functional as F
 ATTENTION = ("triton", "flash", "sdpa")
 
 
-def qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: int):
-    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_qkv, b_qkv)
+def lora_delta(base, h, lora, sel):
+    """base + every row's own adapter delta: lora = (a [L*G*R, in], b [L*G*R, out]) stacked as in
+    lora_adapters.LoraBank, sel [N, L] 1 where row n uses adapter l (a row of zeros: the base model).
+    All adapters' A run for every row and the selection zeroes the others, so shapes are static
+    (CUDA graphs) and each step reads every adapter's weights once."""
+    if lora is None:
+        return base
+    a, b = lora
+    u = F.linear(h, a).view(h.shape[0], sel.shape[1], -1) * sel[:, :, None]
+    return torch.addmm(base, u.view(h.shape[0], -1), b)
+
+
+def qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: int, lora=None, sel=None):
+    h = F.rms_norm(x, (x.shape[-1],), ln_w, eps)
+    qkv = lora_delta(F.linear(h, w_qkv, b_qkv), h, lora, sel)
     head_dim = cos.shape[-1]
     qkv = qkv.view(x.shape[0], n_heads + 2 * n_kv, head_dim)
     qk = qkv[:, :n_heads + n_kv]
@@ -24,18 +37,24 @@ def qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: in
     return qk[:, :n_heads], kv.view(x.shape[0], 2, n_kv, head_dim)
 
 
-def qkv_raw_math(x, ln_w, eps: float, w_qkv, b_qkv, n_heads: int, n_kv: int):
+def qkv_raw_math(x, ln_w, eps: float, w_qkv, b_qkv, n_heads: int, n_kv: int, lora=None, sel=None):
     """Norm and fused q/k/v projection, [N, H + 2 KV, D], for a kernel that does rotary itself."""
-    qkv = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_qkv, b_qkv)
+    h = F.rms_norm(x, (x.shape[-1],), ln_w, eps)
+    qkv = lora_delta(F.linear(h, w_qkv, b_qkv), h, lora, sel)
     return qkv.view(x.shape[0], n_heads + 2 * n_kv, -1)
 
 
-def rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act):
-    """Output projection and MLP, residuals folded into the matmuls (addmm)."""
+def rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act, lora_o=None, lora_gu=None,
+              lora_down=None, sel=None):
+    """Output projection and MLP, residuals folded into the matmuls (addmm); the adapters' deltas
+    (lora_delta) where given."""
     x = torch.addmm(x, attn_out, w_o.t()) if b_o is None else x + F.linear(attn_out, w_o, b_o)
-    gu = F.linear(F.rms_norm(x, (x.shape[-1],), ln_w, eps), w_gu)
+    x = lora_delta(x, attn_out, lora_o, sel)
+    h = F.rms_norm(x, (x.shape[-1],), ln_w, eps)
+    gu = lora_delta(F.linear(h, w_gu), h, lora_gu, sel)
     inter = gu.shape[-1] // 2
-    return torch.addmm(x, act(gu[:, :inter]) * gu[:, inter:], w_down.t())
+    m = act(gu[:, :inter]) * gu[:, inter:]
+    return lora_delta(torch.addmm(x, m, w_down.t()), m, lora_down, sel)
 
 
 def layer_functions(compile_step: bool):
@@ -93,6 +112,8 @@ class FusedLayer:
         self.act = F.silu if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") else mlp.act_fn
         self.ln1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.ln2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+        # Stacked adapter weights per group ("qkv", "o", "gu", "down"), set by the runner's LoraBank.
+        self.lora: dict = {}
 
 
 def _fuse(*linears):

@@ -1,13 +1,15 @@
 """LMI artifacts for an endpoint's code prefix, rendered from engine settings (pure).
 
-`render_artifacts(engine, model_id, settings)` returns filename -> text. Engine "vllm": a
-serving.properties for LMI's vLLM rolling batch. Engine "batching": a serving.properties that
-names our `model.py` entry point, plus model.py and the engine modules it imports, so the prefix
-is self-contained (and sm_server.py, which serves the same prefix outside LMI)."""
+`render_artifacts(engine, model_id, settings, adapters=None)` returns filename -> text. Engine
+"vllm": a serving.properties for LMI's vLLM rolling batch. Engine "batching": a serving.properties
+that names our `model.py` entry point, plus model.py and the engine modules it imports, so the
+prefix is self-contained (and sm_server.py, which serves the same prefix outside LMI). `adapters`
+({name: s3 prefix}) adds LoRA adapters; see README.md for what each engine does with them."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -15,9 +17,14 @@ ENGINES = ("vllm", "batching")
 # Files the batching entry point needs beside it, copied verbatim (defaults.json: the knobs'
 # defaults, which model_source.py reads).
 BATCHING_SOURCES = ("model.py", "batching_engine.py", "scheduler.py", "model_runner.py", "fused_layers.py",
-                    "decode_attention.py", "request_params.py", "model_source.py", "sm_server.py", "defaults.json")
+                    "decode_attention.py", "lora_adapters.py", "request_params.py", "model_source.py", "sm_server.py",
+                    "defaults.json")
 # The serving knobs' defaults, shared with the operator and model_source.py (see defaults.json).
-KNOBS = json.loads((HERE / "defaults.json").read_text())["knobs"]
+_TABLE = json.loads((HERE / "defaults.json").read_text())
+KNOBS, ADAPTER_KNOBS = _TABLE["knobs"], _TABLE["adapterKnobs"]
+ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# vLLM's LoRAConfig accepts only these max_lora_rank values (vllm/config.py, 0.5 to 0.8).
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
 DTYPES = ("bf16", "fp16", "fp32")
 # LMI's tensor_parallel_degree "max": split each model copy over all GPUs of the instance (vllm only).
 ALL_GPUS = "max"
@@ -32,6 +39,8 @@ _KNOBS = {
     "max_wait_ms": ("option.max_wait_ms", float, ("batching",)),
     "gpu_memory_utilization": ("option.gpu_memory_utilization", float, ("vllm",)),
 }
+# Rendered only with adapters (both engines): settings key -> adapterKnobs entry.
+_ADAPTER_SETTINGS = {"max_loras": "maxLoras", "max_lora_rank": "maxLoraRank"}
 # Knobs for which 0 means something (max_wait_ms 0: a batch does not wait for more requests).
 _ZERO_OK = {"max_wait_ms"}
 
@@ -60,9 +69,12 @@ def _check(engine: str, model_id: str, settings: dict) -> dict:
     if not isinstance(model_id, str) or not model_id or any(c in model_id for c in "\n\r="):
         raise ArtifactError(f"model_id {model_id!r}: give an s3:// prefix or a path")
     merged = {**defaults(engine), **(settings or {})}
+    for key in _ADAPTER_SETTINGS:
+        merged.pop(key, None)  # checked by _check_adapters
     unknown = sorted(set(merged) - set(_KNOBS) - {"dtype"})
     if unknown:
-        raise ArtifactError(f"settings.{unknown[0]}: unknown; known: dtype, {', '.join(_KNOBS)}")
+        raise ArtifactError(f"settings.{unknown[0]}: unknown; known: dtype, {', '.join(_KNOBS)}, "
+                            f"{', '.join(_ADAPTER_SETTINGS)}")
     if merged["dtype"] not in DTYPES:
         raise ArtifactError(f"settings.dtype {merged['dtype']!r}: use one of {', '.join(DTYPES)}")
     tp = merged["tensor_parallel_degree"]
@@ -86,12 +98,64 @@ def _check(engine: str, model_id: str, settings: dict) -> dict:
     return merged
 
 
+def _check_adapters(engine: str, adapters, settings: dict) -> tuple[dict[str, str], int, int]:
+    """(adapters, max_loras, max_lora_rank), or ArtifactError naming the bad entry."""
+    if adapters is None:
+        adapters = {}
+    if not isinstance(adapters, dict):
+        raise ArtifactError(f"adapters: give a mapping of adapter name to s3:// prefix, got {type(adapters).__name__}")
+    for name, uri in adapters.items():
+        if not isinstance(name, str) or not ADAPTER_NAME.match(name):
+            raise ArtifactError(f"adapters.{name}: an adapter name is 1-63 lowercase letters, digits, '-' or '_', "
+                                "starting with a letter or digit")
+        if not isinstance(uri, str) or not uri.startswith("s3://") or len(uri) <= 5 \
+                or any(c in uri for c in ",= \t\r\n#"):
+            raise ArtifactError(f"adapters.{name} {uri!r}: give the adapter's s3:// prefix (no ',', '=', '#' or "
+                                "spaces)")
+    values = {}
+    for key, knob in _ADAPTER_SETTINGS.items():
+        spec = ADAPTER_KNOBS[knob]
+        value = (settings or {}).get(key, spec["default"])
+        if key in (settings or {}) and not adapters:
+            raise ArtifactError(f"settings.{key}: applies only when adapters are given")
+        if not adapters:
+            continue
+        if value is None:
+            value = len(adapters)
+        if isinstance(value, bool) or not isinstance(value, int) or not spec["minimum"] <= value <= spec["maximum"]:
+            raise ArtifactError(f"settings.{key} {value!r}: must be an integer in [{spec['minimum']}, "
+                                f"{spec['maximum']}]")
+        values[key] = value
+    if engine == "batching" and adapters and values["max_loras"] < len(adapters):
+        raise ArtifactError(f"settings.max_loras {values['max_loras']}: the batching engine holds every adapter; "
+                            f"give at least {len(adapters)}")
+    if engine == "vllm" and adapters and values["max_lora_rank"] not in VLLM_LORA_RANKS:
+        raise ArtifactError(f"settings.max_lora_rank {values['max_lora_rank']}: vLLM takes one of "
+                            f"{', '.join(map(str, VLLM_LORA_RANKS))}")
+    return adapters, values.get("max_loras", 0), values.get("max_lora_rank", 0)
+
+
+def _adapter_lines(engine: str, adapters: dict[str, str], max_loras: int, max_rank: int) -> list[str]:
+    if not adapters:
+        return []
+    if engine == "batching":  # model_source.py pulls each prefix with s5cmd and loads it
+        return [f"option.adapters={','.join(f'{n}={u}' for n, u in adapters.items())}",
+                f"option.max_loras={max_loras}", f"option.max_lora_rank={max_rank}"]
+    # LMI loads (with enable_lora) every directory under adapters/ beside this file or under the
+    # downloaded option.model_id at start; it reads no adapter location from this file. The
+    # comments say where each adapter has to be copied.
+    return ["option.enable_lora=true", f"option.max_loras={max_loras}", f"option.max_lora_rank={max_rank}"] + [
+        f"# adapter {n}: LMI loads it only from adapters/{n}/ beside this file or under option.model_id; "
+        f"copy {u} there" for n, u in adapters.items()]
+
+
 def _render(key: str, kind: type, value) -> str:
     return ALL_GPUS if key == "tensor_parallel_degree" and value == ALL_GPUS else str(kind(value))
 
 
-def serving_properties(engine: str, model_id: str, settings: dict | None = None) -> str:
+def serving_properties(engine: str, model_id: str, settings: dict | None = None, adapters: dict | None = None) -> str:
     merged = _check(engine, model_id, settings or {})
+    adapters, max_loras, max_rank = _check_adapters(engine, adapters, settings or {})
     lines = ["engine=Python", f"option.model_id={model_id}", f"option.dtype={merged['dtype']}"]
     if engine == "vllm":
         lines += ["option.rolling_batch=vllm"]
@@ -104,22 +168,27 @@ def serving_properties(engine: str, model_id: str, settings: dict | None = None)
     for key, (prop, kind, _) in _KNOBS.items():
         if key in merged:
             lines.append(f"{prop}={_render(key, kind, merged[key])}")
+    lines += _adapter_lines(engine, adapters, max_loras, max_rank)
     return "\n".join(lines) + "\n"
 
 
-def render_artifacts(engine: str, model_id: str, settings: dict) -> dict[str, str]:
-    """filename -> text for the endpoint's code prefix (see README.md)."""
-    files = {"serving.properties": serving_properties(engine, model_id, settings)}
+def render_artifacts(engine: str, model_id: str, settings: dict, adapters: dict[str, str] | None = None) -> dict[str, str]:
+    """filename -> text for the endpoint's code prefix (see README.md); adapters: {name: s3 prefix}
+    of LoRA adapters to serve."""
+    files = {"serving.properties": serving_properties(engine, model_id, settings, adapters)}
     if engine == "batching":
         for name in BATCHING_SOURCES:
             files[name] = (HERE / name).read_text()
     return files
 
 
-def lmi_environment(engine: str, model_id: str, settings: dict | None = None) -> dict[str, str]:
+def lmi_environment(engine: str, model_id: str, settings: dict | None = None,
+                    adapters: dict | None = None) -> dict[str, str]:
     """The same configuration as LMI's OPTION_* container environment (for CreateModel)."""
     env = {}
-    for line in serving_properties(engine, model_id, settings).splitlines():
+    for line in serving_properties(engine, model_id, settings, adapters).splitlines():
+        if line.startswith("#"):
+            continue
         key, value = line.split("=", 1)
         if key.startswith("option."):
             env["OPTION_" + key[len("option."):].upper()] = value

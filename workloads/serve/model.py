@@ -53,8 +53,9 @@ def _queue(engine, item):
     except Exception as err:
         return 400, {"code": 400, "error": f"body: not valid JSON ({err})", "field": "body"}
     try:
-        prompts, params, many = parse_request(body, default_max_new_tokens=engine.default_max_new_tokens)
-        return 200, ([engine.submit(p, params) for p in prompts], params, many)
+        prompts, params, many = parse_request(body, default_max_new_tokens=engine.default_max_new_tokens,
+                                              adapters=engine.adapter_names)
+        return 200, ([engine.submit(p, params.for_prompt(i)) for i, p in enumerate(prompts)], params, many)
     except RequestError as err:
         return err.status, err.to_json()
 

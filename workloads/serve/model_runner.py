@@ -42,7 +42,9 @@ class ModelRunner:
     from one thread (the engine's worker), which owns this state."""
 
     def __init__(self, model, n_slots: int, *, max_len: int | None = None, use_cuda_graphs: bool | None = None,
-                 compile_step: bool = False, graph_prefill: bool = True, attention: str | None = None):
+                 compile_step: bool = False, graph_prefill: bool = True, attention: str | None = None,
+                 adapters: dict | None = None, max_loras: int | None = None, max_lora_rank: int = 16,
+                 lora_targets=None):
         cfg = model.config
         if getattr(cfg, "model_type", "llama") not in ("llama", "mistral"):
             raise ValueError(f"model_type {cfg.model_type!r} is not a Llama-family model")
@@ -72,6 +74,7 @@ class ModelRunner:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.scale = self.head_dim ** -0.5
         self._layers = [FusedLayer(layer) for layer in inner.layers]
+        self._init_adapters(model, adapters or {}, max_loras, max_lora_rank, lora_targets)
 
         if n_slots < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {n_slots}")
@@ -107,6 +110,7 @@ class ModelRunner:
         self.top_p = torch.ones(self.n_slots, dtype=torch.float32, device=dev)
         self.sample = torch.zeros(self.n_slots, dtype=torch.bool, device=dev)
         self.next_tokens = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
+        self.adapter_idx = torch.zeros(self.n_slots, dtype=torch.long, device=dev)  # 0: the base model
         pin = dev.type == "cuda"
         self._host_tokens = [torch.zeros(self.n_slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
@@ -114,7 +118,7 @@ class ModelRunner:
         # Prefill inputs (token, prompt index, position, slot) packed into PREFILL_BUDGET tokens;
         # on the GPU the prefill is a graph too, per token-count bucket, as its eager launch
         # overhead (hundreds of small kernels) cost more than the work.
-        self._p_in = torch.zeros((4, PREFILL_BUDGET), dtype=torch.long, device=dev)
+        self._p_in = torch.zeros((5, PREFILL_BUDGET), dtype=torch.long, device=dev)  # + adapter index
         self._p_last = torch.zeros(self.n_slots, dtype=torch.long, device=dev)
         self._p_cu = torch.zeros(self.n_slots + 2, dtype=torch.int32, device=dev)
         self._p_logits = torch.zeros((self.n_slots, model.config.vocab_size), dtype=torch.float32, device=dev)
@@ -146,15 +150,65 @@ class ModelRunner:
             return range(self.cache_len, self.cache_len + 1)
         return range(LENGTH_BUCKET, self.cache_len + 1, LENGTH_BUCKET)
 
+    # ---------------------------------------------------------------- adapters
+    def _init_adapters(self, model, adapters: dict, max_loras: int | None, max_rank: int, targets) -> None:
+        """Stack the LoRA adapters {name: directory} per layer (lora_adapters.LoraBank); none and no
+        max_loras: no adapter math at all. Slots past the given adapters stay free for load_adapter."""
+        self.lora_bank = None
+        self.adapter_ids: dict[str, int] = {}
+        if not adapters and not max_loras:
+            return
+        from lora_adapters import GROUP_OF, TARGETS, LoraBank, base_shapes, read_adapter
+
+        shapes, n_layers = base_shapes(model), len(self._layers)
+        read = [read_adapter(name, path, max_rank=max_rank, shapes=shapes, n_layers=n_layers)
+                for name, path in adapters.items()]
+        max_loras = max_loras or len(read)
+        if len(read) > max_loras:
+            raise ValueError(f"max_loras is {max_loras} but {len(read)} adapters were given")
+        # Groups no adapter targets get no buffers (and no math); lora_targets reserves more for later.
+        wanted = set(targets) if targets else (set().union(*(a.targets for a in read)) if read else set(TARGETS))
+        unknown = sorted(wanted - set(TARGETS))
+        if unknown:
+            raise ValueError(f"lora_targets: {unknown[0]!r} is not one of {', '.join(TARGETS)}")
+        self.lora_bank = LoraBank(shapes, n_layers, {GROUP_OF[m][0] for m in wanted}, max_loras, max_rank,
+                                  self.dtype, self.device)
+        for adapter in read:
+            self.adapter_ids[adapter.name] = self.lora_bank.add(adapter)
+        for layer, bufs in zip(self._layers, self.lora_bank.layers):
+            layer.lora = bufs
+        # sel = (index == these) per row: 1 in its adapter's column, none for index 0.
+        self._lora_cols = torch.arange(1, max_loras + 1, device=self.device)
+
+    def load_adapter(self, name: str, path) -> int:
+        """Add one adapter into a free slot (in place, so captured graphs stay valid). Call on
+        the thread that runs the steps, between steps."""
+        if self.lora_bank is None:
+            raise ValueError("this engine has no adapter slots: create it with adapters or max_loras")
+        from lora_adapters import base_shapes, read_adapter
+
+        adapter = read_adapter(name, path, max_rank=self.lora_bank.max_rank, shapes=base_shapes(self.model),
+                               n_layers=len(self._layers))
+        self.adapter_ids[name] = self.lora_bank.add(adapter)
+        return self.adapter_ids[name]
+
+    def _selection(self, index):
+        """[N, max_loras] 0/1 in the model's dtype from adapter indices [N] (0: none)."""
+        if self.lora_bank is None:
+            return None
+        return (index[:, None] == self._lora_cols[None, :]).to(self.dtype)
+
     # ---------------------------------------------------------------- the model, our way
-    def _layer_qkv(self, layer, x, cos, sin):
+    def _layer_qkv(self, layer, x, cos, sin, sel=None):
         """Norm, fused q/k/v projection and rotary embedding for x [N, hidden], cos/sin [N, D].
         Returns q [N, H, D] and the new keys and values [N, 2, KV, D]."""
-        return self._qkv_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, cos, sin, self.n_heads, self.n_kv)
+        return self._qkv_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, cos, sin, self.n_heads, self.n_kv,
+                            layer.lora.get("qkv"), sel)
 
-    def _layer_rest(self, layer, x, attn_out):
+    def _layer_rest(self, layer, x, attn_out, sel=None):
+        lora = layer.lora
         return self._rest_fn(x, attn_out, layer.w_o, layer.b_o, layer.ln2, layer.eps2, layer.w_gu, layer.w_down,
-                             layer.act)
+                             layer.act, lora.get("o"), lora.get("gu"), lora.get("down"), sel)
 
     def _prefill(self, reqs: list[Request]) -> torch.Tensor:
         """Run the prompts packed into one sequence (attention kept within each prompt), store
@@ -168,6 +222,7 @@ class ModelRunner:
             [i for i, n in enumerate(lengths) for _ in range(n)] + [-1] * pad,  # padding: its own "prompt"
             [p for n in lengths for p in range(n)] + [0] * pad,
             [r.slot for r in reqs for _ in r.prompt_ids] + [self.n_slots] * pad,
+            [self.adapter_ids.get(r.params.adapter, 0) for r in reqs for _ in r.prompt_ids] + [0] * pad,
         ])
         last = [sum(lengths[:i + 1]) - 1 for i in range(len(reqs))]
         # Prompt i is tokens cu[i]:cu[i+1]; the padding is one more sequence; the rest are empty.
@@ -183,7 +238,8 @@ class ModelRunner:
         return self._p_logits[:len(reqs)]
 
     def _prefill_packed(self, n_tok: int) -> None:
-        ids, seq, pos, slot = self._p_in[:, :n_tok]
+        ids, seq, pos, slot, adapter = self._p_in[:, :n_tok]
+        sel = self._selection(adapter)
         flash = self.attention != "sdpa"
         if not flash:
             allowed = (seq[:, None] == seq[None, :]) & (pos[:, None] >= pos[None, :])
@@ -197,18 +253,18 @@ class ModelRunner:
         group = self.n_heads // self.n_kv
         x = self._embed(ids)
         for li, layer in enumerate(self._layers):
-            q, kv = self._layer_qkv(layer, x, cos, sin)
+            q, kv = self._layer_qkv(layer, x, cos, sin, sel)
             self._write_kv(li, where, kv)
             if flash:
                 o = flash_varlen(q, kv[:, 0].contiguous(), kv[:, 1].contiguous(), self._p_cu, self._p_cu, max_q,
                                   max_q, self.scale, causal=True)
-                x = self._layer_rest(layer, x, o.reshape(n_tok, -1))
+                x = self._layer_rest(layer, x, o.reshape(n_tok, -1), sel)
                 continue
             k = kv[:, 0].transpose(0, 1).repeat_interleave(group, dim=0)
             v = kv[:, 1].transpose(0, 1).repeat_interleave(group, dim=0)
             o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask[None, None],
                                                scale=self.scale)
-            x = self._layer_rest(layer, x, o[0].transpose(0, 1).reshape(n_tok, -1))
+            x = self._layer_rest(layer, x, o[0].transpose(0, 1).reshape(n_tok, -1), sel)
         self._p_logits.copy_(self._head(self._norm(x[self._p_last])).float())
 
     def _write_kv(self, layer: int, where, kv) -> None:
@@ -248,15 +304,17 @@ class ModelRunner:
             mask = torch.where(self.slot_index[:length][None, :] <= pos[:, None], 0.0, self._neg_inf)
             mask = mask.to(self.dtype)[:, None, None]
         group = self.n_heads // self.n_kv
+        sel = self._selection(self.adapter_idx[:b])  # read in the graph: admission updates it in place
         x = self._embed(tok)
         for li, layer in enumerate(self._layers):
             keys, values = self.kv_cache[li, 0], self.kv_cache[li, 1]   # [slots, cache_len, kv, dim]
             if kind == "triton":  # rotary and the cache write happen in the kernel
-                qkv = self._qkv_raw_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, self.n_heads, self.n_kv)
+                qkv = self._qkv_raw_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, self.n_heads, self.n_kv,
+                                       layer.lora.get("qkv"), sel)
                 o = self._decode_attention(qkv, keys, values, pos, self.cos, self.sin, self.n_heads, self.scale)
-                x = self._layer_rest(layer, x, o.reshape(b, -1))
+                x = self._layer_rest(layer, x, o.reshape(b, -1), sel)
                 continue
-            q, kv = self._layer_qkv(layer, x, cos, sin)
+            q, kv = self._layer_qkv(layer, x, cos, sin, sel)
             if kind == "flash":
                 self._write_kv(li, where, kv)
                 o = flash_varlen(q, keys.view(-1, self.n_kv, self.head_dim), values.view(-1, self.n_kv, self.head_dim),
@@ -267,7 +325,7 @@ class ModelRunner:
                 o = F.scaled_dot_product_attention(q.view(b, self.n_kv, group, self.head_dim),
                                                    keys[:b, :length].transpose(1, 2), values[:b, :length].transpose(1, 2),
                                                    attn_mask=mask, scale=self.scale)
-            x = self._layer_rest(layer, x, o.reshape(b, -1))
+            x = self._layer_rest(layer, x, o.reshape(b, -1), sel)
         logits = self._head(self._norm(x)).float()
         nxt = select_tokens(logits, self.temperature[:b], self.top_p[:b], self.sample[:b], with_sampling)
         self.next_tokens[:b].copy_(nxt)

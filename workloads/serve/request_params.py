@@ -6,12 +6,13 @@ that names the offending field and says what would be accepted."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # LMI and TGI clients send these; we honour them all (see README for the meaning of each).
 SUPPORTED_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "do_sample", "stop",
-                        "stop_sequences", "ignore_eos", "return_full_text", "details")
+                        "stop_sequences", "ignore_eos", "return_full_text", "details", "adapter")
 
 
 class RequestError(ValueError):
@@ -37,10 +38,32 @@ class GenerationParams:
     ignore_eos: bool = False
     return_full_text: bool = False
     details: bool = False
+    adapter: str | None = None      # a loaded LoRA adapter's name; None: the base model
+    # LMI's top-level "adapters" list: one adapter per prompt (None: the base model)
+    prompt_adapters: tuple[str | None, ...] = ()
 
     @property
     def greedy(self) -> bool:
         return not self.do_sample
+
+    def for_prompt(self, i: int) -> GenerationParams:
+        """The parameters of the request's i-th prompt (its own adapter when the list gave one)."""
+        if not self.prompt_adapters:
+            return self
+        return replace(self, adapter=self.prompt_adapters[i], prompt_adapters=())
+
+
+def check_adapter(field_name: str, name: Any, loaded: Collection[str] | None) -> str | None:
+    """An adapter name as sent ("" or null: the base model), checked against the loaded ones
+    when they are known."""
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str):
+        raise RequestError(field_name, f"must be an adapter name (a string), got {name!r}")
+    if loaded is not None and name not in loaded:
+        have = f"loaded: {', '.join(sorted(loaded))}" if loaded else "this endpoint has no adapters loaded"
+        raise RequestError(field_name, f"unknown adapter {name!r}; {have}")
+    return name
 
 
 def _number(name: str, value: Any) -> float:
@@ -55,8 +78,8 @@ def _flag(name: str, value: Any) -> bool:
     return value
 
 
-def parse_parameters(raw: Any, *, default_max_new_tokens: int = 64,
-                     max_new_tokens_limit: int | None = None) -> GenerationParams:
+def parse_parameters(raw: Any, *, default_max_new_tokens: int = 64, max_new_tokens_limit: int | None = None,
+                     adapters: Collection[str] | None = None) -> GenerationParams:
     """Turn the request's `parameters` object into `GenerationParams`, or raise `RequestError`.
 
     Sampling happens when `do_sample` is true, or when it is absent and `temperature` > 0
@@ -102,6 +125,7 @@ def parse_parameters(raw: Any, *, default_max_new_tokens: int = 64,
         stop=tuple(stop), ignore_eos=_flag("ignore_eos", raw.get("ignore_eos", False)),
         return_full_text=_flag("return_full_text", raw.get("return_full_text", False)),
         details=_flag("details", raw.get("details", False)),
+        adapter=check_adapter("parameters.adapter", raw.get("adapter"), adapters),
     )
 
 
@@ -119,15 +143,33 @@ def parse_inputs(raw: Any) -> list[str]:
     return prompts
 
 
-def parse_request(body: Any, **limits) -> tuple[list[str], GenerationParams, bool]:
-    """Validate an /invocations body: returns (prompts, params, whether inputs was a list)."""
+def _top_level_adapters(raw: Any, prompts: list[str], params: GenerationParams,
+                        loaded: Collection[str] | None) -> GenerationParams:
+    """LMI's spelling (djl_python input_parser): "adapters" is one name for every prompt, or a list
+    with one name per prompt; "" is the base model."""
+    if params.adapter is not None:
+        raise RequestError("adapters", "name the adapter once: parameters.adapter or adapters, not both")
+    if not isinstance(raw, list):
+        return replace(params, adapter=check_adapter("adapters", raw, loaded))
+    if len(raw) != len(prompts):
+        raise RequestError("adapters", f"has {len(raw)} entries for {len(prompts)} inputs; give one per input")
+    names = tuple(check_adapter(f"adapters[{i}]", a, loaded) for i, a in enumerate(raw))
+    return replace(params, prompt_adapters=names)
+
+
+def parse_request(body: Any, *, adapters: Collection[str] | None = None,
+                  **limits) -> tuple[list[str], GenerationParams, bool]:
+    """Validate an /invocations body: returns (prompts, params, whether inputs was a list); prompt
+    i runs with `params.for_prompt(i)`. `adapters`: the loaded adapter names, checked when given."""
     if not isinstance(body, dict):
         raise RequestError("body", 'must be a JSON object like {"inputs": "...", "parameters": {...}}')
     if "inputs" not in body:
         raise RequestError("inputs", 'is required (the prompt text, or a list of prompts)')
-    extra = sorted(set(body) - {"inputs", "parameters"})
+    extra = sorted(set(body) - {"inputs", "parameters", "adapters"})
     if extra:
-        raise RequestError(extra[0], 'unknown field; the body takes "inputs" and "parameters"')
+        raise RequestError(extra[0], 'unknown field; the body takes "inputs", "parameters" and "adapters"')
     prompts = parse_inputs(body["inputs"])
-    params = parse_parameters(body.get("parameters"), **limits)
+    params = parse_parameters(body.get("parameters"), adapters=adapters, **limits)
+    if "adapters" in body:
+        params = _top_level_adapters(body["adapters"], prompts, params, adapters)
     return prompts, params, isinstance(body["inputs"], list)

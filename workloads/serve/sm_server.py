@@ -40,8 +40,9 @@ def render_result(result, params) -> dict:
 def invoke(engine, body) -> tuple[int, object]:
     """Answer one /invocations body: (HTTP status, JSON payload). Pure apart from the engine."""
     try:
-        prompts, params, many = parse_request(body, default_max_new_tokens=engine.default_max_new_tokens)
-        futures = [engine.submit(p, params) for p in prompts]
+        prompts, params, many = parse_request(body, default_max_new_tokens=engine.default_max_new_tokens,
+                                              adapters=getattr(engine, "adapter_names", None))
+        futures = [engine.submit(p, params.for_prompt(i)) for i, p in enumerate(prompts)]
     except RequestError as err:
         return err.status, err.to_json()
     results = [render_result(f.result(REQUEST_TIMEOUT_S), params) for f in futures]

@@ -180,3 +180,22 @@ def test_the_engine_and_its_settings_default_to_the_tables_batching_values(tmp_p
     assert (plain.max_batch_size, plain.max_wait_ms, plain.default_max_new_tokens, plain.tensor_parallel_degree,
             plain.max_model_len) == (want["maxBatchSize"], want["maxWaitMs"], want["maxNewTokens"],
                                      want["tensorParallelDegree"], want["maxModelLength"])
+
+
+def test_the_adapter_knobs_defaults_are_what_every_reader_assumes(tmp_path):
+    """adapterKnobs (no spec field yet): lmi.py renders them, model_source.py and the engine fall
+    back to them."""
+    from batching_engine import BatchingEngine
+
+    table = json.loads((workloads_dir() / "serve" / "defaults.json").read_text())["adapterKnobs"]
+    assert table == lmi.ADAPTER_KNOBS == model_source.ADAPTER_KNOBS and set(table) == {"maxLoras", "maxLoraRank"}
+    adapters = {"a": "s3://b/a/", "b": "s3://b/b/"}
+    for engine in ENGINES:
+        props = parse_properties(lmi.render_artifacts(engine, MODEL, {}, adapters)["serving.properties"])
+        assert props["option.max_lora_rank"] == str(table["maxLoraRank"]["default"])
+        assert props["option.max_loras"] == str(len(adapters))  # default null: as many as adapters
+    plain = model_source.ServeSettings(model_dir=tmp_path)
+    assert (plain.max_loras, plain.max_lora_rank) == (table["maxLoras"]["default"], table["maxLoraRank"]["default"])
+    params = inspect.signature(BatchingEngine.__init__).parameters
+    assert params["max_lora_rank"].default == table["maxLoraRank"]["default"]
+    assert params["max_loras"].default == table["maxLoras"]["default"]

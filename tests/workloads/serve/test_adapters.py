@@ -1,0 +1,209 @@
+"""LoRA adapters on the batching engine (CPU): a row's greedy answer with adapter A equals PEFT's
+merged model A alone, with adapter B and base-model rows in the same batch; refused adapters and
+requests name the field; lmi.py and model_source.py carry adapters for both engines."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from lmi import ArtifactError, lmi_environment, render_artifacts
+from lora_adapters import AdapterError
+from model_source import (
+    ConfigError,
+    ServeSettings,
+    load_engine,
+    parse_properties,
+    resolve_model,
+)
+from request_params import GenerationParams, RequestError, parse_request
+
+PROMPTS = ["Hello, how are you today?", "I'd like to book a table for two.", "What time does the train leave?"]
+NEW = 12
+
+
+def make_adapter(base_dir, out, *, r, targets, seed, **config):
+    """A PEFT LoRA adapter of the base with random non-zero B (PEFT starts B at zero, a no-op)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, **config))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    peft_model.save_pretrained(out)
+    return out, peft_model
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    a_dir, a_model = make_adapter(tiny_model_dir, root / "alpha", r=4, seed=1,
+                                  targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    b_dir, b_model = make_adapter(tiny_model_dir, root / "beta", r=8, seed=2, targets=["q_proj", "v_proj", "down_proj"],
+                                  use_rslora=True)
+    return {"alpha": (a_dir, a_model.merge_and_unload()), "beta": (b_dir, b_model.merge_and_unload())}
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_model_dir, adapters):
+    settings = ServeSettings(model_dir=tiny_model_dir, max_batch_size=16, max_wait_ms=300,
+                             adapters={name: str(d) for name, (d, _) in adapters.items()})
+    eng = load_engine(settings, device="cpu")
+    yield eng
+    eng.close()
+
+
+def hf_greedy(model, tok, prompt, eos_ids):
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=NEW, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
+    return out[:-1] if out and out[-1] in eos_ids else out
+
+
+def test_mixed_batch_rows_equal_each_merged_model_alone(lora_engine, adapters):
+    tok, eng = lora_engine.tokenizer, lora_engine
+    assert sorted(eng.adapter_names) == ["alpha", "beta"]
+    rows = [(p, a) for p in PROMPTS for a in ("alpha", "beta", None)]
+    prefills = eng.stats["prefills"]
+    futures = [eng.submit(p, GenerationParams(max_new_tokens=NEW, adapter=a)) for p, a in rows]
+    got = [f.result(120).token_ids for f in futures]
+    assert eng.stats["prefills"] == prefills + 1, "the nine rows shared one prefill (and so their decode steps)"
+    for (prompt, adapter), ids in zip(rows, got):
+        model = adapters[adapter][1] if adapter else eng.model
+        assert ids == hf_greedy(model, tok, prompt, eng.eos_ids), (prompt, adapter)
+    by = {(p, a): ids for (p, a), ids in zip(rows, got)}
+    for prompt in PROMPTS:  # the comparison means something: each adapter changes the answer
+        assert by[(prompt, "alpha")] != by[(prompt, None)] and by[(prompt, "beta")] != by[(prompt, None)]
+
+
+def test_unknown_adapter_is_refused_naming_the_field(lora_engine):
+    with pytest.raises(RequestError) as err:
+        lora_engine.submit("hi", GenerationParams(adapter="gamma"))
+    assert err.value.field == "parameters.adapter" and err.value.status == 400
+    assert "alpha, beta" in err.value.message
+    with pytest.raises(RequestError) as err:
+        parse_request({"inputs": "hi", "parameters": {"adapter": "gamma"}}, adapters=["alpha"])
+    assert err.value.field == "parameters.adapter" and "loaded: alpha" in str(err.value)
+
+
+def test_lmi_top_level_adapters_spelling():
+    _, params, _ = parse_request({"inputs": ["a", "b", "c"], "adapters": ["alpha", "", "beta"]},
+                                       adapters=["alpha", "beta"])
+    assert [params.for_prompt(i).adapter for i in range(3)] == ["alpha", None, "beta"]
+    _, params, _ = parse_request({"inputs": "a", "adapters": "beta"}, adapters=["alpha", "beta"])
+    assert params.adapter == "beta" and params.for_prompt(0) is params
+    for body, field in [({"inputs": ["a", "b"], "adapters": ["alpha"]}, "adapters"),
+                        ({"inputs": "a", "adapters": "nope"}, "adapters"),
+                        ({"inputs": ["a"], "adapters": ["nope"]}, "adapters[0]"),
+                        ({"inputs": "a", "adapters": "alpha", "parameters": {"adapter": "alpha"}}, "adapters"),
+                        ({"inputs": "a", "parameters": {"adapter": 3}}, "parameters.adapter")]:
+        with pytest.raises(RequestError) as err:
+            parse_request(body, adapters=["alpha", "beta"])
+        assert err.value.field == field, body
+
+
+def _edit_config(src, dst, **changes):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    cfg.update(changes)
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"use_dora": True}, "use_dora"),
+    ({"bias": "lora_only"}, "bias"),
+    ({"target_modules": ["q_proj", "lm_head"]}, "target_modules"),
+    ({"r": 32, "lora_alpha": 64}, "r"),      # above the engine's max rank (16)
+    ({"r": 2}, "r"),                         # the weights say 8
+    ({"fan_in_fan_out": True}, "fan_in_fan_out"),
+])
+def test_unsupported_adapter_configs_are_refused_at_load(lora_engine, adapters, tmp_path, changes, field):
+    bad = _edit_config(adapters["beta"][0], tmp_path / "bad", **changes)
+    with pytest.raises(AdapterError) as err:
+        lora_engine.add_adapter("bad", bad)
+    assert err.value.adapter == "bad" and err.value.field == field
+    assert str(err.value).startswith(f"adapter 'bad': {field}:")
+
+
+def test_an_adapter_of_another_base_shape_is_refused(tiny_model_dir, adapters, tmp_path):
+    from llama_operator.local.demo.tinymodel import build_tiny_llama
+
+    other = build_tiny_llama(tmp_path / "wide", hidden_size=96, tokenizer_rows=200)
+    wrong, _ = make_adapter(other, tmp_path / "wrong", r=4, seed=3, targets=["q_proj"])
+    settings = ServeSettings(model_dir=tiny_model_dir, adapters={"wrong": str(wrong)})
+    with pytest.raises(ConfigError, match="adapter 'wrong': base model: layers.0.q_proj"):
+        load_engine(settings, device="cpu")
+
+
+def test_add_adapter_needs_a_free_slot(lora_engine, adapters):
+    with pytest.raises(AdapterError, match="max_loras"):
+        lora_engine.add_adapter("again", adapters["alpha"][0])
+
+
+def test_lmi_renders_adapters_for_both_engines(tmp_path):
+    adapters = {"sql": "s3://b/adapters/sql/", "chat_2": "s3://b/adapters/chat/"}
+    props = parse_properties(render_artifacts("batching", "s3://b/m/", {}, adapters)["serving.properties"])
+    assert props["option.adapters"] == "sql=s3://b/adapters/sql/,chat_2=s3://b/adapters/chat/"
+    assert (props["option.max_loras"], props["option.max_lora_rank"]) == ("2", "16")
+    assert "option.enable_lora" not in props  # LMI must not load adapters/ itself for our entry point
+    from model_source import settings_from_properties
+
+    settings = settings_from_properties(props, tmp_path)
+    assert settings.adapters == adapters and (settings.max_loras, settings.max_lora_rank) == (2, 16)
+
+    text = render_artifacts("vllm", "s3://b/m/", {"max_lora_rank": 32}, adapters)["serving.properties"]
+    props = parse_properties(text)
+    assert (props["option.enable_lora"], props["option.max_loras"], props["option.max_lora_rank"]) == ("true", "2", "32")
+    assert "option.adapters" not in props and "adapters/sql/" in text  # where LMI looks, in a comment
+    assert lmi_environment("vllm", "s3://b/m/", {}, adapters)["OPTION_ENABLE_LORA"] == "true"
+    assert "option.enable_lora" not in render_artifacts("vllm", "s3://b/m/", {})["serving.properties"]
+
+
+@pytest.mark.parametrize("engine, adapters, settings, message", [
+    ("batching", {"Bad Name": "s3://b/a/"}, {}, "adapters.Bad Name:"),
+    ("batching", {"ok": "/local/dir"}, {}, "adapters.ok '/local/dir'"),
+    ("batching", {"ok": "s3://b/a,b"}, {}, "adapters.ok"),
+    ("batching", {"a": "s3://b/a/", "b": "s3://b/b/"}, {"max_loras": 1}, "settings.max_loras 1"),
+    ("vllm", {"a": "s3://b/a/"}, {"max_lora_rank": 12}, "settings.max_lora_rank 12: vLLM takes"),
+    ("vllm", None, {"max_loras": 2}, "settings.max_loras: applies only when adapters"),
+])
+def test_lmi_refuses_bad_adapters(engine, adapters, settings, message):
+    with pytest.raises(ArtifactError) as err:
+        render_artifacts(engine, "s3://b/m/", settings, adapters)
+    assert str(err.value).startswith(message)
+
+
+def test_model_source_parses_adapters_and_lmis_adapters_dir(tiny_model_dir, adapters, tmp_path):
+    from model_source import settings_from_properties
+
+    settings = settings_from_properties({"option.adapters": "a=s3://b/x/, b = rel/dir,c=/abs"}, tmp_path)
+    assert settings.adapters == {"a": "s3://b/x/", "b": str(tmp_path / "rel/dir"), "c": "/abs"}
+    for bad in ("a", "A=s3://x/", "a=s3://x/,a=s3://y/"):
+        with pytest.raises(ConfigError, match="option.adapters"):
+            settings_from_properties({"option.adapters": bad}, tmp_path)
+    # A vllm configuration with enable_lora: LMI's adapters/ directory beside serving.properties.
+    code = tmp_path / "code"
+    shutil.copytree(adapters["alpha"][0], code / "adapters" / "alpha")
+    (code / "serving.properties").write_text(f"option.model_id={tiny_model_dir}\noption.rolling_batch=vllm\n"
+                                             "option.enable_lora=true\n")
+    assert resolve_model(code).adapters == {"alpha": str(code / "adapters" / "alpha")}
+
+
+def test_sm_server_invoke_with_adapter(lora_engine):
+    import sm_server
+
+    status, out = sm_server.invoke(lora_engine, {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": NEW,
+                                                                                      "adapter": "alpha"}})
+    alone = lora_engine.generate(PROMPTS[0], GenerationParams(max_new_tokens=NEW, adapter="alpha"), timeout=60)
+    assert status == 200 and out["generated_text"] == alone.text
+    status, out = sm_server.invoke(lora_engine, {"inputs": [PROMPTS[0], PROMPTS[0]], "adapters": ["alpha", ""],
+                                                 "parameters": {"max_new_tokens": NEW}})
+    base = lora_engine.generate(PROMPTS[0], GenerationParams(max_new_tokens=NEW), timeout=60)
+    assert status == 200 and [o["generated_text"] for o in out] == [alone.text, base.text]
+    status, out = sm_server.invoke(lora_engine, {"inputs": "hi", "parameters": {"adapter": "nope"}})
+    assert status == 400 and out["field"] == "parameters.adapter" and "alpha, beta" in out["error"]
