@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py                 # TinyLlama-1.1B shape, needs a GPU
     python benchmarks/train_throughput.py --config tiny   # seconds on a CPU
     python benchmarks/train_throughput.py --variants seed,flex-flce-fused-autotune-bs18 --steps 20
+    python benchmarks/train_throughput.py --peft lora      # each variant also with LoRA (row NAME+lora)
 
 On the H100, set ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` (batch 18 fits in 64 GiB with it);
 the measured rows are in ``TRAIN_RESULTS.md``.
@@ -100,9 +101,7 @@ VARIANTS = {v.name: v for v in [
 DEFAULT_GPU = ["seed", "packed-nomask-bs8", "flex-bs8", "flex-liger-bs8", "flex-liger-fused-bs8",
                "flex-flce-fused-compile-bs16", "flex-flce-fused-autotune-bs18"]
 DEFAULT_CPU = ["seed", "packed-posids-sdpa-bs8"]
-
-
-# --------------------------------------------------------------------------- data
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def load_lengths(scale: float, seq: int) -> list[int]:
@@ -117,16 +116,13 @@ class Batches:
         self.lengths, self.vocab = lengths, vocab
         self.rng = random.Random(seed)
         self._pending: int | None = None
-
     def _next_len(self) -> int:
         if self._pending is not None:
             n, self._pending = self._pending, None
             return n
         return self.rng.choice(self.lengths)
-
     def _ids(self, n: int) -> torch.Tensor:
         return torch.randint(3, self.vocab, (n,), generator=torch.Generator().manual_seed(self.rng.getrandbits(31)))
-
     def padded(self, batch: int, pad_to: int) -> tuple[dict, int, list[int]]:
         ids = torch.zeros(batch, pad_to, dtype=torch.long)
         mask = torch.zeros(batch, pad_to, dtype=torch.long)
@@ -138,7 +134,6 @@ class Batches:
             docs.append(n)
         labels = ids.masked_fill(mask == 0, -100)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}, int(mask.sum()), docs
-
     def packed(self, batch: int, seq: int) -> tuple[dict, int, list[int]]:
         ids = torch.zeros(batch, seq, dtype=torch.long)
         pos = torch.zeros(batch, seq, dtype=torch.long)
@@ -162,12 +157,8 @@ class Batches:
         return {"input_ids": ids, "position_ids": pos, "labels": labels}, sum(docs), docs
 
 
-# --------------------------------------------------------------------------- model
-
-
 def build_model(cfg: dict, device: torch.device, attn: str):
     from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_hidden_layers"],
                          num_attention_heads=cfg["num_attention_heads"],
                          num_key_value_heads=cfg["num_key_value_heads"],
@@ -190,11 +181,11 @@ def matmul_ceiling(device: torch.device) -> float | None:
         return None
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
+    t = 0.0
+    for i in range(13):  # 3 warm-up products, then 10 timed
+        if i == 3:
+            torch.cuda.synchronize()
+            t = time.perf_counter()
         a @ b
     torch.cuda.synchronize()
     return 10 * 2 * 8192 ** 3 / (time.perf_counter() - t)
@@ -206,23 +197,27 @@ def _sync(device):
 
 
 def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device, steps: int, warmup: int,
-                ceiling: float, log) -> dict:
+                ceiling: float, log, lora: bool = False) -> dict:
     have = fastpath.available(device)
     use_flex = v.flex and v.doc_mask and have["flex_attention"]
     model = build_model(cfg, device, "sdpa")
-    fastpath.optimize_model(model, packed=use_flex, fused_kernels=v.liger, compile=v.compile_layers)
+    n_params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
     if v.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    n_params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+    if lora:  # as the job's peft=lora: adapters first, then the fast paths (which keep them in the path)
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+                                                 target_modules=list(LORA_TARGETS)))
+    fastpath.optimize_model(model, packed=use_flex, fused_kernels=v.liger, compile=v.compile_layers)
+    trained = [p for p in model.parameters() if p.requires_grad]
     if v.fused_adamw:
         opt = fastpath.make_optimizer(model, lr=1e-5, weight_decay=0.0)
     else:  # what transformers' Trainer builds by default
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+        opt = torch.optim.AdamW(trained, lr=1e-5, weight_decay=0.0)
     amp_dtype = torch.float16 if v.dtype == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=v.dtype == "fp16" and device.type == "cuda")
     data = Batches(lengths, cfg["vocab_size"], seed=1)
-
     def make_batch():
         if not v.packed:
             b, real, docs = data.padded(v.batch, cfg["seed_pad"])
@@ -231,17 +226,14 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
             if not v.doc_mask:  # positions run on across conversations: transformers sees one sequence
                 b["position_ids"] = torch.arange(cfg["seq"]).expand(v.batch, -1).contiguous()
         return {k: t.to(device) for k, t in b.items()}, real, docs
-
     # A trainer's DataLoader prepares batches ahead in worker processes; building them here, before
     # the clock starts, keeps host-side generation and pageable copies out of the timing.
     prepared = [make_batch() for _ in range(warmup + steps)]
-
     def batch(step):
         b, real, docs = prepared[step]
         if v.packed and v.doc_mask:
             b = fastpath.packed_batch_kwargs(b["input_ids"], b["position_ids"], b["labels"])
         return b, real, docs
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     real_tokens, flops, losses = 0, 0.0, []
@@ -255,7 +247,7 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
             loss = model(**b).loss
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
@@ -266,14 +258,14 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
     _sync(device)
     elapsed = time.perf_counter() - t0
     row = {
-        "variant": v.name, "batch": v.batch, "rows": "pad %d" % cfg["seed_pad"] if not v.packed else "pack %d" % cfg["seq"],
+        "variant": v.name + ("+lora" if lora else ""), "batch": v.batch, "trainable": sum(p.numel() for p in trained), "rows": "pad %d" % cfg["seed_pad"] if not v.packed else "pack %d" % cfg["seq"],
         "real_tok_s": real_tokens / elapsed, "step_s": elapsed / steps,
         "mfu": flops / elapsed / ceiling if ceiling else float("nan"),
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan"),
         "loss": float(torch.stack(losses[-steps:]).float().mean()),
     }
     log(json.dumps(row))
-    del model, opt
+    del model, opt, trained
     # Each variant compiles afresh: otherwise dynamo reuses the previous variant's graphs and, having
     # seen a second batch size, recompiles them with a dynamic batch dimension.
     torch._dynamo.reset()
@@ -281,9 +273,6 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
-
-
-# --------------------------------------------------------------------------- correctness
 
 
 def per_token_losses(model, kwargs: dict) -> torch.Tensor:
@@ -309,7 +298,6 @@ def check_packing(cfg: dict, lengths: list[int], device: torch.device, log, flex
             alone.append(per_token_losses(model, {"input_ids": packed["input_ids"][:, at:at + n]}))
             at += n
     alone = torch.cat(alone)
-
     def packed_losses(kwargs):
         with amp:
             full = per_token_losses(model, kwargs)
@@ -318,7 +306,6 @@ def check_packing(cfg: dict, lengths: list[int], device: torch.device, log, flex
             keep.append(full[at:at + n - 1])
             at += n
         return torch.cat(keep)
-
     if flex:
         fastpath.use_document_attention(model)
         kw = {"input_ids": packed["input_ids"], "position_ids": packed["position_ids"],
@@ -337,12 +324,9 @@ def check_packing(cfg: dict, lengths: list[int], device: torch.device, log, flex
     return res
 
 
-# --------------------------------------------------------------------------- main
-
-
 def format_table(rows: list[dict], seed_tok_s: float | None) -> str:
-    head = f"{'variant':32} {'rows':>9} {'batch':>5} {'real_tok/s':>11} {'x_seed':>7} {'MFU':>6} {'peak_GiB':>8} {'step_s':>7}"
-    lines = [head]
+    lines = [f"{'variant':32} {'rows':>9} {'batch':>5} {'real_tok/s':>11} {'x_seed':>7} {'MFU':>6} {'peak_GiB':>8} "
+             f"{'step_s':>7}"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['variant']:32} {'':>9} {r.get('batch', ''):>5} {'failed: ' + r['error'][:60]}")
@@ -366,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-check", action="store_true", help="skip the packed-vs-unpacked loss check")
     ap.add_argument("--log", type=Path, default=None, help="append JSON rows here too")
+    ap.add_argument("--peft", choices=("none", "lora"), default="none",
+                    help="lora: run each variant again with LoRA r=16 on all projections (row NAME+lora)")
     args = ap.parse_args(argv)
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = "tiny" if args.tiny else (args.config or ("tinyllama" if device.type == "cuda" else "tiny"))
     cfg = CONFIGS[config]
@@ -376,17 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     gpu = device.type == "cuda"
-    steps = args.steps or (20 if gpu else 2)
+    steps, seed_steps = args.steps or (20 if gpu else 2), args.seed_steps or (40 if gpu else 2)
     warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
-    seed_steps = args.seed_steps or (40 if gpu else 2)
-    logf = args.log.open("a") if args.log else None
-
+    logf = args.log.open("a", buffering=1) if args.log else None  # line-buffered: rows land as they come
     def log(msg: str):
         print(msg, flush=True)
         if logf:
             logf.write(msg + "\n")
-            logf.flush()
-
     lengths = load_lengths(cfg["length_scale"], cfg["seq"])
     log(f"device {torch.cuda.get_device_name(device) if gpu else 'cpu'}, torch {torch.__version__}, "
         f"config {config}, mean length {sum(lengths) / len(lengths):.1f}, fast paths {fastpath.available(device)}")
@@ -397,25 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_check:
         check_packing(cfg, lengths, device, log)
     rows = []
-    for name in names:
-        v = VARIANTS[name]
+    for v, lora in [(VARIANTS[n], lora) for n in names for lora in (False, True)[:1 + (args.peft == "lora")]]:
         try:
-            rows.append(run_variant(v, cfg, lengths, device, seed_steps if name == "seed" else steps,
-                                    1 if name == "seed" else warmup, ceiling, log))
-        except torch.OutOfMemoryError as e:
-            rows.append({"variant": name, "batch": v.batch, "error": "out of memory"})
-            log(f"{name}: {e}")
-        except Exception as e:  # one broken lever must not hide the other rows
-            rows.append({"variant": name, "batch": v.batch, "error": f"{type(e).__name__}: {e}"})
-            log(f"{name}: {type(e).__name__}: {e}")
+            rows.append(run_variant(v, cfg, lengths, device, seed_steps if v.name == "seed" else steps,
+                                    1 if v.name == "seed" else warmup, ceiling, log, lora=lora))
+        except Exception as e:  # one broken lever (or too big a batch) must not hide the other rows
+            err = "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {e}"
+            rows.append({"variant": v.name + "+lora" * lora, "batch": v.batch, "error": err})
+            log(f"{v.name}: {type(e).__name__}: {e}")
         gc.collect()
         if gpu:
             torch.cuda.empty_cache()
     seed = next((r["real_tok_s"] for r in rows if r["variant"] == "seed" and "error" not in r), None)
-    print()
-    print(format_table(rows, seed))
+    log("\n" + format_table(rows, seed))
     if logf:
-        logf.write(format_table(rows, seed) + "\n")
         logf.close()
     return 0 if all("error" not in r for r in rows) else 1
 

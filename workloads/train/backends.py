@@ -77,11 +77,14 @@ class DeepSpeedBackend:
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
+    # With peft the frozen base is the base_model hyperparameter's, loaded afresh on restart: the
+    # checkpoint keeps only the adapter (and its optimizer state), not a copy of the whole model.
     def save_checkpoint(self, ckpt_dir: Path, tag: str, state: dict) -> None:
-        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
+        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state,
+                                    exclude_frozen_parameters=self.hp.peft != "none")
 
     def load_checkpoint(self, ckpt_dir: Path) -> dict | None:
-        path, client = self.engine.load_checkpoint(str(ckpt_dir))
+        path, client = self.engine.load_checkpoint(str(ckpt_dir), load_module_strict=self.hp.peft == "none")
         return client if path is not None else None
 
     def full_state_dict(self, is_main: bool) -> dict | None:
@@ -109,7 +112,8 @@ class FsdpBackend:
 
         self.hp = hp
         self.smp = _smp_transform(hp, world_size)
-        if self.smp is not None:
+        # SMP's transform replaces the decoder's modules with its own, under the adapters PEFT put there
+        if self.smp is not None and hp.peft == "none":
             model = self.smp(model)
         dtype = DTYPES[hp.precision]
         mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
@@ -201,6 +205,9 @@ class FsdpBackend:
 
 
 def _decoder_layers(model):
+    from .peft_setup import base_model
+
+    model = base_model(model)
     inner = getattr(model, "model", model)
     return list(getattr(inner, "layers", []))
 
@@ -213,8 +220,10 @@ def _optimizer(model, hp, device):
             return fastpath.make_optimizer(model, hp.learning_rate, hp.weight_decay)
         except ImportError:
             pass
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
+    # frozen parameters (the base under peft) get no optimizer state
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim >= 2 and "norm" not in n]
+    no_decay = [p for n, p in trained if not (p.ndim >= 2 and "norm" not in n)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=hp.learning_rate, betas=(0.9, 0.95), eps=1e-8)

@@ -11,7 +11,8 @@ anything outside torch and transformers. The trainer calls, in order:
 ``optimize_model(model, *, packed, fused_kernels=True, compile=False) -> model``
     With ``packed=True`` and flex attention available, switches the model's attention to
     ``"doc_flex"``: compiled flex attention over a block mask that skips every block that crosses
-    two conversations (see ``packed_batch_kwargs``). Without flex, packed rows still get no
+    two conversations (see ``packed_batch_kwargs``). A PEFT model is optimised through its base
+    model (``unwrap``), keeping its adapters in the path (``liger_options``). Without flex, packed rows still get no
     attention across conversations: transformers builds a document mask from restarting
     ``position_ids`` when no ``attention_mask`` is passed, which ``packed_batch_kwargs`` ensures.
     With ``fused_kernels=True`` and liger-kernel on CUDA, patches this model instance with liger's
@@ -180,16 +181,34 @@ def optimize_model(model, *, packed: bool, fused_kernels: bool = True, compile: 
     compile = bool(compile) and have["cuda"] and _has_triton()
     if packed and have["flex_attention"]:
         use_document_attention(model)
-    if fused_kernels and have["liger"] and getattr(model.config, "model_type", "") == "llama":
+    inner = unwrap(model)
+    if fused_kernels and have["liger"] and getattr(inner.config, "model_type", "") == "llama":
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-        # Liger's triton kernels do not trace under dynamo; in compiled layers inductor fuses instead.
-        apply_liger_kernel_to_llama(rope=not compile, rms_norm=not compile, swiglu=not compile,
-                                    cross_entropy=False, fused_linear_cross_entropy=True, model=model)
+        apply_liger_kernel_to_llama(**liger_options(inner, compile), model=inner)
     if compile:
-        for layer in model.model.layers:
+        for layer in inner.model.layers:
             layer.compile(mode=mode)
     return model
+
+
+def unwrap(model):
+    """The transformers model under an adapter wrapper (PEFT's ``get_base_model``), else ``model``."""
+    getter = getattr(model, "get_base_model", None)
+    return getter() if callable(getter) else model
+
+
+def liger_options(model, compile: bool | str = False) -> dict:
+    """``apply_liger_kernel_to_llama`` switches for this model instance.
+
+    Liger's triton kernels do not trace under dynamo; in compiled layers inductor fuses instead.
+    Its SwiGLU MLP still calls gate/up/down_proj as modules, so adapters (LoRA) on them apply; the
+    fused linear cross-entropy instead multiplies by ``lm_head.weight`` itself, which would bypass
+    anything wrapping lm_head (a LoRA target, PEFT's trainable token rows): only a plain Linear
+    lm_head gets it, any other keeps the ordinary head and loss."""
+    head = model.get_output_embeddings()
+    return {"rope": not compile, "rms_norm": not compile, "swiglu": not compile, "cross_entropy": False,
+            "fused_linear_cross_entropy": type(head) is torch.nn.Linear}
 
 
 def _param_groups(params, weight_decay: float) -> list[dict]:

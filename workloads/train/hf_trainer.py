@@ -27,6 +27,7 @@ from .backends import FsdpBackend
 from .environment import Rank
 from .batches import LossMeter, batch_kwargs, micro_batches
 from .checkpoints import checkpoint_tag, resume, save_checkpoint
+from .peft_setup import base_model
 
 REAL_TOKENS = "real_tokens"  # rides along in each batch for tokens_per_s; popped before the forward
 TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME: where resume reads global_step
@@ -128,8 +129,8 @@ def training_arguments(hp, total: int, ckpt_dir: Path, device: torch.device) -> 
 
 def trainer_takes_sharded_model(model) -> bool:
     """Whether this transformers' Trainer accepts a model sharded before it (5.19 on); an older one
-    would wrap the FSDP2 model in DDP."""
-    return hasattr(type(model), "is_distributed_loading_by_transformers")
+    would wrap the FSDP2 model in DDP. Under a PEFT wrapper, the transformers model beneath decides."""
+    return hasattr(type(base_model(model)), "is_distributed_loading_by_transformers")
 
 
 def make_trainer(backend: FsdpBackend, hp, stream: MicroBatches, meter: LossMeter, ckpt_dir: Path,
@@ -140,7 +141,8 @@ def make_trainer(backend: FsdpBackend, hp, stream: MicroBatches, meter: LossMete
                            "sharded before it; this one would wrap the FSDP2 model in DDP. Set smp_loop to "
                            "auto or own")
     # Tells the Trainer the model is sharded already: no DDP wrap, no second shard (see module docstring).
-    model._is_distributed_loading_by_transformers = True
+    # A PeftModel passes the attribute lookup on to the transformers model beneath, where it is set.
+    base_model(model)._is_distributed_loading_by_transformers = True
     trainer = JobTrainer(model=model, args=training_arguments(hp, meter.total, ckpt_dir, device),
                          optimizers=(backend.optimizer, backend.scheduler), stream=stream, meter=meter,
                          callbacks=[JobCallback(backend, hp, meter, ckpt_dir, rank)])

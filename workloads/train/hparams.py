@@ -10,6 +10,10 @@ import os
 from dataclasses import dataclass, field
 
 
+# every attention and MLP projection of a Llama decoder layer
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class HyperparameterError(ValueError):
     def __init__(self, name: str, value, fix: str):
         super().__init__(f"invalid hyperparameter {name}={value}: {fix}")
@@ -48,6 +52,14 @@ class Hyperparameters:
     save_steps: int = 0
     seed: int = 42
     checkpoint_dir: str = ""  # "" = the job's checkpoints directory ($SAGEMAKER_BASE_DIR/checkpoints)
+    # parameter-efficient fine-tuning (train/peft_setup.py): "none" trains every weight
+    peft: str = "none"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+    merge_adapter: bool = False  # also push the adapter merged into the base, as a full model
+    adapter_s3_uri: str = ""  # "" = the adapter goes to SM_MODEL_DIR/adapter/
 
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -60,6 +72,7 @@ _CHOICES = {
     "smp_loop": ("auto", "trainer", "own"),
     "new_token_init": ("mean", "normal"),
     "data_format": ("auto", "dailydialog", "chat_jsonl", "prepared"),
+    "peft": ("none", "lora", "qlora"),
 }
 REQUIRED = ("method", "base_model")
 
@@ -169,7 +182,31 @@ def validate(raw: dict[str, str]) -> tuple[Hyperparameters, list[str]]:
             if x < 0:
                 raise HyperparameterError(name, value, "must be a number >= 0")
             vals[name] = x
-        elif name in ("packing", "gradient_checkpointing"):
+        elif name == "lora_r":
+            x = _int(name, v)
+            if not 1 <= x <= 256:
+                raise HyperparameterError(name, value, "must be an integer from 1 to 256 (8 to 64 is usual)")
+            vals[name] = x
+        elif name == "lora_alpha":
+            vals[name] = _int(name, v, 1)
+        elif name == "lora_dropout":
+            x = _float(name, v)
+            if not 0 <= x < 1:
+                raise HyperparameterError(name, value, "must be a number in [0, 1)")
+            vals[name] = x
+        elif name == "lora_target_modules":
+            mods = tuple(m.strip() for m in v.split(",") if m.strip())
+            if not mods:
+                raise HyperparameterError(name, value, "must name at least one module, e.g. "
+                                          + ",".join(LLAMA_PROJECTIONS))
+            bad = [m for m in mods if not m.replace("_", "").replace(".", "").isalnum()]
+            if bad:
+                raise HyperparameterError(name, value, f"{bad[0]!r} is not a module name; give comma-separated "
+                                          "names such as q_proj,v_proj")
+            if len(set(mods)) != len(mods):
+                raise HyperparameterError(name, value, "lists a module twice; give each module once")
+            vals[name] = mods
+        elif name in ("packing", "gradient_checkpointing", "merge_adapter"):
             if v.lower() not in _BOOL:
                 raise HyperparameterError(name, value, "must be true or false")
             vals[name] = _BOOL[v.lower()]
@@ -178,7 +215,7 @@ def validate(raw: dict[str, str]) -> tuple[Hyperparameters, list[str]]:
             if len(set(toks)) != len(toks):
                 raise HyperparameterError(name, value, "lists a token twice; give each new token once")
             vals[name] = toks
-        elif name == "output_s3_uri":
+        elif name in ("output_s3_uri", "adapter_s3_uri"):
             if v and not v.startswith("s3://"):
                 raise HyperparameterError(name, value, 'must be an s3://bucket/prefix/ URI or ""')
             vals[name] = v
@@ -192,5 +229,26 @@ def validate(raw: dict[str, str]) -> tuple[Hyperparameters, list[str]]:
             except Exception:
                 raise HyperparameterError("smp_tp_degree", tp, "tensor parallelism needs the SageMaker "
                                           "model parallelism library (an SMP image); set 1 here") from None
+    _check_peft(vals)
     unknown = sorted(n for n in raw if n not in names and not n.startswith("sagemaker_"))
     return Hyperparameters(**vals), unknown
+
+
+def _check_peft(vals: dict) -> None:
+    """Combinations that cannot run: refused before anything loads."""
+    peft = vals.get("peft", "none")
+    if peft == "none" and vals.get("merge_adapter"):
+        raise HyperparameterError("merge_adapter", "true", "applies only with peft=lora or qlora; set false "
+                                  "(a full fine-tune always saves the whole model)")
+    if peft != "none" and vals["method"] == "smp" and vals.get("smp_tp_degree", 1) > 1:
+        raise HyperparameterError("smp_tp_degree", vals["smp_tp_degree"], f"peft={peft} trains without tensor "
+                                  "parallelism (SMP would replace the adapted projections); set 1 here")
+    if peft == "qlora" and vals["method"] == "smp":
+        # FSDP would shard bitsandbytes' packed 4-bit weights and their quantization state apart
+        raise HyperparameterError("peft", "qlora", "qlora is not supported with method smp (FSDP cannot "
+                                  "shard 4-bit weights here); use peft=lora, or method deepspeed with "
+                                  "zero_stage 1 or 2")
+    if peft == "qlora" and vals["method"] == "deepspeed" and vals.get("zero_stage", 3) == 3:
+        # ZeRO-3 partitions parameters at load time, which bitsandbytes' 4-bit loading does not survive
+        raise HyperparameterError("peft", "qlora", "qlora is not supported with zero_stage 3 (ZeRO-3 "
+                                  "cannot partition 4-bit weights); set zero_stage to 1 or 2, or use peft=lora")

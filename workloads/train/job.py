@@ -1,13 +1,10 @@
 """Everything after validation: distributed setup, base model, data, the job's own loop (method
 deepspeed; method smp trains through train/hf_trainer.py where transformers allows, else this loop
-too), logging, the final save and push."""
+too), logging; the final save and push are train/outputs.py's."""
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -15,24 +12,18 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from .compat import dtype_kwargs, set_config_dtype
+from . import peft_setup
+from .compat import dtype_kwargs
 from .environment import JobPaths, Rank
-from .s3sync import download_prefix, is_s3_uri, upload_dir
+from .outputs import PROBE_ENV, node_scratch as _node_scratch, probe_logits, save_and_push
+from .s3sync import download_prefix, is_s3_uri
 from .schedule import total_steps as count_steps
 from .batches import LossMeter, batch_kwargs, flops_per_token, log, micro_batches, peak_flops
 from .checkpoints import resume, save_checkpoint
-from .tokens import save_tokenizer
-
 
 
 # DeepSpeed still calls collectives that torch 2.13 renamed; one warning per call floods the log.
 warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use `torch\.distributed\.")
-
-
-def _node_scratch(name: str) -> Path:
-    """A folder shared by the processes of one node for this job: torchrun's agent (our parent)
-    is the same for all local ranks."""
-    return Path(tempfile.gettempdir()) / f"llama-train-{os.getppid()}" / name
 
 
 def init_distributed(device: torch.device) -> None:
@@ -97,13 +88,20 @@ def load_model(hp, model_dir: Path, device: torch.device):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     attn = "eager" if hp.attn_implementation == "eager" else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, **dtype_kwargs(torch.float32))
+    qlora = hp.peft == "qlora"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn,
+                                                 **dtype_kwargs(torch.bfloat16 if qlora else torch.float32),
+                                                 **peft_setup.quantized_load_kwargs(hp, device))
     added = add_tokens(model, tokenizer, hp.add_special_tokens, hp.new_token_init, seed=hp.seed)
     pad_id = ensure_pad_token(tokenizer)
     model.config.use_cache = False
-    if hp.gradient_checkpointing:
+    if hp.gradient_checkpointing and not qlora:  # qlora: prepare_model_for_kbit_training turns it on
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(device)
+    if not qlora:  # bitsandbytes placed the 4-bit weights on this rank's GPU already
+        model.to(device)
+    if peft_setup.enabled(hp):
+        torch.manual_seed(hp.seed)  # the same initial adapters on every rank (FSDP keeps each rank's shard)
+        model = peft_setup.wrap(model, hp, tokenizer)
     if device.type == "cuda" and hp.attn_implementation in ("auto", "flex_attention"):
         try:
             from . import fastpath
@@ -163,8 +161,12 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
 
         zero3_init = HfDeepSpeedConfig(deepspeed_config(hp, total_steps=1, world_size=rank.world_size, cuda=cuda))
     model, tokenizer, pad_id, added = load_model(hp, model_dir, device)
+    trainable = peft_setup.trainable_parameters(model)
     if rank.is_main and added:
         log(f"[train] added {added} special tokens ({hp.new_token_init} init)")
+    if rank.is_main and peft_setup.enabled(hp):
+        log(f"[train] peft={hp.peft} r={hp.lora_r} alpha={hp.lora_alpha} targets={','.join(hp.lora_target_modules)} "
+            f"trainable_parameters={trainable}")
 
     rows = load_rows(hp, paths.train, tokenizer, rank, "train")
     val_rows = load_rows(hp, paths.validation, tokenizer, rank, "validation") if paths.validation else []
@@ -224,8 +226,11 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
         "eval_loss": eval_loss, "tokens_per_s": tps, "mfu": tps * meter.fpt / meter.peak,
         "runtime_s": runtime, "total_runtime_s": time.time() - t_start,
         "packing": hp.packing, "precision": hp.precision, "added_special_tokens": list(hp.add_special_tokens),
+        "peft": hp.peft, "trainable_parameters": trainable,
     }
-    save_and_push(backend, tokenizer, hp, paths, rank, summary)
+    if os.environ.get(PROBE_ENV):
+        probe_logits(backend, Path(os.environ[PROBE_ENV]), rank, device)
+    save_and_push(backend, tokenizer, hp, paths, rank, summary, model_dir)
     if rank.is_main:
         log(f"[train] done steps={step} train_loss={summary['train_loss'] if losses else float('nan'):.4f} "
             f"tokens_per_s={tps:.1f} runtime_s={runtime:.1f}")
@@ -282,27 +287,3 @@ def evaluate(backend, rows, hp, pad_id, device, pad_to=None) -> float:
     acc = acc.cpu()
     backend.train(True)
     return float(acc[0] / acc[1]) if acc[1] else float("nan")
-
-
-def save_and_push(backend, tokenizer, hp, paths: JobPaths, rank: Rank, summary: dict) -> None:
-    """16-bit (or fp32) weights gathered to global rank 0, saved as safetensors with config and
-    tokenizer, pushed to output_s3_uri; the small summary also goes to SM_MODEL_DIR."""
-    state = backend.full_state_dict(rank.is_main)
-    if not rank.is_main:
-        return
-    paths.model_dir.mkdir(parents=True, exist_ok=True)
-    out = paths.model_dir if not hp.output_s3_uri else _node_scratch("final-model")
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[hp.precision]
-    state = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in state.items()}
-    module = backend.module
-    module.config.use_cache = True
-    set_config_dtype(module.config, dtype)
-    module.save_pretrained(out, state_dict=state, safe_serialization=True)
-    save_tokenizer(tokenizer, out)
-    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
-    if out != paths.model_dir:
-        shutil.copy(out / "training_summary.json", paths.model_dir / "training_summary.json")
-        t0 = time.time()
-        upload_dir(out, hp.output_s3_uri)
-        log(f"[train] model pushed to {hp.output_s3_uri} in {time.time() - t0:.1f}s")

@@ -25,6 +25,10 @@ def main(argv: list[str]) -> int:
         if not hp.base_model.startswith("s3://") and not Path(hp.base_model).is_dir():
             raise HyperparameterError("base_model", hp.base_model,
                                       "must be an s3://bucket/prefix/ or an existing local model directory")
+        if hp.peft == "qlora":  # imports torch, so only for qlora: other jobs keep failing fast
+            from .peft_setup import check_qlora_device
+
+            check_qlora_device()
     except HyperparameterError as e:
         line = str(e)
         print(line, file=sys.stderr, flush=True)
