@@ -41,7 +41,7 @@ def test_schema_is_structural_and_every_field_is_described(kind):
       ("Age", ".metadata.creationTimestamp")],
      ["Pending", "Creating", "InProgress", "Completed", "Failed", "Stopping", "Stopped"],
      {"trainingJobName": "string", "trainingJobArn": "string", "secondaryStatus": "string",
-      "failureReason": "string", "modelS3Uri": "string", "modelArtifacts": "string", "sourceS3Uri": "string",
+      "failureReason": "string", "modelS3Uri": "string", "adapterS3Uri": "string", "modelArtifacts": "string", "sourceS3Uri": "string",
       "startTime": "string", "endTime": "string", "billableSeconds": "integer", "trainingLoss": "number",
       "lastEventTime": "string", "observedGeneration": "integer", "conditions": "array", "phase": "string"}),
     ("llamaendpoints", "lep",

@@ -16,7 +16,8 @@ from llama_operator.spec import LlamaEndpointSpec, LlamaFinetuneSpec
 
 MODELS = {"llamafinetunes": LlamaFinetuneSpec, "llamaendpoints": LlamaEndpointSpec}
 BASES = {
-    "llamafinetunes": [specdata.FINETUNE_MIN, specdata.FINETUNE_DEEPSPEED, specdata.FINETUNE_SMP],
+    "llamafinetunes": [specdata.FINETUNE_MIN, specdata.FINETUNE_DEEPSPEED, specdata.FINETUNE_SMP,
+                       specdata.FINETUNE_LORA],
     "llamaendpoints": [specdata.ENDPOINT_MIN, specdata.ENDPOINT_VLLM, specdata.ENDPOINT_BATCHING],
 }
 
@@ -30,10 +31,10 @@ def pydantic_errors(kind, spec):
 
 
 def _submodel(annotation):
-    for arg in (annotation, *typing.get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-        inner = _submodel(arg) if typing.get_args(arg) else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        inner = _submodel(arg)
         if inner:
             return inner
     return None

@@ -41,6 +41,17 @@ FINETUNE_SMP = {
     "outputS3Uri": "s3://bkt/out/",
 }
 
+FINETUNE_LORA = {
+    "baseModel": {"s3Uri": "s3://bkt/models/llama/"},
+    "dataset": {"train": "s3://bkt/data/train/"},
+    "method": {"type": "deepspeed", "zeroStage": 2,
+               "peft": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"]}},
+    "resources": {"instanceType": "ml.g5.2xlarge"},
+    "roleArn": ROLE,
+    "outputS3Uri": "s3://bkt/out/",
+    "output": {"mergeAdapter": True},
+}
+
 ENDPOINT_MIN = {
     "model": {"s3Uri": "s3://bkt/out/job/model/"},
     "resources": {"instanceType": "ml.g5.2xlarge"},

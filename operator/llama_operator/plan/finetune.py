@@ -9,6 +9,8 @@ from llama_operator.plan.images import training_image_uri
 from llama_operator.kinds import FINETUNE_KIND
 from llama_operator.spec import LlamaFinetuneSpec
 
+from llama_operator.status.finetune import output_s3_uri
+
 from .names import training_job_name
 from .tags import owner_tags
 
@@ -33,7 +35,7 @@ def _prefix(uri: str) -> str:
 
 def model_s3_uri(spec: LlamaFinetuneSpec, job_name: str) -> str:
     """Where the workload pushes the fine-tuned model: `<outputS3Uri>/<job name>/model/`."""
-    return f"{_prefix(spec.output_s3_uri)}{job_name}/model/"
+    return output_s3_uri(spec.output_s3_uri, job_name, "model")
 
 
 def source_prefix(spec: LlamaFinetuneSpec, operator_prefix: str | None) -> str:
@@ -87,7 +89,18 @@ def hyperparameters(spec: LlamaFinetuneSpec, *, job_name: str, source_s3_uri: st
                                       else DEFAULT_SMP_SHARD_DEGREE)
         values["smp_tp_degree"] = (method.tensor_parallel_degree if method.tensor_parallel_degree is not None
                                    else DEFAULT_SMP_TP_DEGREE)
+    values.update(peft_hyperparameters(spec, job_name))
     return {k: _text(v) for k, v in values.items()}
+
+
+def peft_hyperparameters(spec: LlamaFinetuneSpec, job_name: str) -> dict[str, Any]:
+    """The workload's LoRA switches; none for a full fine-tune, whose request stays as it was."""
+    peft = spec.method.peft
+    if peft is None:
+        return {}
+    return {"peft": peft.type, "lora_r": peft.r, "lora_alpha": peft.alpha, "lora_dropout": peft.dropout,
+            "lora_target_modules": ",".join(peft.target_modules), "merge_adapter": spec.output.merge_adapter,
+            "adapter_s3_uri": output_s3_uri(spec.output_s3_uri, job_name, "adapter")}
 
 
 def _channel(name: str, s3_uri: str) -> dict:

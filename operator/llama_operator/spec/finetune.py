@@ -12,6 +12,11 @@ from .common import InstanceType, ResourceSpec, S3Uri, SpecModel, environment_ty
 
 BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|p3dn|g3|g3s|g4dn)[.]")
 SMP_INSTANCES = re.compile(r"^ml[.](p4d|p4de|p5|p5e|p5en)[.]")
+# NVIDIA GPU families (g4dn, g5, g6, g6e, p3, p4d, p5, ...): what bitsandbytes' 4-bit kernels need
+GPU_INSTANCES = re.compile(r"^ml[.](g|p)[0-9]+[a-z]*[.]")
+# LoRA on every attention and MLP projection of a Llama decoder layer
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MODULE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*$"
 
 MSG_ZERO_STAGE = ("method.zeroStage applies only to method.type deepspeed: remove zeroStage or set "
                   "method.type to deepspeed")
@@ -28,6 +33,10 @@ MSG_BF16 = ("hyperparameters.precision bf16 needs an Ampere or newer GPU: on ml.
 MSG_SMP_INSTANCE = ("method.type smp (SageMaker model parallelism v2) runs only on ml.p4d, ml.p4de and "
                     "ml.p5 instance types: change resources.instanceType or use method.type deepspeed")
 MSG_SMP_FP16 = "method.type smp trains in bf16 or fp32 only: set hyperparameters.precision to bf16"
+MSG_QLORA_GPU = ("method.peft.type qlora loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU: "
+                 "pick an ml.g* or ml.p* resources.instanceType, or set method.peft.type to lora")
+MSG_MERGE_NO_PEFT = ("output.mergeAdapter applies only to a parameter-efficient fine-tune: set method.peft or "
+                     "remove output.mergeAdapter (a full fine-tune always writes the whole model)")
 MSG_IMMUTABLE = ("spec is immutable once the training job exists; create a new LlamaFinetune "
                  "(only spec.deletionPolicy may change)")
 
@@ -42,11 +51,23 @@ class Dataset(SpecModel):
     format: Literal["auto", "dailydialog", "chat_jsonl", "prepared"] = "auto"
 
 
+class Peft(SpecModel):
+    """LoRA adapters on a frozen base (qlora: the base loaded in 4-bit)."""
+    type: Literal["lora", "qlora"]
+    r: Annotated[int, Field(ge=1, le=256)] = 16
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: Annotated[
+        List[Annotated[str, Field(min_length=1, max_length=64, pattern=MODULE_NAME_PATTERN)]],
+        Field(min_length=1, max_length=64)] = list(LORA_TARGET_MODULES)
+
+
 class Method(SpecModel):
     type: Literal["deepspeed", "smp"] = "deepspeed"
     zero_stage: Optional[Annotated[int, Field(ge=1, le=3)]] = None
     shard_degree: Optional[Annotated[int, Field(ge=0, le=4096)]] = None
     tensor_parallel_degree: Optional[Annotated[int, Field(ge=1, le=64)]] = None
+    peft: Optional[Peft] = None
 
     @model_validator(mode="after")
     def _method_knobs(self):
@@ -101,6 +122,10 @@ class TrainingResources(SpecModel):
         return self
 
 
+class Output(SpecModel):
+    merge_adapter: bool = False
+
+
 class LlamaFinetuneSpec(ResourceSpec):
     base_model: BaseModelSource
     dataset: Dataset
@@ -108,6 +133,7 @@ class LlamaFinetuneSpec(ResourceSpec):
     hyperparameters: Hyperparameters = Hyperparameters()
     resources: TrainingResources
     output_s3_uri: S3Uri = Field(alias="outputS3Uri")
+    output: Output = Output()
     environment: environment_type(512, 512) = {}
 
     @model_validator(mode="after")
@@ -119,6 +145,11 @@ class LlamaFinetuneSpec(ResourceSpec):
             raise ValueError(MSG_SMP_INSTANCE)
         if self.method.type == "smp" and precision == "fp16":
             raise ValueError(MSG_SMP_FP16)
+        peft = self.method.peft
+        if peft is not None and peft.type == "qlora" and not GPU_INSTANCES.match(instance):
+            raise ValueError(MSG_QLORA_GPU)
+        if self.output.merge_adapter and peft is None:
+            raise ValueError(MSG_MERGE_NO_PEFT)
         return self
 
     def check_update(self, old: "LlamaFinetuneSpec") -> None:

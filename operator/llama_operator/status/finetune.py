@@ -79,11 +79,26 @@ def training_loss(metrics: list[Mapping[str, Any]] | None) -> float | None:
     return best
 
 
-def model_s3_uri(output_path: str | None, job_name: str) -> str | None:
-    """Where the training workload pushes the fine-tuned model (outside SageMaker's tarball)."""
+def output_s3_uri(output_path: str, job_name: str, what: str) -> str:
+    """Where the training workload pushes its `what` ("model" or "adapter"), outside SageMaker's
+    tarball: `<outputS3Uri>/<job name>/<what>/`."""
+    return f"{output_path.rstrip('/')}/{job_name}/{what}/"
+
+
+def outputs_of(detail: Mapping[str, Any], job_name: str) -> dict[str, str]:
+    """The status fields naming what a completed job wrote, read from its own request (the
+    hyperparameters, which Describe and the state-change event both carry): the adapter of a
+    parameter-efficient fine-tune, the model of a full one or of a merged adapter."""
+    output_path = (detail.get("OutputDataConfig") or {}).get("S3OutputPath")
     if not output_path:
-        return None
-    return f"{output_path.rstrip('/')}/{job_name}/model/"
+        return {}
+    hp = detail.get("HyperParameters") or {}
+    if hp.get("peft") not in ("lora", "qlora"):
+        return {"modelS3Uri": output_s3_uri(output_path, job_name, "model")}
+    out = {"adapterS3Uri": hp.get("adapter_s3_uri") or output_s3_uri(output_path, job_name, "adapter")}
+    if str(hp.get("merge_adapter", "")).lower() == "true":
+        out["modelS3Uri"] = output_s3_uri(output_path, job_name, "model")
+    return out
 
 
 def conditions_for(phase: str, reason: str, message: str, previous, *, generation: int | None, now: str) -> list[dict]:
@@ -128,7 +143,7 @@ def from_training_job(detail: Mapping[str, Any], current: Mapping[str, Any] | No
     if artifacts:
         patch["modelArtifacts"] = artifacts
     if phase == "Completed":
-        patch["modelS3Uri"] = model_s3_uri((detail.get("OutputDataConfig") or {}).get("S3OutputPath"), name)
+        patch.update(outputs_of(detail, name))
     failure = detail.get("FailureReason")
     if failure and phase in ("Failed", "Stopped"):
         patch["failureReason"] = failure

@@ -71,12 +71,31 @@ def plan_training(spec_body, region="us-west-2", ns="team-a", name="llama-dailyd
                                                      source_s3_uri=SOURCE, region=region)
 
 
-@pytest.mark.parametrize("body", [specdata.FINETUNE_MIN, specdata.FINETUNE_DEEPSPEED, specdata.FINETUNE_SMP],
-                         ids=["minimal", "deepspeed-spot", "smp"])
+@pytest.mark.parametrize("body", [specdata.FINETUNE_MIN, specdata.FINETUNE_DEEPSPEED, specdata.FINETUNE_SMP,
+                                  specdata.FINETUNE_LORA], ids=["minimal", "deepspeed-spot", "smp", "lora"])
 def test_training_job_request_is_botocore_valid(body):
     _, request = plan_training(body)
     assert_valid("CreateTrainingJob", request)
     assert all(isinstance(v, str) for v in request["HyperParameters"].values())
+
+
+def test_a_lora_fine_tune_passes_its_adapter_settings_and_where_the_adapter_goes():
+    spec, r = plan_training(specdata.FINETUNE_LORA)
+    job = r["TrainingJobName"]
+    hp = r["HyperParameters"]
+    assert {k: hp[k] for k in ("peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                               "merge_adapter")} == {
+        "peft": "lora", "lora_r": "8", "lora_alpha": "16", "lora_dropout": "0.1",
+        "lora_target_modules": "q_proj,v_proj", "merge_adapter": "true"}
+    assert hp["adapter_s3_uri"] == f"s3://bkt/out/{job}/adapter/"
+    assert hp["output_s3_uri"] == f"s3://bkt/out/{job}/model/"  # the merged model
+    defaults = LlamaFinetuneSpec.model_validate({**specdata.FINETUNE_MIN, "method": {"peft": {"type": "lora"}}})
+    hp = plan_ft.hyperparameters(defaults, job_name="j", source_s3_uri=SOURCE, region="us-west-2")
+    assert (hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"], hp["merge_adapter"]) == ("16", "32", "0.05", "false")
+    assert hp["lora_target_modules"] == "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    # a full fine-tune's request has none of them
+    _, full = plan_training(specdata.FINETUNE_MIN)
+    assert not {k for k in full["HyperParameters"] if k.startswith(("peft", "lora_", "merge_", "adapter_"))}
 
 
 def test_training_job_request_carries_the_spec():

@@ -34,6 +34,18 @@ def test_out_of_order_and_duplicate_events_end_in_the_latest_state():
     assert shuffled["modelS3Uri"] == "s3://b/out/job-1/model/" and shuffled["billableSeconds"] == 7
 
 
+def test_a_completed_lora_job_names_its_adapter_and_only_a_merged_model():
+    lora = {"peft": "lora", "adapter_s3_uri": "s3://b/out/job-1/adapter/", "merge_adapter": "false"}
+    done = apply([detail("Completed", "Completed", 3_000, HyperParameters=lora)])
+    assert done["adapterS3Uri"] == "s3://b/out/job-1/adapter/" and "modelS3Uri" not in done
+    merged = apply([detail("Completed", "Completed", 3_000, HyperParameters={**lora, "merge_adapter": "true"})])
+    assert merged["adapterS3Uri"] == "s3://b/out/job-1/adapter/" and merged["modelS3Uri"] == "s3://b/out/job-1/model/"
+    running = apply([detail("InProgress", "Training", 2_000, HyperParameters=lora)])
+    assert "adapterS3Uri" not in running and "modelS3Uri" not in running
+    full = apply([detail("Completed", "Completed", 3_000, HyperParameters={"method": "deepspeed"})])
+    assert full["modelS3Uri"] == "s3://b/out/job-1/model/" and "adapterS3Uri" not in full
+
+
 def test_same_timestamp_never_moves_backwards_and_terminal_is_final():
     assert apply([detail("InProgress", "Training", 5), detail("InProgress", "Downloading", 5)])["secondaryStatus"] \
         == "Training"
