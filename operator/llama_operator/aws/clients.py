@@ -1,6 +1,10 @@
 """boto3 clients from the standard configuration chain (credentials, AWS_REGION / AWS_DEFAULT_REGION,
 and the per-service AWS_ENDPOINT_URL_<SERVICE> variables that point the embedded default at the
-local services), with botocore's adaptive retry mode for throttling and transient 5xx."""
+local services), with botocore's standard retry mode for throttling and transient 5xx: each call
+backs off on its own (exponential, with jitter). The adaptive mode's one client-wide rate limiter
+made every resource's calls queue behind a few throttled ones: at 1,000 resources with a tenth of
+calls throttled, creating took minutes and an endpoint's InService waited on its handler's queued
+Describe (benchmarks/operator_scale.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ DEFAULT_MAX_ATTEMPTS = 6
 
 def client_config(region: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   read_timeout: float = 60.0) -> Config:
-    return Config(region_name=region, retries={"mode": "adaptive", "max_attempts": max_attempts},
-                  connect_timeout=10, read_timeout=read_timeout, user_agent_extra="llama-operator")
+    # max_pool_connections: the operator runs up to AWS_CALL_THREADS calls at once (lifecycle.py)
+    return Config(region_name=region, max_pool_connections=32,
+                  retries={"mode": "standard", "max_attempts": max_attempts}, connect_timeout=10, read_timeout=read_timeout, user_agent_extra="llama-operator")
 
 
 def make_client(service: str, region: str | None = None, *, session: boto3.session.Session | None = None,

@@ -1,6 +1,6 @@
 """SageMaker's errors as the handlers of both kinds need them: `TerminalError` (SageMaker rejected
 the request: retrying the same request cannot help, so the resource goes Failed with AWS's
-message) or `RetryableError` (throttling, 5xx, network: botocore's adaptive retries already backed
+message) or `RetryableError` (throttling, 5xx, network: botocore's standard retries already backed
 off; the caller retries later and says so in status)."""
 
 from __future__ import annotations

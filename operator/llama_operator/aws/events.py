@@ -143,9 +143,9 @@ class EventConsumer:
 
     def __init__(self, sqs, queue_url: str, handle: Callable[[dict], Awaitable[None]], *,
                  wait_seconds: int = 20, batch: int = 10, active: Callable[[], bool] | None = None,
-                 standby_check_seconds: float = 1.0):
+                 standby_check_seconds: float = 1.0, receivers: int = 4):
         self.sqs, self.queue_url, self.handle = sqs, queue_url, handle
-        self.wait_seconds, self.batch = wait_seconds, batch
+        self.wait_seconds, self.batch, self.receivers = wait_seconds, batch, receivers
         self.active = active or (lambda: True)
         self.standby_check_seconds = standby_check_seconds
         self.receiving: bool | None = None  # None until the first check
@@ -162,25 +162,32 @@ class EventConsumer:
         return active
 
     async def run(self) -> None:
-        """Consume until cancelled; errors are logged and retried after a pause, never raised."""
-        pause = 1.0
+        """Consume until cancelled, `receivers` long polls at a time: one at a time capped intake
+        at one batch of 10 per round of Kubernetes writes, and a burst of state changes (a GitOps
+        sync of hundreds of jobs) waited in the queue. Order across polls needs no care: status
+        writes are ordered by the events' own times (status/), as SQS itself does not order."""
         try:
-            while True:
-                try:
-                    if not self._check_active():
-                        await asyncio.sleep(self.standby_check_seconds)
-                        continue
-                    await self.poll_once()
-                    pause = 1.0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a broken queue must not stop the operator; resync still runs
-                    log.warning("events queue: %s; retrying in %.0fs", exc, pause)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 60.0)
+            await asyncio.gather(*(self._receive_forever() for _ in range(self.receivers)))
         finally:
             if self.receiving:
                 metrics.consuming(False)
+
+    async def _receive_forever(self) -> None:
+        """Errors are logged and retried after a pause, never raised."""
+        pause = 1.0
+        while True:
+            try:
+                if not self._check_active():
+                    await asyncio.sleep(self.standby_check_seconds)
+                    continue
+                await self.poll_once()
+                pause = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a broken queue must not stop the operator; resync still runs
+                log.warning("events queue: %s; retrying in %.0fs", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 60.0)
 
     async def poll_once(self) -> int:
         """One receive; its events handled concurrently across resources and in received order
@@ -229,7 +236,9 @@ class EventConsumer:
         if not messages:
             return
         entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-        resp = await asyncio.to_thread(self.sqs.delete_message_batch, QueueUrl=self.queue_url, Entries=entries)
+        # its own thread, not the shared pool: that one may be full of SageMaker calls waiting in
+        # botocore's client-side rate limiter, and the next receive waits for this delete
+        resp = await in_daemon_thread(self.sqs.delete_message_batch, QueueUrl=self.queue_url, Entries=entries)
         for failed in resp.get("Failed", []):  # redelivered later; handling is idempotent
             log.warning("events queue: deleting a handled message failed (%s); SQS will redeliver it",
                         failed.get("Code"))

@@ -5,6 +5,7 @@ replicas share the work under kopf peering."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import logging
@@ -18,6 +19,7 @@ from llama_operator.handlers.app import App
 from llama_operator.kinds import FINALIZER
 
 log = logging.getLogger(__name__)
+AWS_CALL_THREADS = 32
 
 
 def login(app: App, **kwargs):
@@ -34,6 +36,11 @@ async def startup(app: App, settings: kopf.OperatorSettings, **_):
     from llama_operator.aws.clients import make_client
     from llama_operator.aws.events import EventConsumer
 
+    # Blocking AWS calls run on the loop's default pool, a throttled one through its retries'
+    # backoff. Python's default (cores + 4 threads) let a few throttled creates hold up every
+    # other call.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=AWS_CALL_THREADS, thread_name_prefix="aws-call"))
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.persistence.finalizer = FINALIZER

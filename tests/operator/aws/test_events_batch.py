@@ -3,6 +3,7 @@ the order received, and only what was handled (or can never be) is deleted."""
 
 import asyncio
 import json
+import threading
 
 from llama_operator.aws.events import EventConsumer
 
@@ -51,3 +52,30 @@ async def test_resources_concurrently_each_in_order_and_failures_stay_queued():
     assert seen[0] == ("b", "InProgress")
     assert sorted(sqs.deleted) == ["r0", "r1", "r2", "rj"]  # r3 is redelivered after its visibility timeout
     assert sqs.delete_calls == 1
+
+
+async def test_several_long_polls_are_in_flight_at_once():
+    """A burst is taken by several receives at a time, not one batch of 10 after another."""
+    class SlowSQS(OneBatchSQS):
+        def __init__(self):
+            super().__init__([])
+            self.lock, self.in_flight, self.most = threading.Lock(), 0, 0
+
+        def receive_message(self, **_):
+            with self.lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+            threading.Event().wait(0.2)  # a long poll
+            with self.lock:
+                self.in_flight -= 1
+            return {"Messages": []}
+
+    async def handle(event):
+        pass
+
+    sqs = SlowSQS()
+    task = asyncio.create_task(EventConsumer(sqs, "q", handle, wait_seconds=0, receivers=3).run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sqs.most == 3

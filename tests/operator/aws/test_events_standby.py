@@ -52,7 +52,7 @@ async def wait_until(fn, timeout=5.0):
         await asyncio.sleep(0.01)
 
 
-def start_consumer(sqs, state: dict) -> tuple[asyncio.Task, list]:
+def start_consumer(sqs, state: dict, receivers: int = 4) -> tuple[asyncio.Task, list]:
     """A consumer of `sqs` that is active while state["active"]; (its task, the events it handled)."""
     handled = []
 
@@ -60,7 +60,7 @@ def start_consumer(sqs, state: dict) -> tuple[asyncio.Task, list]:
         handled.append(event)
 
     consumer = EventConsumer(sqs, "q", handle, wait_seconds=0, active=lambda: state["active"],
-                             standby_check_seconds=0.05)
+                             standby_check_seconds=0.05, receivers=receivers)
     return asyncio.create_task(consumer.run()), handled
 
 
@@ -84,7 +84,7 @@ async def test_a_standby_does_not_receive_and_starts_once_active():
 async def test_messages_of_a_poll_in_flight_when_paused_are_neither_handled_nor_deleted():
     sqs, state = FakeSQS(), {"active": True}
     sqs.hold = threading.Event()
-    task, handled = start_consumer(sqs, state)
+    task, handled = start_consumer(sqs, state, receivers=1)
     try:
         await asyncio.to_thread(sqs.in_flight.wait, 5)
         sqs.put(3)

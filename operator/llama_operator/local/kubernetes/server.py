@@ -97,10 +97,10 @@ class EmbeddedKubernetes:
         self.stop()
 
     def requests(self) -> list:
-        """Every request served so far, oldest first: kmock records each one it parses
+        """Every request served so far (the last `emulator.REQUEST_LOG`), oldest first: kmock parses each
         (`kmock.Request`: method, url, params, headers, data; what it took them for: action,
         resource, namespace, name, subresource). A snapshot, safe to take while serving."""
-        return list(self.emulator) if self.emulator is not None else []
+        return list(self.emulator.log) if self.emulator is not None else []
 
     # clients -------------------------------------------------------------------------------
     def kubeconfig(self) -> dict:
