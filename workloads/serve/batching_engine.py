@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 
 import torch
 from fused_layers import select_tokens
@@ -35,11 +36,17 @@ class BatchingEngine(ModelRunner):
                  use_cuda_graphs: bool | None = None, default_max_new_tokens: int = knob_default("maxNewTokens"),
                  compile_step: bool = False, graph_prefill: bool = True, attention: str | None = None,
                  adapters: dict | None = None, max_loras: int | None = None,
-                 max_lora_rank: int = adapter_knob_default("maxLoraRank"), lora_targets=None):
+                 max_lora_rank: int = adapter_knob_default("maxLoraRank"), lora_targets=None,
+                 default_adapter: str | None = None):
         super().__init__(model, max_batch_size, max_len=max_len, use_cuda_graphs=use_cuda_graphs,
                          compile_step=compile_step, graph_prefill=graph_prefill, attention=attention,
                          adapters=adapters, max_loras=max_loras, max_lora_rank=max_lora_rank,
                          lora_targets=lora_targets)
+        if default_adapter and default_adapter not in self.adapter_ids:
+            raise ValueError(f"default_adapter {default_adapter!r}: not one of the loaded adapters "
+                             f"({', '.join(self.adapter_names) or 'none'})")
+        # what a request that names no adapter runs with (an endpoint serving one fine-tune's adapter)
+        self.default_adapter = default_adapter or ""
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.default_max_new_tokens = default_max_new_tokens
@@ -63,6 +70,8 @@ class BatchingEngine(ModelRunner):
         if params.prompt_adapters:
             raise RequestError("adapters", "one prompt per submit: pass params.for_prompt(i)")
         check_adapter("parameters.adapter", params.adapter, self.adapter_names)
+        if params.adapter is None:
+            params = replace(params, adapter=self.default_adapter)
         if input_ids is None:
             if self.tokenizer is None:
                 raise RequestError("inputs", "this engine has no tokenizer; send input_ids")

@@ -41,6 +41,8 @@ _KNOBS = {
 }
 # Rendered only with adapters (both engines): settings key -> adapterKnobs entry.
 _ADAPTER_SETTINGS = {"max_loras": "maxLoras", "max_lora_rank": "maxLoraRank"}
+# settings key naming the adapter a request without one runs with (batching engine only)
+DEFAULT_ADAPTER = "default_adapter"
 # Knobs for which 0 means something (max_wait_ms 0: a batch does not wait for more requests).
 _ZERO_OK = {"max_wait_ms"}
 
@@ -69,7 +71,7 @@ def _check(engine: str, model_id: str, settings: dict) -> dict:
     if not isinstance(model_id, str) or not model_id or any(c in model_id for c in "\n\r="):
         raise ArtifactError(f"model_id {model_id!r}: give an s3:// prefix or a path")
     merged = {**defaults(engine), **(settings or {})}
-    for key in _ADAPTER_SETTINGS:
+    for key in (*_ADAPTER_SETTINGS, DEFAULT_ADAPTER):
         merged.pop(key, None)  # checked by _check_adapters
     unknown = sorted(set(merged) - set(_KNOBS) - {"dtype"})
     if unknown:
@@ -129,18 +131,24 @@ def _check_adapters(engine: str, adapters, settings: dict) -> tuple[dict[str, st
     if engine == "batching" and adapters and values["max_loras"] < len(adapters):
         raise ArtifactError(f"settings.max_loras {values['max_loras']}: the batching engine holds every adapter; "
                             f"give at least {len(adapters)}")
+    default = (settings or {}).get(DEFAULT_ADAPTER)
+    if default is not None and (engine != "batching" or default not in adapters):
+        raise ArtifactError(f"settings.{DEFAULT_ADAPTER} {default!r}: must name one of the adapters, with the "
+                            "batching engine")
     if engine == "vllm" and adapters and values["max_lora_rank"] not in VLLM_LORA_RANKS:
         raise ArtifactError(f"settings.max_lora_rank {values['max_lora_rank']}: vLLM takes one of "
                             f"{', '.join(map(str, VLLM_LORA_RANKS))}")
     return adapters, values.get("max_loras", 0), values.get("max_lora_rank", 0)
 
 
-def _adapter_lines(engine: str, adapters: dict[str, str], max_loras: int, max_rank: int) -> list[str]:
+def _adapter_lines(engine: str, adapters: dict[str, str], max_loras: int, max_rank: int,
+                   default: str | None = None) -> list[str]:
     if not adapters:
         return []
     if engine == "batching":  # model_source.py pulls each prefix with s5cmd and loads it
-        return [f"option.adapters={','.join(f'{n}={u}' for n, u in adapters.items())}",
-                f"option.max_loras={max_loras}", f"option.max_lora_rank={max_rank}"]
+        lines = [f"option.adapters={','.join(f'{n}={u}' for n, u in adapters.items())}",
+                 f"option.max_loras={max_loras}", f"option.max_lora_rank={max_rank}"]
+        return lines + ([f"option.default_adapter={default}"] if default else [])
     # LMI loads (with enable_lora) every directory under adapters/ beside this file or under the
     # downloaded option.model_id at start; it reads no adapter location from this file. The
     # comments say where each adapter has to be copied.
@@ -168,7 +176,7 @@ def serving_properties(engine: str, model_id: str, settings: dict | None = None,
     for key, (prop, kind, _) in _KNOBS.items():
         if key in merged:
             lines.append(f"{prop}={_render(key, kind, merged[key])}")
-    lines += _adapter_lines(engine, adapters, max_loras, max_rank)
+    lines += _adapter_lines(engine, adapters, max_loras, max_rank, (settings or {}).get(DEFAULT_ADAPTER))
     return "\n".join(lines) + "\n"
 
 

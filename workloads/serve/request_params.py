@@ -38,7 +38,7 @@ class GenerationParams:
     ignore_eos: bool = False
     return_full_text: bool = False
     details: bool = False
-    adapter: str | None = None      # a loaded LoRA adapter's name; None: the base model
+    adapter: str | None = None      # a loaded LoRA adapter's name; "": the base model; None: the default
     # LMI's top-level "adapters" list: one adapter per prompt (None: the base model)
     prompt_adapters: tuple[str | None, ...] = ()
 
@@ -54,10 +54,10 @@ class GenerationParams:
 
 
 def check_adapter(field_name: str, name: Any, loaded: Collection[str] | None) -> str | None:
-    """An adapter name as sent ("" or null: the base model), checked against the loaded ones
-    when they are known."""
+    """An adapter name as sent, checked against the loaded ones when they are known: null (or
+    absent) is the endpoint's default adapter, "" the base model."""
     if name is None or name == "":
-        return None
+        return name
     if not isinstance(name, str):
         raise RequestError(field_name, f"must be an adapter name (a string), got {name!r}")
     if loaded is not None and name not in loaded:

@@ -80,6 +80,29 @@ def test_mixed_batch_rows_equal_each_merged_model_alone(lora_engine, adapters):
         assert by[(prompt, "alpha")] != by[(prompt, None)] and by[(prompt, "beta")] != by[(prompt, None)]
 
 
+def test_a_request_naming_no_adapter_gets_the_default_one_and_empty_names_the_base(tiny_model_dir, adapters,
+                                                                                  lora_engine):
+    settings = ServeSettings(model_dir=tiny_model_dir, max_batch_size=4, max_wait_ms=50,
+                             adapters={name: str(d) for name, (d, _) in adapters.items()}, default_adapter="alpha")
+    eng = load_engine(settings, device="cpu")
+    try:
+        plain = eng.submit(PROMPTS[0], GenerationParams(max_new_tokens=NEW)).result(120).token_ids
+        base = eng.submit(PROMPTS[0], GenerationParams(max_new_tokens=NEW, adapter="")).result(120).token_ids
+    finally:
+        eng.close()
+    assert plain == hf_greedy(adapters["alpha"][1], eng.tokenizer, PROMPTS[0], eng.eos_ids)
+    assert base == hf_greedy(lora_engine.model, eng.tokenizer, PROMPTS[0], eng.eos_ids) != plain
+    props = parse_properties(render_artifacts("batching", "s3://b/m/", {"default_adapter": "sql"},
+                                              {"sql": "s3://b/a/sql/"})["serving.properties"])
+    assert props["option.default_adapter"] == "sql"
+    from model_source import settings_from_properties
+
+    assert settings_from_properties(props, tiny_model_dir).default_adapter == "sql"
+    for engine, default in (("batching", "other"), ("vllm", "sql")):
+        with pytest.raises(ArtifactError, match="settings.default_adapter"):
+            render_artifacts(engine, "s3://b/m/", {"default_adapter": default}, {"sql": "s3://b/a/sql/"})
+
+
 def test_unknown_adapter_is_refused_naming_the_field(lora_engine):
     with pytest.raises(RequestError) as err:
         lora_engine.submit("hi", GenerationParams(adapter="gamma"))
@@ -93,7 +116,7 @@ def test_unknown_adapter_is_refused_naming_the_field(lora_engine):
 def test_lmi_top_level_adapters_spelling():
     _, params, _ = parse_request({"inputs": ["a", "b", "c"], "adapters": ["alpha", "", "beta"]},
                                        adapters=["alpha", "beta"])
-    assert [params.for_prompt(i).adapter for i in range(3)] == ["alpha", None, "beta"]
+    assert [params.for_prompt(i).adapter for i in range(3)] == ["alpha", "", "beta"]  # "": the base
     _, params, _ = parse_request({"inputs": "a", "adapters": "beta"}, adapters=["alpha", "beta"])
     assert params.adapter == "beta" and params.for_prompt(0) is params
     for body, field in [({"inputs": ["a", "b"], "adapters": ["alpha"]}, "adapters"),
