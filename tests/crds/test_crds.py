@@ -50,7 +50,7 @@ def test_schema_is_structural_and_every_field_is_described(kind):
       ("Age", ".metadata.creationTimestamp")],
      ["Pending", "WaitingForModel", "Creating", "InService", "Updating", "Degraded", "Failed", "Deleting"],
      {"phase": "string", "endpointName": "string", "endpointArn": "string", "invocationUrl": "string",
-      "modelName": "string", "endpointConfigName": "string", "modelS3Uri": "string", "specHash": "string",
+      "modelName": "string", "endpointConfigName": "string", "modelS3Uri": "string", "adapters": "array", "specHash": "string",
       "failureReason": "string", "lastEventTime": "string", "observedGeneration": "integer",
       "conditions": "array"}),
 ])

@@ -18,7 +18,8 @@ MODELS = {"llamafinetunes": LlamaFinetuneSpec, "llamaendpoints": LlamaEndpointSp
 BASES = {
     "llamafinetunes": [specdata.FINETUNE_MIN, specdata.FINETUNE_DEEPSPEED, specdata.FINETUNE_SMP,
                        specdata.FINETUNE_LORA],
-    "llamaendpoints": [specdata.ENDPOINT_MIN, specdata.ENDPOINT_VLLM, specdata.ENDPOINT_BATCHING],
+    "llamaendpoints": [specdata.ENDPOINT_MIN, specdata.ENDPOINT_VLLM, specdata.ENDPOINT_BATCHING,
+                       specdata.ENDPOINT_ADAPTERS],
 }
 
 

@@ -46,7 +46,7 @@ def operator(stub_serving_aws, kube, workloads, tmp_path_factory, sagemaker_call
                         source_s3_uri=f"s3://{BUCKET}/operator")
     with InProcessOperator(settings, kube.kubeconfig_path, endpoints=True) as op:
         app = op.registry.app
-        for client in (app.sagemaker.client, app.endpoint_gateway.client):
+        for client in {id(c): c for c in (app.sagemaker.client, app.endpoint_gateway.client)}.values():
             client.meta.events.register("before-call.sagemaker",
                                         lambda model, **_: sagemaker_calls.append(model.name))
         yield op

@@ -80,3 +80,11 @@ ENDPOINT_BATCHING = {
     "roleArn": ROLE,
     "deployment": {"autoRollback": False},
 }
+
+ENDPOINT_ADAPTERS = {
+    "model": {"fromFinetune": "lora-ft", "adapters": [{"name": "sql", "s3Uri": "s3://bkt/adapters/sql/"},
+                                                      {"name": "chat", "fromFinetune": "chat-ft"}]},
+    "serving": {"engine": "batching"},
+    "resources": {"instanceType": "ml.g5.2xlarge"},
+    "roleArn": ROLE,
+}

@@ -43,13 +43,18 @@ def lmi_settings(engine: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("max_rolling_batch_size", "max_model_len"):
             if settings.get(key) is not None:
                 out[key] = settings[key]
+    for key in ("max_lora_rank", "default_adapter"):  # given only with adapters
+        if settings.get(key) is not None:
+            out[key] = settings[key]
     return out
 
 
-def render(engine: str, model_s3_uri: str, settings: Mapping[str, Any]) -> dict[str, str]:
+def render(engine: str, model_s3_uri: str, settings: Mapping[str, Any],
+           adapters: Mapping[str, str] | None = None) -> dict[str, str]:
     """{filename: text} of the LMI artifacts for this model and engine; `settings` as the
-    planner gives them (see `lmi_settings`)."""
-    files = _lmi_module().render_artifacts(engine, model_s3_uri, lmi_settings(engine, settings))
+    planner gives them (see `lmi_settings`); `adapters`: LoRA adapters by name."""
+    files = _lmi_module().render_artifacts(engine, model_s3_uri, lmi_settings(engine, settings),
+                                           dict(adapters) if adapters else None)
     if not files:
         raise ValueError(f"render_artifacts({engine!r}) produced no files")
     return {str(k): str(v) for k, v in files.items()}

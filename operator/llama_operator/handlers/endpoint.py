@@ -33,7 +33,7 @@ from llama_operator.handlers import endpoint_rollout as rollout
 from llama_operator.handlers.app import App, Refused
 from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, FINETUNES, GROUP, KIND_TAG, VERSION
-from llama_operator.plan.model_source import finetune_entry, resolve_model
+from llama_operator.plan.model_source import NEEDS_A_NEW_SPEC, finetune_entry, resolve_model
 from llama_operator.spec import LlamaEndpointSpec, deletion_policy, stored_spec
 from llama_operator.status import endpoint as es
 from llama_operator.status.endpoint_changes import (clearing_refusal, event_update, merged, settle, synced_now,
@@ -61,7 +61,8 @@ async def record(app: App, body, change, *, event: bool = True) -> tuple[dict | 
 
 # waiting on something only the user can fix: a Warning, not the Normal phase-change Event (a
 # failed fine-tune makes the endpoint Failed, whose Event is a Warning already)
-_NEEDS_THE_USER = ("FinetuneNotFound", "FinetuneHasNoModel")
+_NEEDS_THE_USER = ("FinetuneNotFound", "FinetuneHasNoModel", "AdapterNotLoRA", "AdapterOfAnotherBase",
+                   "AdapterNameTaken")
 
 
 async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, retry, llama_finetunes, **_):
@@ -91,9 +92,9 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
             metrics.phase(KIND, namespace, name, merged(obj, written).get("phase"))
         return  # a new spec (an update) runs this handler again
 
-    model_uri, reason, message = resolve_model(spec, namespace, llama_finetunes)
-    if model_uri is None:
-        phase = "Failed" if reason == "FinetuneFailed" else "WaitingForModel"
+    resolved, reason, message = resolve_model(spec, namespace, llama_finetunes)
+    if resolved is None:
+        phase = "Failed" if reason in NEEDS_A_NEW_SPEC else "WaitingForModel"
 
         def waiting(current, _):
             said = next((c.get("message") for c in current.get("conditions") or []
@@ -113,7 +114,7 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
 
     try:
         # (with a refusal of an earlier spec lifted: this spec passed the allowlist)
-        plan, described, action = await asyncio.to_thread(rollout.send_requests, app, spec_model, model_uri,
+        plan, described, action = await asyncio.to_thread(rollout.send_requests, app, spec_model, resolved,
                                                           namespace=namespace, name=name, uid=uid,
                                                           status=without_refusal(status, generation),
                                                           retry=retry)
@@ -141,7 +142,7 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
         kopf.event(body, type="Warning", reason=reason, message=message[:1000])
         raise kopf.TemporaryError(message, delay=delay) from exc
 
-    desired = {"specHash": plan.spec_hash, "modelS3Uri": plan.model_s3_uri,
+    desired = {"specHash": plan.spec_hash, "modelS3Uri": plan.model_s3_uri, "adapters": sorted(resolved.adapters),
                "endpointName": plan.endpoint_name, "observedGeneration": generation}
 
     def sent(current, _):
@@ -256,8 +257,11 @@ def register(registry: kopf.OperatorRegistry, app: App, *, sagemaker_client=None
 
     if app.endpoint_gateway is not None:
         return app.endpoint_gateway
-    app.endpoint_gateway = EndpointGateway(sagemaker_client or make_client("sagemaker", app.settings.region),
-                                           on_call=metrics.on_sagemaker_call)
+    # one SageMaker client for both kinds (clients are thread-safe): each holds its own parse of
+    # SageMaker's API model, tens of MB
+    client = sagemaker_client or (app.sagemaker.client if app.sagemaker is not None
+                                  else make_client("sagemaker", app.settings.region))
+    app.endpoint_gateway = EndpointGateway(client, on_call=metrics.on_sagemaker_call)
     bound = functools.partial
     kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")(finetune_entry)
     for on in (kopf.on.resume, kopf.on.create):

@@ -13,19 +13,20 @@ from llama_operator.artifacts import endpoint_code
 from llama_operator.aws.endpoints import EndpointGateway, Owned, SageMakerError
 from llama_operator.handlers.kube import backoff
 from llama_operator.plan import names, rollout
+from llama_operator.plan.model_source import Resolved
 from llama_operator.status.endpoint_changes import desired_names
 
 log = logging.getLogger(__name__)
 
 
-def send_requests(app, spec_model, model_uri: str, *, namespace: str, name: str, uid: str,
+def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: str, uid: str,
                   status: Mapping[str, Any], retry: int) -> tuple[rollout.Plan, dict, str]:
     """Model, config, endpoint (create, adopt, or blue/green): (plan, DescribeEndpoint after
     the requests, what was done). Raises kopf.TemporaryError to come back later."""
     gw: EndpointGateway = app.endpoint_gateway
     settings = app.settings
-    plan = rollout.plan(spec_model, namespace=namespace, name=name, uid=uid, model_s3_uri=model_uri,
-                        region=settings.region, source_s3_uri=settings.source_s3_uri)
+    plan = rollout.plan(spec_model, namespace=namespace, name=name, uid=uid, model_s3_uri=resolved.model_s3_uri,
+                        region=settings.region, source_s3_uri=settings.source_s3_uri, resolved=resolved)
     endpoint_code.upload(app.s3, plan.code_s3_uri, plan.code_files)
     gw.ensure_model(plan.model_request, uid)
     gw.ensure_endpoint_config(plan.config_request, uid)

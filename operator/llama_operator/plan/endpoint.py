@@ -25,17 +25,20 @@ VARIANT = "AllTraffic"
 _SERVING_FIELDS = ("model", "serving", "resources", "roleArn", "image", "environment")
 
 
-def spec_hash(spec: LlamaEndpointSpec, *, model_s3_uri: str | None = None) -> str:
+def spec_hash(spec: LlamaEndpointSpec, *, model_s3_uri: str | None = None,
+              adapters: dict[str, str] | None = None) -> str:
     """16 hex characters over what the serving objects are built from. Pass the resolved
-    `model_s3_uri` for `model.fromFinetune`, so a re-trained model of the same name rolls out."""
+    `model_s3_uri` (and adapters) for `fromFinetune`, so a re-trained model of the same name rolls out."""
     body = spec.to_body()
     doc = {k: body[k] for k in _SERVING_FIELDS if k in body}
     if model_s3_uri is not None:
         doc["resolvedModel"] = model_s3_uri
+    if adapters:
+        doc["resolvedAdapters"] = dict(adapters)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def serving_settings(spec: LlamaEndpointSpec) -> dict[str, Any]:
+def serving_settings(spec: LlamaEndpointSpec, resolved=None) -> dict[str, Any]:
     """The engine's knobs with defaults applied (workloads/serve/defaults.json), for the serving
     workload's renderer. An absent tensorParallelDegree is "max" (LMI splits each model copy over
     all GPUs of the instance) with vllm, and 1 with the batching engine, which runs on one GPU."""
@@ -53,6 +56,10 @@ def serving_settings(spec: LlamaEndpointSpec) -> dict[str, Any]:
     else:
         settings["max_batch_size"] = s.max_batch_size or default("maxBatchSize")
         settings["max_wait_ms"] = s.max_wait_ms if s.max_wait_ms is not None else default("maxWaitMs")
+    if resolved is not None and resolved.adapters:  # plan.model_source.Resolved
+        settings["max_lora_rank"] = resolved.max_adapter_rank
+        if resolved.default_adapter:
+            settings["default_adapter"] = resolved.default_adapter
     return settings
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from llama_operator.artifacts import endpoint_code, s3uri
 from llama_operator.plan import endpoint as plan_ep
 from llama_operator.plan import names
+from llama_operator.plan.model_source import Resolved
 
 
 @dataclass
@@ -45,10 +46,14 @@ def combined_hash(spec_hash: str, code_s3_uri: str) -> str:
 
 
 def plan(spec_model, *, namespace: str, name: str, uid: str, model_s3_uri: str, region: str,
-         source_s3_uri: str | None) -> Plan:
-    files = endpoint_code.render(spec_model.serving.engine, model_s3_uri, plan_ep.serving_settings(spec_model))
+         source_s3_uri: str | None, resolved: Resolved | None = None) -> Plan:
+    """`resolved`: what `model` resolved to (plan.model_source), adapters included; without it,
+    `model_s3_uri` alone."""
+    resolved = resolved or Resolved(model_s3_uri)
+    files = endpoint_code.render(spec_model.serving.engine, model_s3_uri,
+                                 plan_ep.serving_settings(spec_model, resolved), resolved.adapters)
     code_uri = endpoint_code.code_prefix(code_base_uri(source_s3_uri, model_s3_uri), files)
-    h = combined_hash(plan_ep.spec_hash(spec_model, model_s3_uri=model_s3_uri), code_uri)
+    h = combined_hash(plan_ep.spec_hash(spec_model, model_s3_uri=model_s3_uri, adapters=resolved.adapters), code_uri)
     common = dict(namespace=namespace, name=name, uid=uid, spec_hash=h)
     return Plan(
         endpoint_name=names.endpoint_name(namespace, name, uid),

@@ -17,6 +17,12 @@ BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|g3|g3s|g4dn)[.]")
 MSG_BF16 = ("serving.dtype bf16 needs an Ampere or newer GPU: on ml.p3/ml.g4dn instances set serving.dtype to "
             "fp16, or pick an ml.g5/ml.g6/ml.p4d instance type")
 MSG_ONE_MODEL = "set exactly one of model.s3Uri or model.fromFinetune"
+MSG_ONE_ADAPTER_SOURCE = "set exactly one of s3Uri or fromFinetune for each of model.adapters"
+MSG_ADAPTER_NAMES = "model.adapters: each adapter needs its own name (requests pick one by it)"
+MSG_ADAPTERS_BATCHING = ("model.adapters needs serving.engine batching (LMI's vLLM loads adapters only from the "
+                         "model's own directory): set serving.engine to batching")
+ADAPTER_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MAX_ADAPTERS = 16
 MSG_VLLM_ONLY = ("serving.maxRollingBatchSize and serving.maxModelLength apply only to serving.engine vllm: "
                  "remove them or set engine to vllm")
 MSG_TP_VLLM = ("serving.tensorParallelDegree above 1 needs serving.engine vllm (the batching engine runs one "
@@ -42,14 +48,34 @@ MSG_ALARMS = ("deployment.rollbackAlarms are watched only when deployment.autoRo
 DEFAULT_CANARY_PERCENT = 10
 
 
+FinetuneName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+
+
+class AdapterSource(SpecModel):
+    """One LoRA adapter served on the endpoint's base model, picked per request by its name."""
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=ADAPTER_NAME)]
+    s3_uri: Optional[S3Uri] = None
+    from_finetune: Optional[FinetuneName] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.s3_uri is None) == (self.from_finetune is None):
+            raise ValueError(MSG_ONE_ADAPTER_SOURCE)
+        return self
+
+
 class ModelSource(SpecModel):
     s3_uri: Optional[S3Uri] = None
-    from_finetune: Optional[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = None
+    from_finetune: Optional[FinetuneName] = None
+    adapters: Optional[Annotated[List[AdapterSource], Field(max_length=MAX_ADAPTERS)]] = None
 
     @model_validator(mode="after")
     def _exactly_one(self):
         if (self.s3_uri is None) == (self.from_finetune is None):
             raise ValueError(MSG_ONE_MODEL)
+        names = [a.name for a in self.adapters or []]
+        if len(set(names)) != len(names):
+            raise ValueError(MSG_ADAPTER_NAMES)
         return self
 
 
@@ -117,4 +143,6 @@ class LlamaEndpointSpec(ResourceSpec):
     def _dtype_fits_the_gpu(self):
         if self.serving.dtype == "bf16" and BF16_LESS_INSTANCES.match(self.resources.instance_type):
             raise ValueError(MSG_BF16)
+        if self.model.adapters and self.serving.engine != "batching":
+            raise ValueError(MSG_ADAPTERS_BATCHING)
         return self

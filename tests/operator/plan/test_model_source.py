@@ -11,8 +11,8 @@ def index(**finetunes):
 
 
 def test_model_from_s3_uri_needs_no_finetune():
-    uri, reason, _ = model_source.resolve_model({"model": {"s3Uri": "s3://bkt/m/"}}, "team", index())
-    assert (uri, reason) == ("s3://bkt/m/", "ModelGiven")
+    got, reason, _ = model_source.resolve_model({"model": {"s3Uri": "s3://bkt/m/"}}, "team", index())
+    assert (got.model_s3_uri, got.adapters, reason) == ("s3://bkt/m/", {}, "ModelGiven")
 
 
 @pytest.mark.parametrize("entry,reason", [
@@ -33,8 +33,54 @@ def test_model_from_finetune_not_ready(entry, reason):
 
 def test_model_from_completed_finetune_in_the_same_namespace_only():
     idx = index(tune={"phase": "Completed", "modelS3Uri": "s3://bkt/out/job/model/"})
-    assert model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)[0] == "s3://bkt/out/job/model/"
+    assert model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "team", idx)[0].model_s3_uri == \
+        "s3://bkt/out/job/model/"
     assert model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "other", idx)[0] is None
+
+
+LORA = {"phase": "Completed", "adapterS3Uri": "s3://bkt/out/job/adapter/", "baseModelS3Uri": "s3://bkt/base/",
+        "peftRank": 32}
+
+
+def test_a_lora_finetune_is_served_as_its_base_with_its_adapter_by_default():
+    got, reason, message = model_source.resolve_model({"model": {"fromFinetune": "tune"}}, "team", index(tune=LORA))
+    assert got == model_source.Resolved("s3://bkt/base/", {"tune": "s3://bkt/out/job/adapter/"}, "tune", 32)
+    assert reason == "FinetuneCompleted" and "s3://bkt/out/job/adapter/" in message
+
+
+def test_adapters_by_uri_and_by_finetune_on_one_base():
+    spec = {"model": {"s3Uri": "s3://bkt/base", "adapters": [{"name": "sql", "s3Uri": "s3://bkt/a/sql/"},
+                                                             {"name": "chat", "fromFinetune": "tune"}]}}
+    got, _, message = model_source.resolve_model(spec, "team", index(tune=LORA))
+    assert got.adapters == {"sql": "s3://bkt/a/sql/", "chat": "s3://bkt/out/job/adapter/"}
+    assert got.default_adapter is None and got.max_adapter_rank == 32 and "sql, chat" in message
+
+
+@pytest.mark.parametrize("spec,entry,reason,field", [
+    ({"s3Uri": "s3://bkt/base/", "adapters": [{"name": "a", "fromFinetune": "tune"}]}, None, "FinetuneNotFound",
+     "model.adapters[0].fromFinetune"),
+    ({"s3Uri": "s3://bkt/base/", "adapters": [{"name": "a", "fromFinetune": "tune"}]}, {"phase": "Training"},
+     "FinetuneNotCompleted", "tune"),
+    ({"s3Uri": "s3://bkt/base/", "adapters": [{"name": "a", "fromFinetune": "tune"}]},
+     {"phase": "Completed", "modelS3Uri": "s3://bkt/out/job/model/"}, "AdapterNotLoRA", "model.adapters[0].fromFinetune"),
+    ({"s3Uri": "s3://bkt/other/", "adapters": [{"name": "a", "fromFinetune": "tune"}]}, LORA, "AdapterOfAnotherBase",
+     "model.adapters[0].fromFinetune"),
+    ({"fromFinetune": "tune", "adapters": [{"name": "tune", "s3Uri": "s3://bkt/a/"}]}, LORA, "AdapterNameTaken",
+     "model.adapters[0].name"),
+])
+def test_an_adapter_that_cannot_be_served_names_its_field(spec, entry, reason, field):
+    idx = index(tune=entry) if entry is not None else index()
+    got, why, message = model_source.resolve_model({"model": spec}, "team", idx)
+    assert got is None and why == reason and field in message
+    assert (why in model_source.NEEDS_A_NEW_SPEC) == (reason not in ("FinetuneNotFound", "FinetuneNotCompleted"))
+
+
+def test_the_index_carries_what_an_adapter_needs():
+    spec = {"baseModel": {"s3Uri": "s3://bkt/base/"}, "method": {"peft": {"type": "lora", "r": 8}}}
+    entry = model_source.finetune_entry("team", "tune", {"phase": "Completed", "adapterS3Uri": "s3://x/"}, spec=spec)
+    assert entry[("team", "tune")] == {"phase": "Completed", "modelS3Uri": None, "adapterS3Uri": "s3://x/",
+                                       "baseModelS3Uri": "s3://bkt/base/", "peftRank": 8, "failureReason": None}
+    assert model_source.finetune_entry("team", "x", None, spec="not a dict")[("team", "x")]["peftRank"] is None
 
 
 def test_invalid_spec_names_the_field():
