@@ -409,3 +409,87 @@ def test_endpoint_deleted_behind_the_operators_back_comes_back_at_resync(world):
     assert kube.delete("llamaendpoints", "default", "drift") in (200, 202)
     wait_for(lambda: kube.get("llamaendpoints", "default", "drift") is None, 60, "the LlamaEndpoint to go")
     assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+
+
+def lora_finetune(name: str, seed: int) -> dict:
+    doc = finetune(name)
+    doc["spec"]["method"] = {"type": "deepspeed", "zeroStage": 2, "peft": {"type": "lora", "r": 4, "alpha": 16}}
+    doc["spec"]["hyperparameters"].update(learningRate=0.02, seed=seed)
+    return doc
+
+
+def merged_reference(world, base_uri: str, adapter_uri: str, prompt: str, max_new_tokens: int) -> str:
+    """What base + adapter answer, merged by PEFT and decoded greedily by transformers."""
+    import tempfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    s3 = world["s3"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for uri, sub in ((base_uri, "base"), (adapter_uri, "adapter")):
+            bucket, _, prefix = uri[len("s3://"):].partition("/")
+            os.makedirs(os.path.join(tmp, sub))
+            for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+                rel = obj["Key"][len(prefix):]
+                if rel and "/" not in rel:
+                    s3.download_file(bucket, obj["Key"], os.path.join(tmp, sub, rel))
+        tok = AutoTokenizer.from_pretrained(os.path.join(tmp, "base"))
+        base = AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "base"), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, os.path.join(tmp, "adapter")).merge_and_unload().eval()
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_lora_fine_tunes_then_one_endpoint_serves_both_adapters_on_the_base(world):
+    kube, sm, rt, s3 = world["kube"], world["sm"], world["rt"], world["s3"]
+    kube.apply(lora_finetune("lora-a", 1))
+    kube.apply(lora_finetune("lora-b", 2))
+    kube.apply(endpoint("two-adapters", source={"fromFinetune": "lora-a",
+                                                "adapters": [{"name": "b", "fromFinetune": "lora-b"}]}))
+    done = {}
+    for name in ("lora-a", "lora-b"):
+        done[name] = wait_for(lambda n=name: (o := get(world, "llamafinetunes", n)).get("status", {}).get("phase")
+                              in ("Completed", "Failed") and o, 300, f"{name} to finish")["status"]
+        assert done[name]["phase"] == "Completed", done[name].get("failureReason")
+        # the adapter, not a whole model: an adapter config and weights far smaller than the base's
+        st = done[name]
+        assert st["adapterS3Uri"].endswith(f"/{st['trainingJobName']}/adapter/") and "modelS3Uri" not in st
+        bucket, _, prefix = st["adapterS3Uri"][len("s3://"):].partition("/")
+        sizes = {o["Key"][len(prefix):]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+        base_sizes = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="models/tiny/")["Contents"]}
+        assert "adapter_config.json" in sizes
+        assert sizes["adapter_model.safetensors"] * 4 < base_sizes["models/tiny/model.safetensors"]
+
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "two-adapters")).get("status", {}).get("phase")
+                  in ("InService", "Failed") and o, 240, "InService")
+    st = ep["status"]
+    assert st["phase"] == "InService", st.get("failureReason")
+    assert st["modelS3Uri"] == f"s3://{BUCKET}/models/tiny/" and st["adapters"] == ["b", "lora-a"]
+    assert undeclared_fields("llamaendpoints", ep) == []
+
+    def ask(prompt, **params):
+        body = {"inputs": prompt, "parameters": {"max_new_tokens": 8, **params}}
+        resp = rt.invoke_endpoint(EndpointName=st["endpointName"], ContentType="application/json",
+                                  Body=json.dumps(body))
+        return json.loads(resp["Body"].read())["generated_text"]
+
+    prompt = "Hello, how are you?"
+    base_uri = st["modelS3Uri"]
+    # no adapter named: the endpoint's own fine-tune (lora-a); "b" by name; "" the base model alone
+    assert ask(prompt) == merged_reference(world, base_uri, done["lora-a"]["adapterS3Uri"], prompt, 8)
+    assert ask(prompt, adapter="b") == merged_reference(world, base_uri, done["lora-b"]["adapterS3Uri"], prompt, 8)
+    assert ask(prompt, adapter="").strip()
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as err:
+        ask(prompt, adapter="c")
+    assert "parameters.adapter" in str(err.value)
+
+    uid = ep["metadata"]["uid"]
+    assert kube.delete("llamaendpoints", "default", "two-adapters") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "two-adapters") is None, 60, "the LlamaEndpoint to go")
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

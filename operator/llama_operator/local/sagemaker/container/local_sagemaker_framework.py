@@ -18,9 +18,14 @@ MASTER_PORT_ENV = "LLAMA_OPERATOR_MASTER_PORT"
 
 
 def main() -> None:
+    env = environment.Environment()
     if os.environ.get(MASTER_PORT_ENV):
         torch_distributed.MASTER_PORT = os.environ[MASTER_PORT_ENV]
-    env = environment.Environment()
+        # On one host the toolkit gives torchrun no master address or port, and torchrun's default
+        # (127.0.0.1:29500) would be shared by local jobs running at once, where SageMaker gives each
+        # job instances of its own. torchrun reads PET_<OPTION> for an option not given.
+        os.environ.setdefault("PET_MASTER_ADDR", env.master_hostname)
+        os.environ.setdefault("PET_MASTER_PORT", os.environ[MASTER_PORT_ENV])
     params = env.additional_framework_parameters
     runner_type = (
         runner.TorchDistributedRunnerType
