@@ -162,10 +162,17 @@ def run(args) -> dict:
                 applied[(plural, doc["metadata"]["name"])] = time.time()
             print(f"applied {len(docs)} resources in {time.time() - started:.1f}s", flush=True)
 
-            def settled(key) -> bool:
-                hist = watch.history(*key)
-                want = "Completed" if key[0] == "llamafinetunes" else "InService"
-                return bool(hist) and hist[-1][1].get("phase") == want
+            def stored_phases() -> dict[tuple[str, str], str | None]:
+                """Each resource's phase as the API server holds it (what `kubectl get` shows)."""
+                out = {}
+                for plural in ("llamafinetunes", "llamaendpoints"):
+                    _, body = kube.request("GET", f"{API}/namespaces/{NS}/{plural}")
+                    out.update({(plural, o["metadata"]["name"]): (o.get("status") or {}).get("phase")
+                                for o in body.get("items", [])})
+                return out
+
+            def settled(key, phases) -> bool:
+                return phases.get(key) == ("Completed" if key[0] == "llamafinetunes" else "InService")
 
             def named(key) -> bool:
                 field = "trainingJobName" if key[0] == "llamafinetunes" else "endpointName"
@@ -176,13 +183,16 @@ def run(args) -> dict:
             while time.monotonic() < deadline and operator.poll() is None:
                 if steady is None and all(named(k) for k in applied):
                     steady = (time.time(), local_calls(stack))
-                waiting = [k for k in applied if not settled(k)]
+                phases = stored_phases()
+                waiting = [k for k in applied if not settled(k, phases)]
                 if not waiting:
                     break
                 print(f"  {len(applied) - len(waiting)}/{len(applied)} settled, operator RSS "
                       f"{rss.peak_kb / 1024:.0f} MB", flush=True)
                 time.sleep(10)
             elapsed, ended = time.time() - started, time.time()
+            time.sleep(2)  # the watch's last events
+            phases = stored_phases()
             calls = local_calls(stack)  # before this script's own Describe calls below
         finally:
             stop_process(operator)
@@ -192,11 +202,14 @@ def run(args) -> dict:
                           aws_access_key_id=stack.env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=stack.env["AWS_SECRET_ACCESS_KEY"],
                           config=Config(retries={"mode": "standard", "max_attempts": 20}))
-        return measure(args, sm, watch, applied, calls, rss.peak_kb, elapsed, operator.returncode, steady, ended)
+        return measure(args, sm, watch, applied, calls, rss.peak_kb, elapsed, operator.returncode, steady, ended,
+                       phases)
 
 
-def measure(args, sm, watch, applied, calls, peak_kb, elapsed, operator_rc, steady, ended) -> dict:
-    reconcile, lags, coalesced, lost = [], [], 0, []
+def measure(args, sm, watch, applied, calls, peak_kb, elapsed, operator_rc, steady, ended, phases) -> dict:
+    """`phases`: each resource's final phase as stored; `lost` compares it with SageMaker's final
+    state, `watch_missed` counts final states the benchmark's own watch never delivered."""
+    reconcile, lags, coalesced, lost, watch_missed = [], [], 0, [], []
     since = steady[0] if steady else ended
     job_s = endpoint_s = 0.0  # running time after `since`, when creating was over
     for (plural, name), t_apply in applied.items():
@@ -221,8 +234,10 @@ def measure(args, sm, watch, applied, calls, peak_kb, elapsed, operator_rc, stea
                 lags.append(shown - tr["StartTime"].timestamp())
                 if not any(st.get("secondaryStatus") == tr["Status"] for _, st in hist):
                     coalesced += 1
-            if not hist or hist[-1][1].get("phase") != d["TrainingJobStatus"]:
+            if phases.get((plural, name)) != d["TrainingJobStatus"]:
                 lost.append(f"{name}:final")
+            elif not hist or hist[-1][1].get("phase") != d["TrainingJobStatus"]:
+                watch_missed.append(name)
         else:
             made = first_at(hist, t_apply, lambda st: st.get("endpointName"))
             ep = next((st["endpointName"] for _, st in reversed(hist) if st.get("endpointName")), None)
@@ -238,8 +253,10 @@ def measure(args, sm, watch, applied, calls, peak_kb, elapsed, operator_rc, stea
                     lost.append(f"{name}:InService")
                 else:
                     lags.append(shown - d["LastModifiedTime"].timestamp())
-            if not hist or hist[-1][1].get("phase") != d["EndpointStatus"]:
+            if phases.get((plural, name)) != d["EndpointStatus"]:
                 lost.append(f"{name}:final")
+            elif not hist or hist[-1][1].get("phase") != d["EndpointStatus"]:
+                watch_missed.append(name)
     before = steady[1] if steady else calls
 
     def steady_calls(operation: str) -> int:
@@ -263,7 +280,7 @@ def measure(args, sm, watch, applied, calls, peak_kb, elapsed, operator_rc, stea
         if endpoint_s else None,
         "steady_window_job_hours": round(job_s / 3600, 3),
         "sagemaker_calls_answered": answered, "sagemaker_calls_throttled": throttled,
-        "lost": len(lost), "lost_examples": lost[:10], "intermediate_states_coalesced": coalesced,
+        "lost": len(lost), "lost_examples": lost[:10], "watch_missed_final": watch_missed[:10], "intermediate_states_coalesced": coalesced,
         "calls_by_operation": {f"{op} {outcome}": n for (op, outcome), n in sorted(calls.items())},
         "mean_reconcile_s": round(statistics.fmean(reconcile), 3) if reconcile else None,
     }
