@@ -167,3 +167,16 @@ def test_tensor_parallel_degree_max_is_refused_with_the_fix(engine, message):
     assert f"spec.serving.tensorParallelDegree: Value error, {message}" in str(err.value)
     assert crdtools.validate_spec("llamaendpoints", merged(EP, serving={"engine": engine})) == []
     validate(LlamaEndpointSpec, merged(EP, serving={"engine": engine}))
+
+
+def test_a_status_write_does_not_rerun_the_rules_of_an_unchanged_spec_but_a_spec_change_does():
+    # Stored before a rule existed (or under a laxer CRD): validation ratcheting lets the status
+    # move on, as kube-apiserver 1.30+ does, and still refuses touching the offending field.
+    bad = merged(FT, method__zeroStage=1, method__type="smp", resources__instanceType="ml.p4d.24xlarge")
+    stored = {"apiVersion": "llamaops.dev/v1alpha1", "kind": "LlamaFinetune",
+              "metadata": {"name": "old", "namespace": "default"}, "spec": bad}
+    assert any("method.zeroStage applies only" in e for e in crdtools.validate_object("llamafinetunes", stored))
+    with_status = {**stored, "status": {"phase": "InProgress"}}
+    assert crdtools.validate_object("llamafinetunes", with_status, stored) == []
+    changed = {**with_status, "spec": merged(bad, method__zeroStage=2)}
+    assert any("method.zeroStage applies only" in e for e in crdtools.validate_object("llamafinetunes", changed, stored))

@@ -6,9 +6,10 @@ drop nulls the schema does not allow, prune unknown fields (or refuse them under
 422 Status with one cause per field.
 
 Where this differs from the API server: messages follow its wording for the checks listed here
-but not byte for byte everywhere; CEL cost limits and validation ratcheting are not applied; CEL
-rules run only on an object that passed the schema (the API server runs them beside schema
-errors of other fields too)."""
+but not byte for byte everywhere; CEL cost limits are not applied, and ratcheting only for CEL
+rules (a rule of an unchanged node is not re-run), not for the schema's own checks; CEL rules run
+only on an object that passed the schema (the API server runs them beside schema errors of other
+fields too)."""
 
 from __future__ import annotations
 
@@ -235,11 +236,15 @@ def _rule_cause(rule: dict, where: str, here: Any, activation: dict) -> Cause | 
 
 def cel_causes(schema: dict, value: Any, old: Any, where: str = "") -> list[Cause]:
     """The failing rules of every node of `value`; transition rules (naming oldSelf) only where an
-    old value is there to compare with, as the API server does."""
+    old value is there to compare with, as the API server does. Rules of a node whose value an
+    update leaves unchanged are not evaluated again (the API server's validation ratcheting, on
+    by default since Kubernetes 1.30), transition rules excepted: a status write does not re-run
+    every rule of the spec."""
     causes = []
+    unchanged = old is not None and value == old
     for rule in schema.get("x-kubernetes-validations", []):
         transition = "oldSelf" in rule["rule"]
-        if transition and old is None:
+        if (transition and old is None) or (unchanged and not transition):
             continue
         activation = {"self": celpy.json_to_cel(value)}
         if transition:
