@@ -7,7 +7,7 @@ the loss is read from CloudWatch the way the SageMaker Python SDK's TrainingJobA
 (GetMetricStatistics, Average over one-minute periods), the newest period's value taken; an ended
 job's loss comes from FinalMetricDataList as before (status.training_loss).
 
-Reads are rate-limited per job (`interval`, 30 s by default), and never raise: CloudWatch refusing
+Reads are rate-limited per job (`interval`, 60 s by default: the metric's own resolution), and never raise: CloudWatch refusing
 (AccessDenied), throttling or unreachable is logged once and the last value read is kept."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LOSS_METRIC = "train:loss"            # the planner's MetricDefinitions name (pl
 STATISTIC = "Average"                 # what TrainingJobAnalytics asks for
 PERIOD_SECONDS = 60                   # algorithm metrics come at one-minute resolution
 MAX_DATAPOINTS = 1440                 # GetMetricStatistics' limit per call: a day of one-minute periods
-DEFAULT_POLL_SECONDS = 30.0
+DEFAULT_POLL_SECONDS = 60.0  # = PERIOD_SECONDS: a read more often finds no new period
 POLL_ENV = "LLAMA_OPERATOR_LOSS_POLL_SECONDS"
 POLL_SETTING = "loss_poll_seconds"    # Settings.extra key, ahead of the environment variable
 

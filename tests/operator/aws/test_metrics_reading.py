@@ -147,12 +147,12 @@ def test_latest_datapoint_is_the_newest_average():
     assert reading.latest_datapoint([]) is None and reading.latest_datapoint(None) is None
 
 
-def test_poll_interval_from_settings_extra_then_environment_then_30s():
-    assert reading.poll_interval({}, {}) == 30.0
+def test_poll_interval_from_settings_extra_then_environment_then_the_metric_period():
+    assert reading.poll_interval({}, {}) == 60.0
     assert reading.poll_interval({}, {"LLAMA_OPERATOR_LOSS_POLL_SECONDS": "5"}) == 5.0
     assert reading.poll_interval({"loss_poll_seconds": "1"}, {"LLAMA_OPERATOR_LOSS_POLL_SECONDS": "5"}) == 1.0
-    assert reading.poll_interval({}, {"LLAMA_OPERATOR_LOSS_POLL_SECONDS": "soon"}) == 30.0
-    assert reading.poll_interval({}, {"LLAMA_OPERATOR_LOSS_POLL_SECONDS": "0"}) == 30.0
+    assert reading.poll_interval({}, {"LLAMA_OPERATOR_LOSS_POLL_SECONDS": "soon"}) == 60.0
+    assert reading.poll_interval({}, {"LLAMA_OPERATOR_LOSS_POLL_SECONDS": "0"}) == 60.0
 
 
 class FakeCloudWatch:

@@ -44,6 +44,14 @@ class SageMaker:
             raise missing
         return record
 
+    def _not_found(self, kind: str, name: str) -> ValidationError:
+        """SageMaker's answer for a model, endpoint configuration or endpoint that is not there."""
+        label = {"endpoint-config": "endpoint configuration"}.get(kind, kind)
+        return ValidationError(f"Could not find {label} \"{self._arn(kind, name)}\".")
+
+    def _found(self, kind: str, name: str) -> dict:
+        return self._get(kind, name, self._not_found(kind, name))
+
     def _new(self, kind: str, name: str, describe: dict, tags) -> dict:
         record = {"name": name, "describe": describe, "tags": list(tags or [])}
         self.ctx.store.put(kind, record)
@@ -186,14 +194,11 @@ class SageMaker:
         return self._create_from_request("model", "model", "ModelArn", name, p)
 
     def op_DescribeModel(self, p: dict) -> dict:
-        name = p.get("ModelName", "")
-        return copy.deepcopy(self._get("model", name, ValidationError(
-            f"Could not find model \"{self._arn('model', name)}\"."))["describe"])
+        return copy.deepcopy(self._found("model", p.get("ModelName", ""))["describe"])
 
     def op_DeleteModel(self, p: dict) -> dict:
-        name = p.get("ModelName", "")
-        self._get("model", name, ValidationError(f"Could not find model \"{self._arn('model', name)}\"."))
-        self.ctx.store.delete("model", name)
+        self._found("model", p.get("ModelName", ""))
+        self.ctx.store.delete("model", p.get("ModelName", ""))
         return {}
 
     def op_ListModels(self, p: dict) -> dict:
@@ -219,19 +224,15 @@ class SageMaker:
                 raise ValidationError(f"Variant name {v.get('VariantName')} is used more than once.")
             seen.add(v.get("VariantName"))
             if self.ctx.store.get("model", v["ModelName"]) is None:
-                raise ValidationError(f"Could not find model \"{self._arn('model', v['ModelName'])}\".")
+                raise self._not_found("model", v["ModelName"])
         return self._create_from_request("endpoint-config", "endpoint configuration", "EndpointConfigArn", name, p)
 
     def op_DescribeEndpointConfig(self, p: dict) -> dict:
-        name = p.get("EndpointConfigName", "")
-        return copy.deepcopy(self._get("endpoint-config", name, ValidationError(
-            f"Could not find endpoint configuration \"{self._arn('endpoint-config', name)}\"."))["describe"])
+        return copy.deepcopy(self._found("endpoint-config", p.get("EndpointConfigName", ""))["describe"])
 
     def op_DeleteEndpointConfig(self, p: dict) -> dict:
-        name = p.get("EndpointConfigName", "")
-        self._get("endpoint-config", name, ValidationError(
-            f"Could not find endpoint configuration \"{self._arn('endpoint-config', name)}\"."))
-        self.ctx.store.delete("endpoint-config", name)
+        self._found("endpoint-config", p.get("EndpointConfigName", ""))
+        self.ctx.store.delete("endpoint-config", p.get("EndpointConfigName", ""))
         return {}
 
     def op_ListEndpointConfigs(self, p: dict) -> dict:
@@ -263,8 +264,7 @@ class SageMaker:
             if self.ctx.store.get("endpoint", name) is not None:
                 raise ValidationError(f"Cannot create already existing endpoint \"{self._arn('endpoint', name)}\".")
             if self.ctx.store.get("endpoint-config", config_name) is None:
-                raise ValidationError("Could not find endpoint configuration "
-                                      f"\"{self._arn('endpoint-config', config_name)}\".")
+                raise self._not_found("endpoint-config", config_name)
             itype, count = self._config_instances(config_name)
             self._check_capacity(itype, count, self._endpoint_instances(), "endpoint usage")
             now = time.time()
@@ -277,8 +277,7 @@ class SageMaker:
         return {"EndpointArn": describe["EndpointArn"]}
 
     def _endpoint(self, name: str) -> dict:
-        return self._get("endpoint", name, ValidationError(
-            f"Could not find endpoint \"{self._arn('endpoint', name)}\"."))
+        return self._found("endpoint", name)
 
     def op_DescribeEndpoint(self, p: dict) -> dict:
         return copy.deepcopy(self._endpoint(p.get("EndpointName", ""))["describe"])
@@ -295,8 +294,7 @@ class SageMaker:
                                       else f"Cannot update endpoint \"{self._arn('endpoint', name)}\" "
                                            f"in status {status}; delete and re-create it.")
             if self.ctx.store.get("endpoint-config", config_name) is None:
-                raise ValidationError("Could not find endpoint configuration "
-                                      f"\"{self._arn('endpoint-config', config_name)}\".")
+                raise self._not_found("endpoint-config", config_name)
         self.endpoints._set(name, "Updating", FailureReason=None)
         self.endpoints.update(name, config_name)
         return {"EndpointArn": record["describe"]["EndpointArn"]}
