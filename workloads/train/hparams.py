@@ -172,7 +172,7 @@ def validate(raw: dict[str, str]) -> tuple[Hyperparameters, list[str]]:
             if x <= 0:
                 raise HyperparameterError(name, value, "must be a number > 0")
             vals[name] = x
-        elif name == "warmup_ratio":
+        elif name in ("warmup_ratio", "lora_dropout"):
             x = _float(name, v)
             if not 0 <= x < 1:
                 raise HyperparameterError(name, value, "must be a number in [0, 1)")
@@ -189,11 +189,6 @@ def validate(raw: dict[str, str]) -> tuple[Hyperparameters, list[str]]:
             vals[name] = x
         elif name == "lora_alpha":
             vals[name] = _int(name, v, 1)
-        elif name == "lora_dropout":
-            x = _float(name, v)
-            if not 0 <= x < 1:
-                raise HyperparameterError(name, value, "must be a number in [0, 1)")
-            vals[name] = x
         elif name == "lora_target_modules":
             mods = tuple(m.strip() for m in v.split(",") if m.strip())
             if not mods:

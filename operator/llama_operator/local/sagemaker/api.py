@@ -52,6 +52,14 @@ class SageMaker:
     def _found(self, kind: str, name: str) -> dict:
         return self._get(kind, name, self._not_found(kind, name))
 
+    def _describe(self, kind: str, name: str) -> dict:
+        return copy.deepcopy(self._found(kind, name)["describe"])
+
+    def _delete(self, kind: str, name: str) -> dict:
+        self._found(kind, name)
+        self.ctx.store.delete(kind, name)
+        return {}
+
     def _new(self, kind: str, name: str, describe: dict, tags) -> dict:
         record = {"name": name, "describe": describe, "tags": list(tags or [])}
         self.ctx.store.put(kind, record)
@@ -194,12 +202,10 @@ class SageMaker:
         return self._create_from_request("model", "model", "ModelArn", name, p)
 
     def op_DescribeModel(self, p: dict) -> dict:
-        return copy.deepcopy(self._found("model", p.get("ModelName", ""))["describe"])
+        return self._describe("model", p.get("ModelName", ""))
 
     def op_DeleteModel(self, p: dict) -> dict:
-        self._found("model", p.get("ModelName", ""))
-        self.ctx.store.delete("model", p.get("ModelName", ""))
-        return {}
+        return self._delete("model", p.get("ModelName", ""))
 
     def op_ListModels(self, p: dict) -> dict:
         items = [{"ModelName": r["describe"]["ModelName"], "ModelArn": r["describe"]["ModelArn"],
@@ -228,12 +234,10 @@ class SageMaker:
         return self._create_from_request("endpoint-config", "endpoint configuration", "EndpointConfigArn", name, p)
 
     def op_DescribeEndpointConfig(self, p: dict) -> dict:
-        return copy.deepcopy(self._found("endpoint-config", p.get("EndpointConfigName", ""))["describe"])
+        return self._describe("endpoint-config", p.get("EndpointConfigName", ""))
 
     def op_DeleteEndpointConfig(self, p: dict) -> dict:
-        self._found("endpoint-config", p.get("EndpointConfigName", ""))
-        self.ctx.store.delete("endpoint-config", p.get("EndpointConfigName", ""))
-        return {}
+        return self._delete("endpoint-config", p.get("EndpointConfigName", ""))
 
     def op_ListEndpointConfigs(self, p: dict) -> dict:
         items = [{"EndpointConfigName": r["describe"]["EndpointConfigName"],
