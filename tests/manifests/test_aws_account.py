@@ -182,8 +182,10 @@ def test_the_examples_use_the_stacks_execution_role(template):
 # all under local/ (they talk to the local services only).
 NOT_IN_CLUSTER = ("local/",)
 SERVICES = ("sagemaker", "s3", "sqs", "cloudwatch")  # the clients the operator makes
-# IAM actions named otherwise than their API operation
-ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket"}
+# IAM actions named otherwise than their API operation (SQS's batch calls are authorized by the
+# single call's action: there is no sqs:DeleteMessageBatch in IAM)
+ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket",
+             "sqs:DeleteMessageBatch": "sqs:DeleteMessage"}
 # What IAM checks besides the operation itself: creating with Tags needs sagemaker:AddTags, and
 # handing spec.roleArn to SageMaker needs iam:PassRole.
 IMPLIED = {"sagemaker:CreateTrainingJob": {"sagemaker:AddTags", "iam:PassRole"},
