@@ -35,6 +35,10 @@ MSG_SMP_INSTANCE = ("method.type smp (SageMaker model parallelism v2) runs only 
 MSG_SMP_FP16 = "method.type smp trains in bf16 or fp32 only: set hyperparameters.precision to bf16"
 MSG_QLORA_GPU = ("method.peft.type qlora loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU: "
                  "pick an ml.g* or ml.p* resources.instanceType, or set method.peft.type to lora")
+MSG_QLORA_SHARDING = ("method.peft.type qlora trains with method.type deepspeed and zeroStage 1 or 2 (ZeRO-3 and "
+                      "smp shard weights, which 4-bit weights do not allow here): set method.zeroStage to 2")
+MSG_PEFT_TP = ("method.peft with method.type smp needs tensorParallelDegree 1 (adapters are not split across "
+               "GPUs): remove tensorParallelDegree or set it to 1")
 MSG_MERGE_NO_PEFT = ("output.mergeAdapter applies only to a parameter-efficient fine-tune: set method.peft or "
                      "remove output.mergeAdapter (a full fine-tune always writes the whole model)")
 MSG_IMMUTABLE = ("spec is immutable once the training job exists; create a new LlamaFinetune "
@@ -75,6 +79,11 @@ class Method(SpecModel):
             raise ValueError(MSG_ZERO_STAGE)
         if self.type != "smp" and (self.shard_degree is not None or self.tensor_parallel_degree is not None):
             raise ValueError(MSG_SMP_DEGREES)
+        if self.peft is not None and self.peft.type == "qlora" and (
+                self.type != "deepspeed" or self.zero_stage is None or self.zero_stage > 2):
+            raise ValueError(MSG_QLORA_SHARDING)
+        if self.peft is not None and (self.tensor_parallel_degree or 1) > 1:
+            raise ValueError(MSG_PEFT_TP)
         return self
 
 
