@@ -29,12 +29,13 @@ def _files(root: Path) -> list[Path]:
     return out
 
 
-def requirements_for(root: Path, method: str) -> dict[str, bytes]:
+def requirements_for(root: Path, method: str, peft: str | None = None) -> dict[str, bytes]:
     """The source root's `requirements.txt` for a method: what its image lacks
-    (`workloads/requirements/<method>.txt`, see docs/images.md). SageMaker's training toolkit
-    pip-installs it before the entry point."""
-    path = Path(root) / "requirements" / f"{method}.txt"
-    return {"requirements.txt": path.read_bytes()} if path.is_file() else {}
+    (`workloads/requirements/<method>.txt`, see docs/images.md), plus `<peft>.txt` where there is
+    one (qlora: bitsandbytes). SageMaker's training toolkit pip-installs it before the entry point."""
+    parts = [Path(root) / "requirements" / f"{name}.txt" for name in (method, peft) if name]
+    text = b"".join(p.read_bytes() for p in parts if p.is_file())
+    return {"requirements.txt": text} if text else {}
 
 
 def pack(root: Path, extra: Mapping[str, bytes] | None = None) -> bytes:

@@ -86,7 +86,8 @@ async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, re
         workloads = app.settings.workloads()
         source_uri, uploaded = await asyncio.to_thread(
             training_source.upload, app.s3, workloads, prefix,
-            training_source.requirements_for(workloads, model.method.type))
+            training_source.requirements_for(workloads, model.method.type,
+                                             model.method.peft.type if model.method.peft else None))
         request = plan_ft.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
                                                        source_s3_uri=source_uri, region=app.settings.region)
         described, created = await asyncio.to_thread(app.sagemaker.ensure_training_job, request)

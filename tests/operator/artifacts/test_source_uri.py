@@ -81,3 +81,14 @@ def test_llama_operator_run_stops_at_once_and_says_what_to_set(monkeypatch, caps
     assert runner.main(["--all-namespaces", "--standalone"]) == 2
     out = capsys.readouterr().out
     assert out.startswith("llama-operator run: ") and "LLAMA_OPERATOR_SOURCE_S3_URI" in out
+
+
+def test_a_qlora_job_installs_bitsandbytes_beside_its_methods_requirements():
+    from llama_operator.artifacts.training_source import requirements_for
+    from llama_operator.paths import workloads_dir
+
+    plain = requirements_for(workloads_dir(), "deepspeed")["requirements.txt"].decode()
+    qlora = requirements_for(workloads_dir(), "deepspeed", "qlora")["requirements.txt"].decode()
+    assert "deepspeed==" in plain and "bitsandbytes" not in plain
+    assert qlora.startswith(plain) and "\nbitsandbytes==" in qlora
+    assert requirements_for(workloads_dir(), "deepspeed", "lora") == {"requirements.txt": plain.encode()}
