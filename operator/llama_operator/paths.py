@@ -34,6 +34,11 @@ def _serving_table(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def adapter_knob(name: str) -> dict[str, Any]:
+    """defaults.json's `adapterKnobs` entry (maxLoras, maxLoraRank): default and bounds."""
+    return _serving_table(workloads_dir() / "serve" / "defaults.json")["adapterKnobs"][name]
+
+
 def serving_default(spec_field: str, engine: str) -> Any:
     """What an absent spec.serving.<spec_field> means with this engine (None: the model's own)."""
     default = serving_defaults()[spec_field]["default"]

@@ -7,8 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# the batching engine's adapter rank when no fine-tune says more (workloads/serve/defaults.json)
-DEFAULT_ADAPTER_RANK = 16
+from llama_operator.paths import adapter_knob
+
+# the batching engine's adapter rank when neither the spec nor a fine-tune says more
+DEFAULT_ADAPTER_RANK = adapter_knob("maxLoraRank")["default"]
 # reasons that only a change of the spec (or of the fine-tunes it names) can lift: Failed
 NEEDS_A_NEW_SPEC = ("FinetuneFailed", "AdapterNotLoRA", "AdapterOfAnotherBase", "AdapterNameTaken")
 
@@ -16,11 +18,12 @@ NEEDS_A_NEW_SPEC = ("FinetuneFailed", "AdapterNotLoRA", "AdapterOfAnotherBase", 
 @dataclass(frozen=True)
 class Resolved:
     """The base model's S3 prefix, the adapters by name, the adapter a request that names none
-    runs with, and the highest adapter rank known (at least the engine's default)."""
+    runs with, and the rank the engine makes room for (model.maxAdapterRank or the default, and at
+    least every fine-tune's own)."""
     model_s3_uri: str
     adapters: dict[str, str] = field(default_factory=dict)
     default_adapter: str | None = None
-    max_adapter_rank: int = DEFAULT_ADAPTER_RANK
+    max_adapter_rank: int = 0  # resolve_model sets it; 0 while no adapter is known
 
 
 def _finetune(finetunes, namespace: str, source: str | None, where: str) -> tuple[dict | None, str, str]:
@@ -50,8 +53,7 @@ def _base(model: Mapping[str, Any], namespace: str, finetunes) -> tuple[Resolved
     if ft.get("adapterS3Uri"):
         if not ft.get("baseModelS3Uri"):
             return None, "FinetuneHasNoModel", f"LlamaFinetune {source} reports an adapter but no base model"
-        return (Resolved(ft["baseModelS3Uri"], {source: ft["adapterS3Uri"]}, source,
-                         max(DEFAULT_ADAPTER_RANK, ft.get("peftRank") or 0)),
+        return (Resolved(ft["baseModelS3Uri"], {source: ft["adapterS3Uri"]}, source, ft.get("peftRank") or 0),
                 "FinetuneCompleted", f"base model {ft['baseModelS3Uri']} with the adapter of LlamaFinetune {source}: "
                                      f"{ft['adapterS3Uri']}")
     if not ft.get("modelS3Uri"):
@@ -65,10 +67,10 @@ def resolve_model(spec: Mapping[str, Any], namespace: str, finetunes) -> tuple[R
     NEEDS_A_NEW_SPEC, not without the user's help."""
     model = spec.get("model") or {}
     resolved, reason, message = _base(model, namespace, finetunes)
-    if resolved is None or not model.get("adapters"):
+    if resolved is None:
         return resolved, reason, message
-    adapters, rank = dict(resolved.adapters), resolved.max_adapter_rank
-    for i, entry in enumerate(model["adapters"]):
+    adapters, rank = dict(resolved.adapters), resolved.max_adapter_rank  # the highest rank known so far
+    for i, entry in enumerate(model.get("adapters") or []):
         name, where = entry.get("name"), f"model.adapters[{i}]"
         if name in adapters:
             return None, "AdapterNameTaken", (f"spec.{where}.name {name!r} is the name of model.fromFinetune's own "
@@ -90,7 +92,10 @@ def resolve_model(spec: Mapping[str, Any], namespace: str, finetunes) -> tuple[R
                 "works only on the base model it was trained on")
         adapters[name] = ft["adapterS3Uri"]
         rank = max(rank, ft.get("peftRank") or 0)
-    message += f"; adapters: {', '.join(adapters)}"
+    if model.get("adapters"):
+        message += f"; adapters: {', '.join(adapters)}"
+    # the engine's bound: the spec's (or the default), raised to any rank a fine-tune is known to have
+    rank = max(model.get("maxAdapterRank") or DEFAULT_ADAPTER_RANK, rank)
     return Resolved(resolved.model_s3_uri, adapters, resolved.default_adapter, rank), reason, message
 
 

@@ -68,6 +68,7 @@ class ModelSource(SpecModel):
     s3_uri: Optional[S3Uri] = None
     from_finetune: Optional[FinetuneName] = None
     adapters: Optional[Annotated[List[AdapterSource], Field(max_length=MAX_ADAPTERS)]] = None
+    max_adapter_rank: Optional[Annotated[int, Field(ge=1, le=256)]] = None
 
     @model_validator(mode="after")
     def _exactly_one(self):

@@ -88,3 +88,18 @@ def test_invalid_spec_names_the_field():
         validate(LlamaEndpointSpec, {"model": {"s3Uri": "s3://bkt/m/"}, "resources": {"instanceType": "g5.xlarge"},
                                 "roleArn": "arn:aws:iam::123456789012:role/x"})
     assert "spec.resources.instanceType" in str(err.value)
+
+
+def test_the_adapter_rank_bound_is_the_specs_or_the_default_and_never_below_a_finetunes():
+    one = {"s3Uri": "s3://bkt/base/", "adapters": [{"name": "a", "s3Uri": "s3://bkt/a/"}]}
+    assert model_source.resolve_model({"model": one}, "team", index())[0].max_adapter_rank == 16
+    assert model_source.resolve_model({"model": {**one, "maxAdapterRank": 8}}, "team", index())[0].max_adapter_rank == 8
+    with_ft = {"fromFinetune": "tune", "maxAdapterRank": 8}
+    assert model_source.resolve_model({"model": with_ft}, "team", index(tune=LORA))[0].max_adapter_rank == 32
+    from llama_operator.paths import adapter_knob
+
+    knob = adapter_knob("maxLoraRank")  # the CRD's bounds are the serving workload's
+    import crdtools
+
+    field = crdtools.spec_schema("llamaendpoints")["properties"]["model"]["properties"]["maxAdapterRank"]
+    assert (field["minimum"], field["maximum"]) == (knob["minimum"], knob["maximum"])
