@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     finetune, endpoint = _examples()
     namespace = finetune["metadata"].get("namespace", "default")
-    ok = False
+    ok, lora_status = False, {}
     with contextlib.ExitStack() as cleanup:
         _image_environments()
         say("starting the embedded default: local SageMaker service, S3 and SQS (moto), Kubernetes API")
@@ -323,6 +323,11 @@ def run(args: argparse.Namespace) -> int:
             for q, (_, answer) in zip(questions, answers):
                 print(f"  Q: {q[:90]}\n  A: {answer.strip()[:120] or '<empty>'}")
             ok = all(a.strip() for _, a in answers) and (ft.get("status") or {}).get("phase") == "Completed"
+            if ok and args.lora:
+                from llama_operator.local.demo import lora
+
+                ok, lora_status = lora.run(kube, stack, namespace, ft["status"]["modelS3Uri"], questions[0],
+                                           chat_prompt(questions[0]), args.max_new_tokens, args.timeout, say)
         print()
         print(table(kube, namespace))
         print()
@@ -342,6 +347,8 @@ def run(args: argparse.Namespace) -> int:
                                                   or kube.get("llamafinetunes", namespace, ft_name)):
                 time.sleep(1)
             leftovers = sagemaker_leftovers(stack.client("sagemaker"), ep_status)
+            leftovers += [x for x in sagemaker_leftovers(stack.client("sagemaker"), lora_status)
+                          if not x.startswith("endpoint ")]  # every endpoint is listed above already
             say("deleted both resources; SageMaker objects left: " + (", ".join(leftovers) or "none"))
             ok = ok and not leftovers
     say(f"demo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.0f}s")
@@ -357,4 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=540, help="seconds to wait for the endpoint")
     parser.add_argument("--keep-running", action="store_true", help="leave everything up and print how to reach it")
     parser.add_argument("--keep-state", action="store_true", help="reuse --work-dir instead of starting clean")
+    parser.add_argument("--lora", action="store_true",
+                        help="then train two LoRA adapters on the fine-tuned model and serve both on one endpoint")
     return run(parser.parse_args(argv))
