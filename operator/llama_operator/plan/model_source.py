@@ -8,9 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from llama_operator.paths import adapter_knob
-
-# the batching engine's adapter rank when neither the spec nor a fine-tune says more
-DEFAULT_ADAPTER_RANK = adapter_knob("maxLoraRank")["default"]
 # reasons that only a change of the spec (or of the fine-tunes it names) can lift: Failed
 NEEDS_A_NEW_SPEC = ("FinetuneFailed", "AdapterNotLoRA", "AdapterOfAnotherBase", "AdapterNameTaken")
 
@@ -94,8 +91,8 @@ def resolve_model(spec: Mapping[str, Any], namespace: str, finetunes) -> tuple[R
         rank = max(rank, ft.get("peftRank") or 0)
     if model.get("adapters"):
         message += f"; adapters: {', '.join(adapters)}"
-    # the engine's bound: the spec's (or the default), raised to any rank a fine-tune is known to have
-    rank = max(model.get("maxAdapterRank") or DEFAULT_ADAPTER_RANK, rank)
+    if adapters:  # the engine's bound: the spec's (or the default), raised to any fine-tune's known rank
+        rank = max(model.get("maxAdapterRank") or adapter_knob("maxLoraRank")["default"], rank)
     return Resolved(resolved.model_s3_uri, adapters, resolved.default_adapter, rank), reason, message
 
 
@@ -109,5 +106,5 @@ def finetune_entry(namespace, name, status, spec=None, **_):
     return {(namespace, name): {"phase": status.get("phase"), "modelS3Uri": status.get("modelS3Uri"),
                                 "adapterS3Uri": status.get("adapterS3Uri"),
                                 "baseModelS3Uri": base.get("s3Uri") if isinstance(base, Mapping) else None,
-                                "peftRank": peft.get("r", DEFAULT_ADAPTER_RANK) if isinstance(peft, Mapping) else None,
+                                "peftRank": peft.get("r") if isinstance(peft, Mapping) else None,
                                 "failureReason": status.get("failureReason")}}
