@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from request_params import ADAPTER_NAME
 
 # The projections an adapter may target, by the fused group that carries them.
 GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gu": ("gate_proj", "up_proj"),
           "down": ("down_proj",)}
 TARGETS = tuple(m for members in GROUPS.values() for m in members)
 GROUP_OF = {m: (g, j) for g, members in GROUPS.items() for j, m in enumerate(members)}
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
@@ -54,7 +54,7 @@ class LoraAdapter:
 
 
 def check_name(name) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not ADAPTER_NAME.match(name):
         raise AdapterError(str(name), "name", "use 1-63 lowercase letters, digits, '-' or '_', starting with a "
                                               "letter or digit")
     return name

@@ -14,12 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from request_params import ADAPTER_NAME
 
 log = logging.getLogger("model_source")
 
@@ -100,7 +101,7 @@ def parse_adapters(raw: str, base_dir: Path) -> dict[str, str]:
         name, source = name.strip(), source.strip()
         if not sep or not name or not source:
             raise ConfigError(f"serving.properties option.adapters: {entry!r} is not name=s3://prefix")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+        if not ADAPTER_NAME.match(name):
             raise ConfigError(f"serving.properties option.adapters: adapter name {name!r}: use lowercase letters, "
                               "digits, '-' and '_'")
         if name in adapters:

@@ -6,9 +6,13 @@ that names the offending field and says what would be accepted."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+# an adapter's name, as the CRD's model.adapters[].name (lmi.py, which loads alone, keeps a copy)
+ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 # LMI and TGI clients send these; we honour them all (see README for the meaning of each).
 SUPPORTED_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "do_sample", "stop",

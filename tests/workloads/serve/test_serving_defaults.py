@@ -199,3 +199,14 @@ def test_the_adapter_knobs_defaults_are_what_every_reader_assumes(tmp_path):
     params = inspect.signature(BatchingEngine.__init__).parameters
     assert params["max_lora_rank"].default == table["maxLoraRank"]["default"]
     assert params["max_loras"].default == table["maxLoras"]["default"]
+
+
+def test_an_adapter_name_is_one_rule_from_the_crd_to_the_engine():
+    import request_params
+    from llama_operator.spec import endpoint as spec_endpoint
+
+    crd = yaml.safe_load((crds_dir() / "llamaendpoints.yaml").read_text())
+    model = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["model"]
+    item = model["properties"]["adapters"]["items"]["properties"]["name"]
+    assert item["pattern"] == spec_endpoint.ADAPTER_NAME == request_params.ADAPTER_NAME.pattern \
+        == lmi.ADAPTER_NAME.pattern
