@@ -15,7 +15,7 @@ from . import data as D
 from . import peft_setup
 from .compat import dtype_kwargs
 from .environment import JobPaths, Rank
-from .outputs import PROBE_ENV, node_scratch as _node_scratch, probe_logits, save_and_push
+from .outputs import PROBE_ENV, node_scratch, probe_logits, save_and_push
 from .s3sync import download_prefix, is_s3_uri
 from .schedule import total_steps as count_steps
 from .batches import LossMeter, batch_kwargs, flops_per_token, log, micro_batches, peak_flops
@@ -48,7 +48,7 @@ def fetch_base_model(hp, rank: Rank) -> Path:
 
     if not is_s3_uri(hp.base_model):
         return Path(hp.base_model)
-    dest = _node_scratch("base-model")
+    dest = node_scratch("base-model")
     if rank.is_local_main and not (dest / "config.json").is_file():
         t0 = time.time()
         download_prefix(hp.base_model, dest)
@@ -70,7 +70,7 @@ def load_rows(hp, channel: Path, tokenizer, rank: Rank, name: str) -> list[dict]
     if fmt == "prepared":
         source = channel
     else:
-        source = _node_scratch(f"prepared-{name}.jsonl")
+        source = node_scratch(f"prepared-{name}.jsonl")
         split = "train" if name == "train" else "test"
         if rank.is_local_main:
             stats = prepare_to_jsonl(tokenizer, channel, source, data_format=fmt, split=split,

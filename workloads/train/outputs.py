@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from . import peft_setup
+from .backends import DTYPES
 from .batches import log
 from .compat import set_config_dtype
 from .environment import JobPaths, Rank
 from .s3sync import upload_dir
 from .tokens import save_tokenizer
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SUMMARY = "training_summary.json"
 PROBE_ENV = "LLAMA_TRAIN_LOGITS_PROBE"
 
