@@ -15,13 +15,16 @@ import boto3
 from botocore.config import Config
 
 DEFAULT_MAX_ATTEMPTS = 6
+# blocking AWS calls the operator runs at once (its default thread pool, lifecycle.py), and so the
+# connections each client keeps
+AWS_CALL_THREADS = 32
 
 
 def client_config(region: str | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                   read_timeout: float = 60.0) -> Config:
-    # max_pool_connections: the operator runs up to AWS_CALL_THREADS calls at once (lifecycle.py)
-    return Config(region_name=region, max_pool_connections=32,
-                  retries={"mode": "standard", "max_attempts": max_attempts}, connect_timeout=10, read_timeout=read_timeout, user_agent_extra="llama-operator")
+    return Config(region_name=region, max_pool_connections=AWS_CALL_THREADS,
+                  retries={"mode": "standard", "max_attempts": max_attempts}, connect_timeout=10,
+                  read_timeout=read_timeout, user_agent_extra="llama-operator")
 
 
 _sessions: dict[tuple, boto3.session.Session] = {}

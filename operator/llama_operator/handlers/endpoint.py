@@ -33,7 +33,7 @@ from llama_operator.handlers import endpoint_rollout as rollout
 from llama_operator.handlers.app import App, Refused
 from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, FINETUNES, GROUP, KIND_TAG, VERSION
-from llama_operator.plan.model_source import NEEDS_A_NEW_SPEC, finetune_entry, resolve_model
+from llama_operator.plan.model_source import ADAPTER_REFUSALS, NEEDS_A_NEW_SPEC, finetune_entry, resolve_model
 from llama_operator.spec import LlamaEndpointSpec, deletion_policy, stored_spec
 from llama_operator.status import endpoint as es
 from llama_operator.status.endpoint_changes import (clearing_refusal, event_update, merged, settle, synced_now,
@@ -61,8 +61,7 @@ async def record(app: App, body, change, *, event: bool = True) -> tuple[dict | 
 
 # waiting on something only the user can fix: a Warning, not the Normal phase-change Event (a
 # failed fine-tune makes the endpoint Failed, whose Event is a Warning already)
-_NEEDS_THE_USER = ("FinetuneNotFound", "FinetuneHasNoModel", "AdapterNotLoRA", "AdapterOfAnotherBase",
-                   "AdapterNameTaken")
+_NEEDS_THE_USER = ("FinetuneNotFound", "FinetuneHasNoModel", *ADAPTER_REFUSALS)
 
 
 async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, retry, llama_finetunes, **_):

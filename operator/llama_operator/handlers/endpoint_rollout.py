@@ -25,8 +25,8 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
     the requests, what was done). Raises kopf.TemporaryError to come back later."""
     gw: EndpointGateway = app.endpoint_gateway
     settings = app.settings
-    plan = rollout.plan(spec_model, namespace=namespace, name=name, uid=uid, model_s3_uri=resolved.model_s3_uri,
-                        region=settings.region, source_s3_uri=settings.source_s3_uri, resolved=resolved)
+    plan = rollout.plan(spec_model, namespace=namespace, name=name, uid=uid, resolved=resolved,
+                        region=settings.region, source_s3_uri=settings.source_s3_uri)
     endpoint_code.upload(app.s3, plan.code_s3_uri, plan.code_files)
     gw.ensure_model(plan.model_request, uid)
     gw.ensure_endpoint_config(plan.config_request, uid)

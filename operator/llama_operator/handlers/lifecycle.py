@@ -19,7 +19,6 @@ from llama_operator.handlers.app import App
 from llama_operator.kinds import FINALIZER
 
 log = logging.getLogger(__name__)
-AWS_CALL_THREADS = 32
 
 
 def login(app: App, **kwargs):
@@ -33,7 +32,7 @@ def login(app: App, **kwargs):
 
 
 async def startup(app: App, settings: kopf.OperatorSettings, **_):
-    from llama_operator.aws.clients import make_client
+    from llama_operator.aws.clients import AWS_CALL_THREADS, make_client
     from llama_operator.aws.events import EventConsumer
 
     # Blocking AWS calls run on the loop's default pool, a throttled one through its retries'

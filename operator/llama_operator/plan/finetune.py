@@ -8,7 +8,6 @@ from typing import Any
 from llama_operator.plan.images import training_image_uri
 from llama_operator.kinds import FINETUNE_KIND
 from llama_operator.spec import LlamaFinetuneSpec
-
 from llama_operator.status.finetune import output_s3_uri
 
 from .names import training_job_name

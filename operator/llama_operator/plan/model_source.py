@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from llama_operator.paths import adapter_knob
+
+# an adapter the endpoint cannot serve as specified
+ADAPTER_REFUSALS = ("AdapterNotLoRA", "AdapterOfAnotherBase", "AdapterNameTaken")
 # reasons that only a change of the spec (or of the fine-tunes it names) can lift: Failed
-NEEDS_A_NEW_SPEC = ("FinetuneFailed", "AdapterNotLoRA", "AdapterOfAnotherBase", "AdapterNameTaken")
+NEEDS_A_NEW_SPEC = ("FinetuneFailed", *ADAPTER_REFUSALS)
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,10 @@ def combined_hash(spec_hash: str, code_s3_uri: str) -> str:
     return hashlib.sha256(f"{spec_hash}|{code_s3_uri}".encode()).hexdigest()[:len(spec_hash) or 16]
 
 
-def plan(spec_model, *, namespace: str, name: str, uid: str, model_s3_uri: str, region: str,
-         source_s3_uri: str | None, resolved: Resolved | None = None) -> Plan:
-    """`resolved`: what `model` resolved to (plan.model_source), adapters included; without it,
-    `model_s3_uri` alone."""
-    resolved = resolved or Resolved(model_s3_uri)
+def plan(spec_model, *, namespace: str, name: str, uid: str, resolved: Resolved, region: str,
+         source_s3_uri: str | None) -> Plan:
+    """`resolved`: what `model` resolved to (plan.model_source), adapters included."""
+    model_s3_uri = resolved.model_s3_uri
     files = endpoint_code.render(spec_model.serving.engine, model_s3_uri,
                                  plan_ep.serving_settings(spec_model, resolved), resolved.adapters)
     code_uri = endpoint_code.code_prefix(code_base_uri(source_s3_uri, model_s3_uri), files)

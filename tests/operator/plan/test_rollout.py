@@ -22,8 +22,7 @@ def test_adapters_reach_the_serving_properties_and_the_hash():
     from llama_operator.spec import LlamaEndpointSpec
 
     spec = LlamaEndpointSpec.model_validate(specdata.ENDPOINT_ADAPTERS)
-    common = dict(namespace="team", name="chat", uid="uid-1", model_s3_uri="s3://bkt/base/", region="us-west-2",
-                  source_s3_uri="s3://ops/llama/")
+    common = dict(namespace="team", name="chat", uid="uid-1", region="us-west-2", source_s3_uri="s3://ops/llama/")
     one = Resolved("s3://bkt/base/", {"lora-ft": "s3://bkt/out/j/adapter/", "sql": "s3://bkt/adapters/sql/"},
                    "lora-ft", 32)
     plan = rollout.plan(spec, resolved=one, **common)
