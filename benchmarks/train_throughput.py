@@ -4,6 +4,7 @@
     python benchmarks/train_throughput.py --config tiny   # seconds on a CPU
     python benchmarks/train_throughput.py --variants seed,flex-flce-fused-autotune-bs18 --steps 20
     python benchmarks/train_throughput.py --peft lora      # each variant also with LoRA (row NAME+lora)
+    python benchmarks/train_throughput.py --peft lora --lora-dropout 0.05,0   # one LoRA row per dropout
 
 On the H100, set ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` (batch 18 fits in 64 GiB with it);
 the measured rows are in ``TRAIN_RESULTS.md``.
@@ -92,6 +93,9 @@ VARIANTS = {v.name: v for v in [
     Variant("flex-flce-fused-compile-bs12", batch=12, liger=True, fused_adamw=True, compile_layers=True),
     Variant("flex-flce-fused-compile-bs16", batch=16, liger=True, fused_adamw=True, compile_layers=True),
     Variant("flex-flce-fused-compile-bs18", batch=18, liger=True, fused_adamw=True, compile_layers=True),
+    # Batches a LoRA run fits (its frozen base keeps no gradients or optimizer state)
+    Variant("flex-flce-fused-compile-bs24", batch=24, liger=True, fused_adamw=True, compile_layers=True),
+    Variant("flex-flce-fused-compile-bs32", batch=32, liger=True, fused_adamw=True, compile_layers=True),
     Variant("flex-flce-fused-autotune-bs16", batch=16, liger=True, fused_adamw=True,
             compile_layers="max-autotune-no-cudagraphs"),
     Variant("flex-flce-fused-autotune-bs18", batch=18, liger=True, fused_adamw=True,
@@ -197,7 +201,7 @@ def _sync(device):
 
 
 def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device, steps: int, warmup: int,
-                ceiling: float, log, lora: bool = False) -> dict:
+                ceiling: float, log, lora: dict | None = None) -> dict:
     have = fastpath.available(device)
     use_flex = v.flex and v.doc_mask and have["flex_attention"]
     model = build_model(cfg, device, "sdpa")
@@ -207,8 +211,19 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
         model.config.use_cache = False
     if lora:  # as the job's peft=lora: adapters first, then the fast paths (which keep them in the path)
         from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+        if lora["frozen"] == "bf16":
+            # The job's methods compute in bf16: DeepSpeed holds the module in bf16 and FSDP gathers it
+            # in bf16. A frozen base needs no fp32 master copy, so it is held in bf16 here too.
+            model.to(torch.bfloat16)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=lora["dropout"],
                                                  target_modules=list(LORA_TARGETS)))
+        if lora["frozen"] == "bf16":
+            for p in model.parameters():  # adapters train with fp32 weights under bf16 autocast
+                if p.requires_grad:
+                    p.data = p.data.float()
+            for m in model.modules():  # autocast already multiplies in bf16: PEFT's fp32 cast of each
+                if hasattr(m, "cast_input_dtype_enabled"):  # projection's input would only copy it
+                    m.cast_input_dtype_enabled = False
     fastpath.optimize_model(model, packed=use_flex, fused_kernels=v.liger, compile=v.compile_layers)
     trained = [p for p in model.parameters() if p.requires_grad]
     if v.fused_adamw:
@@ -258,7 +273,7 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
     _sync(device)
     elapsed = time.perf_counter() - t0
     row = {
-        "variant": v.name + ("+lora" if lora else ""), "batch": v.batch, "trainable": sum(p.numel() for p in trained), "rows": "pad %d" % cfg["seed_pad"] if not v.packed else "pack %d" % cfg["seq"],
+        "variant": v.name + (lora_suffix(lora) if lora else ""), "batch": v.batch, "trainable": sum(p.numel() for p in trained), "rows": "pad %d" % cfg["seed_pad"] if not v.packed else "pack %d" % cfg["seq"],
         "real_tok_s": real_tokens / elapsed, "step_s": elapsed / steps,
         "mfu": flops / elapsed / ceiling if ceiling else float("nan"),
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan"),
@@ -273,6 +288,10 @@ def run_variant(v: Variant, cfg: dict, lengths: list[int], device: torch.device,
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def lora_suffix(lora: dict) -> str:
+    return f"+lora-d{lora['dropout']:g}" + ("-fp32base" if lora["frozen"] == "fp32" else "")
 
 
 def per_token_losses(model, kwargs: dict) -> torch.Tensor:
@@ -351,7 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-check", action="store_true", help="skip the packed-vs-unpacked loss check")
     ap.add_argument("--log", type=Path, default=None, help="append JSON rows here too")
     ap.add_argument("--peft", choices=("none", "lora"), default="none",
-                    help="lora: run each variant again with LoRA r=16 on all projections (row NAME+lora)")
+                    help="lora: run each variant again with LoRA r=16 on all projections (row NAME+lora-dD)")
+    ap.add_argument("--lora-dropout", default="0.05",
+                    help="comma-separated LoRA dropouts, one LoRA row each (with --peft lora)")
+    ap.add_argument("--lora-base", choices=("bf16", "fp32"), default="bf16",
+                    help="dtype the frozen base is held in (bf16: as the job's DeepSpeed and FSDP compute)")
+    ap.add_argument("--lora-only", action="store_true", help="skip the full fine-tune rows")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = "tiny" if args.tiny else (args.config or ("tinyllama" if device.type == "cuda" else "tiny"))
@@ -378,13 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_check:
         check_packing(cfg, lengths, device, log)
     rows = []
-    for v, lora in [(VARIANTS[n], lora) for n in names for lora in (False, True)[:1 + (args.peft == "lora")]]:
+    setups: list[dict | None] = [] if args.lora_only else [None]
+    if args.peft == "lora":
+        setups += [{"dropout": float(d), "frozen": args.lora_base} for d in args.lora_dropout.split(",")]
+    for v, lora in [(VARIANTS[n], lora) for n in names for lora in setups]:
         try:
             rows.append(run_variant(v, cfg, lengths, device, seed_steps if v.name == "seed" else steps,
                                     1 if v.name == "seed" else warmup, ceiling, log, lora=lora))
         except Exception as e:  # one broken lever (or too big a batch) must not hide the other rows
             err = "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {e}"
-            rows.append({"variant": v.name + "+lora" * lora, "batch": v.batch, "error": err})
+            rows.append({"variant": v.name + (lora_suffix(lora) if lora else ""), "batch": v.batch, "error": err})
             log(f"{v.name}: {type(e).__name__}: {e}")
         gc.collect()
         if gpu:

@@ -174,7 +174,7 @@ def test_lora_smp_trainer_then_own_loop_resumes_the_adapter(tmp_path, lora_base,
 
 def test_peft_defaults():
     hp, unknown = validate({"method": "deepspeed", "base_model": "s3://b/p/"})
-    assert (hp.peft, hp.lora_r, hp.lora_alpha, hp.lora_dropout) == ("none", 16, 32, 0.05)
+    assert (hp.peft, hp.lora_r, hp.lora_alpha, hp.lora_dropout) == ("none", 16, 32, 0.0)
     assert hp.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     assert (hp.merge_adapter, hp.adapter_s3_uri, unknown) == (False, "", [])
     hp, _ = validate({"method": "smp", "base_model": "/m", "peft": "LoRA", "lora_r": "64", "lora_alpha": "128",

@@ -56,7 +56,7 @@ class Hyperparameters:
     peft: str = "none"
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
     merge_adapter: bool = False  # also push the adapter merged into the base, as a full model
     adapter_s3_uri: str = ""  # "" = the adapter goes to SM_MODEL_DIR/adapter/

@@ -60,7 +60,7 @@ class Peft(SpecModel):
     type: Literal["lora", "qlora"]
     r: Annotated[int, Field(ge=1, le=256)] = 16
     alpha: Annotated[int, Field(ge=1, le=4096)] = 32
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target_modules: Annotated[
         List[Annotated[str, Field(min_length=1, max_length=64, pattern=MODULE_NAME_PATTERN)]],
         Field(min_length=1, max_length=64)] = list(LORA_TARGET_MODULES)

@@ -91,7 +91,7 @@ def test_a_lora_fine_tune_passes_its_adapter_settings_and_where_the_adapter_goes
     assert hp["output_s3_uri"] == f"s3://bkt/out/{job}/model/"  # the merged model
     defaults = LlamaFinetuneSpec.model_validate({**specdata.FINETUNE_MIN, "method": {"peft": {"type": "lora"}}})
     hp = plan_ft.hyperparameters(defaults, job_name="j", source_s3_uri=SOURCE, region="us-west-2")
-    assert (hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"], hp["merge_adapter"]) == ("16", "32", "0.05", "false")
+    assert (hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"], hp["merge_adapter"]) == ("16", "32", "0.0", "false")
     assert hp["lora_target_modules"] == "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     # a full fine-tune's request has none of them
     _, full = plan_training(specdata.FINETUNE_MIN)
