@@ -52,7 +52,7 @@ def test_qlora_loads_4bit_trains_the_adapter_and_reloads_it(base, tmp_path):
     peft_setup.check_qlora_device()
     device = torch.device("cuda", 0)
     torch.cuda.reset_peak_memory_stats(device)
-    model, tokenizer, pad_id, _ = load_model(hp, base, device)
+    model, tokenizer, _, _ = load_model(hp, base, device)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 7 * model.config.num_hidden_layers, "every adapted projection is 4-bit"
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
