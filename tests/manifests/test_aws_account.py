@@ -181,7 +181,7 @@ def test_the_examples_use_the_stacks_execution_role(template):
 # What `llama-operator run` does not run: the embedded default, the demo and the tiny model builder,
 # all under local/ (they talk to the local services only).
 NOT_IN_CLUSTER = ("local/",)
-SERVICES = ("sagemaker", "s3", "sqs", "cloudwatch")  # the clients the operator makes
+SERVICES = ("sagemaker", "s3", "sqs", "cloudwatch", "application-autoscaling")  # the clients the operator makes
 # IAM actions named otherwise than their API operation (SQS's batch calls are authorized by the
 # single call's action: there is no sqs:DeleteMessageBatch in IAM)
 ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket",
@@ -191,7 +191,13 @@ ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket
 IMPLIED = {"sagemaker:CreateTrainingJob": {"sagemaker:AddTags", "iam:PassRole"},
            "sagemaker:CreateModel": {"sagemaker:AddTags", "iam:PassRole"},
            "sagemaker:CreateEndpointConfig": {"sagemaker:AddTags"},
-           "sagemaker:CreateEndpoint": {"sagemaker:AddTags"}}
+           "sagemaker:CreateEndpoint": {"sagemaker:AddTags"},
+           # Application Auto Scaling makes and deletes the target-tracking alarms as the caller, and
+           # creates its service-linked role on the first registration.
+           "application-autoscaling:RegisterScalableTarget": {"iam:CreateServiceLinkedRole"},
+           "application-autoscaling:PutScalingPolicy": {"cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms"},
+           "application-autoscaling:DeleteScalingPolicy": {"cloudwatch:DeleteAlarms", "cloudwatch:DescribeAlarms"},
+           "application-autoscaling:DeregisterScalableTarget": {"cloudwatch:DeleteAlarms"}}
 
 
 def operator_actions() -> dict[str, set[str]]:

@@ -95,4 +95,4 @@ def test_crds_render_with_printer_columns(rendered):
     columns = {k: [c["name"] for c in crds[k]["spec"]["versions"][0].get("additionalPrinterColumns", [])]
                for k in ("LlamaFinetune", "LlamaEndpoint")}
     assert columns["LlamaFinetune"][:5] == ["Status", "Job", "Instance", "Nodes", "Loss"]
-    assert columns["LlamaEndpoint"][:5] == ["Status", "Endpoint", "Model", "Instance", "Count"]
+    assert columns["LlamaEndpoint"][:5] == ["Status", "Endpoint", "Model", "Instance", "Instances"]

@@ -94,6 +94,9 @@ class EndpointGateway(Gateway):
     def update_endpoint(self, request: dict) -> None:
         self._call("update_endpoint", **request)
 
+    def update_capacity(self, request: dict) -> None:
+        self._call("update_endpoint_weights_and_capacities", **request)
+
     # deletes: False when the object was already gone
     def delete_endpoint(self, name: str) -> bool:
         return self._unless_missing("delete_endpoint", EndpointName=name) is not None

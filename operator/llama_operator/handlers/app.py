@@ -41,6 +41,7 @@ class App:
     # detail-type -> the kind's event handler (each kind's register() adds its own)
     routes: dict[str, Callable[[dict], Awaitable[None]]] = field(default_factory=dict)
     endpoint_gateway: object = None  # set by the LlamaEndpoint handlers' register()
+    scaling_gateway: object = None   # Application Auto Scaling, likewise
     kubeconfig: str | None = None    # None: in-cluster, then $KUBECONFIG
     tasks: list[asyncio.Task] = field(default_factory=list)  # what startup started and cleanup stops
 

@@ -29,15 +29,18 @@ from llama_operator.aws.endpoints import EndpointGateway, SageMakerError, Termin
 from llama_operator.aws.errors import describe as describe_error
 from llama_operator.aws.errors import retry_reason
 from llama_operator.aws.events import owner_of
+from llama_operator.aws.scaling import ScalingGateway
+from llama_operator.plan import names
 from llama_operator.handlers import endpoint_rollout as rollout
+from llama_operator.handlers import endpoint_scaling as scaling
 from llama_operator.handlers.app import App, Refused
 from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, FINETUNES, GROUP, KIND_TAG, VERSION
 from llama_operator.plan.model_source import ADAPTER_REFUSALS, NEEDS_A_NEW_SPEC, finetune_entry, resolve_model
 from llama_operator.spec import LlamaEndpointSpec, deletion_policy, stored_spec
 from llama_operator.status import endpoint as es
-from llama_operator.status.endpoint_changes import (clearing_refusal, event_update, merged, settle, synced_now,
-                                                    transition, without_refusal)
+from llama_operator.status.endpoint_changes import (clearing_refusal, desired_names, event_update, merged, settle,
+                                                    synced_now, transition, without_refusal)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,8 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
 
     try:
         # (with a refusal of an earlier spec lifted: this spec passed the allowlist)
-        plan, described, action = await asyncio.to_thread(rollout.send_requests, app, spec_model, resolved,
+        plan, described, action, scaling_gone = await asyncio.to_thread(rollout.send_requests, app, spec_model,
+                                                                         resolved,
                                                           namespace=namespace, name=name, uid=uid,
                                                           status=without_refusal(status, generation),
                                                           retry=retry)
@@ -153,6 +157,8 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
                                  desired_model=plan.model_name, generation=generation))
         if not base.get("modelName") and "modelName" not in update:
             update["modelName"] = plan.model_name
+        if scaling_gone and current.get("scaling"):
+            update["scaling"] = None  # registered again once the new configuration serves
         update["conditions"] = synced_now(update.get("conditions", current.get("conditions")), True,
                                           "RequestsSent", action, generation)
         return update
@@ -162,6 +168,79 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
     if merged(obj, written).get("phase") == "InService":
         await asyncio.to_thread(rollout.collect, app.endpoint_gateway, namespace, name, uid,
                                 model=plan.model_name, config=plan.config_name)
+    if obj is not None:
+        await settle_scaling(app, {**obj, "status": merged(obj, written)})
+
+
+async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
+    """Once the endpoint serves the configuration its spec asks for, bring its autoscaling to
+    spec.scaling (scaling.sync; no call when nothing changed). A failure is a Warning, and the
+    next event or resync tries again."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    endpoint = status.get("endpointName")
+    if meta.get("deletionTimestamp") or status.get("phase") != "InService" or not endpoint:
+        return
+    config, _ = desired_names(meta["namespace"], meta["name"], meta.get("uid"), status)
+    if config and status.get("endpointConfigName") != config:
+        return
+    try:
+        spec_model = app.admit(LlamaEndpointSpec, stored_spec(obj), meta["namespace"])
+    except Refused:
+        return
+    if spec_model.scaling is None and not status.get("scaling"):
+        return
+    try:
+        describe = await asyncio.to_thread(app.endpoint_gateway.describe_endpoint, endpoint)
+        update = await asyncio.to_thread(scaling.sync, app, spec_model, status, endpoint, describe)
+    except SageMakerError as exc:
+        message = f"could not apply spec.scaling to endpoint {endpoint}: {describe_error(exc)}"
+        log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
+        await app.kube.post_event(obj, "Warning", "ScalingFailed", message[:1000])
+        return
+    if update == {}:
+        return
+    await write_status(app.kube, PLURAL, meta["namespace"], meta["name"], meta.get("uid"),
+                       lambda current, _: {"scaling": update})
+    if update is None:
+        await app.kube.post_event(obj, "Normal", "AutoscalingRemoved",
+                                  f"autoscaling of {endpoint} removed; back to "
+                                  f"{spec_model.resources.instance_count} instance(s)")
+    else:
+        sc = spec_model.scaling
+        await app.kube.post_event(obj, "Normal", "AutoscalingApplied",
+                                  f"{endpoint} scales between {sc.min_instances} and {sc.max_instances} instances "
+                                  f"at {sc.target.invocations_per_instance:g} invocations a minute per instance")
+
+
+async def note_scaling_activity(app: App, obj: Mapping[str, Any], written: Mapping[str, Any] | None) -> None:
+    """An observation that moved the desired instance count: Application Auto Scaling's newest
+    activity into status.scaling.lastActivity, and an Event saying what it did and why."""
+    before = (obj.get("status") or {}).get("instances") or {}
+    after = (written or {}).get("instances")
+    had = (obj.get("status") or {}).get("scaling")
+    if not after or not had or not before:
+        return
+    moved = after.get("desired") != before.get("desired")
+    finished = after.get("current") != before.get("current") and \
+        (had.get("lastActivity") or {}).get("status") == "InProgress"
+    if not (moved or finished):
+        return
+    meta = obj["metadata"]
+    endpoint = (obj.get("status") or {}).get("endpointName")
+    try:
+        activity = await asyncio.to_thread(scaling.last_activity, app, endpoint)
+    except SageMakerError as exc:
+        log.warning("%s/%s: could not read scaling activities: %s", meta["namespace"], meta["name"], exc)
+        activity = None
+    if activity:
+        await write_status(app.kube, PLURAL, meta["namespace"], meta["name"], meta.get("uid"),
+                           lambda current, _: {"scaling": {"lastActivity": activity}} if current.get("scaling")
+                           else {})
+    if moved:
+        out = after["desired"] > before.get("desired", 0)
+        why = f": {activity['description']} ({activity['cause']})" if activity else ""
+        await app.kube.post_event(obj, "Normal", "ScaledOut" if out else "ScaledIn",
+                                  f"{endpoint}: {before.get('desired')} -> {after['desired']} instances{why}"[:1000])
 
 
 async def resync(app: App, spec, status, meta, namespace, name, uid, body, llama_finetunes, **_):
@@ -183,6 +262,8 @@ async def resync(app: App, spec, status, meta, namespace, name, uid, body, llama
         return
     await asyncio.to_thread(rollout.collect_if_serving, app.endpoint_gateway, describe, namespace=namespace,
                             name=name, uid=uid, status=obj.get("status") or {})
+    await note_scaling_activity(app, obj, written)
+    await settle_scaling(app, {**obj, "status": merged(obj, written)})
     if describe is None and written:
         await reconcile(app, spec=spec, status=merged(obj, written), meta=meta, namespace=namespace, name=name,
                         uid=uid, body=body, retry=0, llama_finetunes=llama_finetunes)
@@ -199,6 +280,9 @@ async def finalize(app: App, spec, status, meta, namespace, name, uid, body, ret
         return
     gw, settings = app.endpoint_gateway, app.settings
     try:
+        # Autoscaling first: nothing scales an endpoint being deleted, and nothing is left registered.
+        await asyncio.to_thread(app.scaling_gateway.remove,
+                                status.get("endpointName") or names.endpoint_name(namespace, name, uid))
         endpoints = await asyncio.to_thread(rollout.delete_endpoints, gw, namespace, name, uid, status)
         if endpoints:
             if status.get("phase") != "Deleting":
@@ -245,6 +329,8 @@ async def on_endpoint_event(app: App, event: Mapping[str, Any]) -> bool:
     ev = transition(obj, written)
     if ev:
         await app.kube.post_event(obj, *ev)
+    await note_scaling_activity(app, obj, written)
+    await settle_scaling(app, {**obj, "status": merged(obj, written)})
     return True
 
 
@@ -261,6 +347,9 @@ def register(registry: kopf.OperatorRegistry, app: App, *, sagemaker_client=None
     client = sagemaker_client or (app.sagemaker.client if app.sagemaker is not None
                                   else make_client("sagemaker", app.settings.region))
     app.endpoint_gateway = EndpointGateway(client, on_call=metrics.on_sagemaker_call)
+    if app.scaling_gateway is None:
+        app.scaling_gateway = ScalingGateway(make_client("application-autoscaling", app.settings.region),
+                                             on_call=metrics.on_sagemaker_call)
     bound = functools.partial
     kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")(finetune_entry)
     for on in (kopf.on.resume, kopf.on.create):

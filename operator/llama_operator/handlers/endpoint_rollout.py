@@ -11,6 +11,7 @@ import kopf
 
 from llama_operator.artifacts import endpoint_code
 from llama_operator.aws.endpoints import EndpointGateway, Owned, SageMakerError
+from llama_operator.handlers import endpoint_scaling
 from llama_operator.handlers.kube import backoff
 from llama_operator.plan import names, rollout
 from llama_operator.plan.model_source import Resolved
@@ -20,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: str, uid: str,
-                  status: Mapping[str, Any], retry: int) -> tuple[rollout.Plan, dict, str]:
+                  status: Mapping[str, Any], retry: int) -> tuple[rollout.Plan, dict, str, bool]:
     """Model, config, endpoint (create, adopt, or blue/green): (plan, DescribeEndpoint after
-    the requests, what was done). Raises kopf.TemporaryError to come back later."""
+    the requests, what was done, whether the endpoint's autoscaling is gone: deregistered before
+    an update, or never made for a new endpoint). Raises kopf.TemporaryError to come back later."""
     gw: EndpointGateway = app.endpoint_gateway
     settings = app.settings
     plan = rollout.plan(spec_model, namespace=namespace, name=name, uid=uid, resolved=resolved,
@@ -31,8 +33,10 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
     gw.ensure_model(plan.model_request, uid)
     gw.ensure_endpoint_config(plan.config_request, uid)
     current = gw.describe_endpoint(plan.endpoint_name)
+    scaling_gone = False
     if current is None:
         current = gw.ensure_endpoint(plan.endpoint_request, uid)
+        scaling_gone = True
         action = f"created endpoint {plan.endpoint_name} with configuration {plan.config_name}"
     elif current.get("EndpointConfigName") == plan.config_name:
         action = f"endpoint {plan.endpoint_name} uses configuration {plan.config_name}"
@@ -42,6 +46,10 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
         # takes a spec change, not a restart.
         action = f"update to {plan.config_name} failed before; {current['EndpointConfigName']} serves"
     elif current["EndpointStatus"] == "InService":
+        # AWS refuses an update that changes an autoscaled variant's instance type; the policy is
+        # applied again once the new configuration serves.
+        endpoint_scaling.remove(app, status, plan.endpoint_name)
+        scaling_gone = True
         gw.update_endpoint(plan.update_request)
         current = gw.describe_endpoint(plan.endpoint_name) or current
         action = f"updating endpoint {plan.endpoint_name} to configuration {plan.config_name} (blue/green)"
@@ -56,7 +64,7 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
         raise kopf.TemporaryError(f"endpoint {plan.endpoint_name} is {current['EndpointStatus']}; "
                                   f"the change to {plan.config_name} waits for it",
                                   delay=min(backoff(settings.endpoint_retry_seconds, retry), 60.0))
-    return plan, current, action
+    return plan, current, action, scaling_gone
 
 
 def collect(gw: EndpointGateway, namespace: str, name: str, uid: str, *, model: str, config: str) -> None:

@@ -11,16 +11,22 @@ import time
 from pathlib import Path
 
 READY_TIMEOUT = 60
+# The service's --autoscaling-period when the caller passes none (unset: the service's default, 60 s).
+AUTOSCALING_PERIOD_ENV = "LLAMA_OPERATOR_LOCAL_AUTOSCALING_PERIOD"
 
 
 class LocalStack:
     def __init__(self, state_dir, *, region: str = "us-east-1", events_queue: str = "llama-operator-events",
-                 containers: dict[str, str] | None = None, extra_args=()):
+                 containers: dict[str, str] | None = None, extra_args=(),
+                 autoscaling_period: float | None = None):
         self.state_dir = Path(state_dir)
         self.region = region
         self.events_queue = events_queue
         self.containers = dict(containers or {})
         self.extra_args = list(extra_args)
+        if autoscaling_period is None and os.environ.get(AUTOSCALING_PERIOD_ENV):
+            autoscaling_period = float(os.environ[AUTOSCALING_PERIOD_ENV])
+        self.autoscaling_period = autoscaling_period
         self.env: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None
         self._ports: tuple[int, int] | None = None
@@ -34,6 +40,8 @@ class LocalStack:
             cmd += ["--port", str(self._ports[0]), "--moto-port", str(self._ports[1])]
         for regex, command in self.containers.items():
             cmd += ["--container", f"{regex}={command}"]
+        if self.autoscaling_period is not None:
+            cmd += ["--autoscaling-period", str(self.autoscaling_period)]
         return cmd + self.extra_args
 
     def start(self) -> "LocalStack":
@@ -114,7 +122,8 @@ class LocalStack:
 
         urls = {"sagemaker": "AWS_ENDPOINT_URL_SAGEMAKER", "sagemaker-runtime": "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
                 "s3": "AWS_ENDPOINT_URL_S3", "sqs": "AWS_ENDPOINT_URL_SQS",
-                "cloudwatch": "AWS_ENDPOINT_URL_CLOUDWATCH"}
+                "cloudwatch": "AWS_ENDPOINT_URL_CLOUDWATCH",
+                "application-autoscaling": "AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING"}
         return boto3.client(
             service, region_name=self.env["AWS_DEFAULT_REGION"], endpoint_url=self.env[urls[service]],
             aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],

@@ -131,6 +131,7 @@ def update_endpoint_request(spec: LlamaEndpointSpec, *, namespace: str, name: st
     return {
         "EndpointName": endpoint_name(namespace, name, uid),
         "EndpointConfigName": endpoint_config_name(namespace, name, uid, spec_hash),
-        "RetainAllVariantProperties": False,
+        # Autoscaled: keep the count the policy reached through the blue/green update.
+        "RetainAllVariantProperties": spec.scaling is not None,
         "DeploymentConfig": deployment_config(spec),
     }

@@ -43,6 +43,10 @@ MSG_CANARY = ("deployment.canaryPercent applies only to deployment.strategy Cana
 MSG_ALARMS = ("deployment.rollbackAlarms are watched only when deployment.autoRollback is true: set "
               "autoRollback to true or remove the alarms")
 
+MSG_SCALING_BOUNDS = "scaling.minInstances must not exceed scaling.maxInstances"
+MSG_SCALING_START = ("resources.instanceCount is the count the endpoint starts with and must lie within "
+                     "scaling.minInstances..scaling.maxInstances: change one of them")
+
 # What the serving knobs default to when the spec leaves them out is workloads/serve/defaults.json
 # (llama_operator.paths.serving_default), which the serving workload reads too.
 DEFAULT_CANARY_PERCENT = 10
@@ -133,11 +137,33 @@ class Deployment(SpecModel):
         return self
 
 
+class ScalingTarget(SpecModel):
+    """What target tracking holds steady: invocations a minute per instance (SageMaker's
+    SageMakerVariantInvocationsPerInstance metric)."""
+    invocations_per_instance: Annotated[float, Field(gt=0, le=1000000)]
+
+
+class Scaling(SpecModel):
+    """Application Auto Scaling of the endpoint's instance count (target tracking)."""
+    min_instances: Annotated[int, Field(ge=1, le=100)] = 1
+    max_instances: Annotated[int, Field(ge=1, le=100)]
+    target: ScalingTarget
+    scale_in_cooldown_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
+    scale_out_cooldown_seconds: Annotated[int, Field(ge=0, le=86400)] = 60
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min_instances > self.max_instances:
+            raise ValueError(MSG_SCALING_BOUNDS)
+        return self
+
+
 class LlamaEndpointSpec(ResourceSpec):
     model: ModelSource
     serving: Serving = Serving()
     resources: EndpointResources
     deployment: Deployment = Deployment()
+    scaling: Optional[Scaling] = None
     environment: environment_type(1024, 1024) = {}
 
     @model_validator(mode="after")
@@ -146,4 +172,7 @@ class LlamaEndpointSpec(ResourceSpec):
             raise ValueError(MSG_BF16)
         if self.model.adapters and self.serving.engine != "batching":
             raise ValueError(MSG_ADAPTERS_BATCHING)
+        sc = self.scaling
+        if sc is not None and not sc.min_instances <= self.resources.instance_count <= sc.max_instances:
+            raise ValueError(MSG_SCALING_START)
         return self

@@ -119,8 +119,19 @@ def phase_of(endpoint_status: str, serving_config: str | None, desired_config: s
     return "Pending", endpoint_status or "Unknown"
 
 
+def instance_counts(describe: Mapping[str, Any]) -> dict | None:
+    """{current, desired} instances over the endpoint's variants, as SageMaker reports them."""
+    variants = describe.get("ProductionVariants") or []
+    if not variants:
+        return None
+    return {"current": sum(int(v.get("CurrentInstanceCount") or 0) for v in variants),
+            "desired": sum(int(v.get("DesiredInstanceCount") or 0) for v in variants)}
+
+
 def _message(phase: str, reason: str, name: str, serving: str | None, desired: str | None,
              failure: str | None) -> str:
+    if reason == "Scaling":
+        return f"endpoint {name} is serving configuration {serving} and changing its instance count"
     if phase == "InService":
         return f"endpoint {name} is serving configuration {serving}"
     if phase == "Creating":
@@ -161,6 +172,11 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
     failure = describe.get("FailureReason") or None
     name = describe.get("EndpointName") or status.get("endpointName")
     phase, reason = phase_of(sm_status, serving, desired_config, failure)
+    counts = instance_counts(describe)
+    if phase == "Updating" and sm_status == "Updating" and serving == desired_config and counts \
+            and counts["current"] != counts["desired"]:
+        # A capacity change (autoscaling) on the configuration the spec asks for: it serves throughout.
+        phase, reason = "InService", "Scaling"
     now = now or now_iso()
     refused_by, refused_for = refusal(status), refusal_reason(status)
 
@@ -177,6 +193,8 @@ def observe(describe: Mapping[str, Any], status: Mapping[str, Any] | None, *, de
             patch["modelName"] = desired_model
     if seen_at is not None:
         patch["lastEventTime"] = iso(seen_at)
+    if counts is not None:
+        patch["instances"] = counts
     if refused_by is not None and phase != "Deleting":
         # The spec that stands was refused: what SageMaker shows is an older spec's endpoint.
         if sm_status in _SERVING and serving:

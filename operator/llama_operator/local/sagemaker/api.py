@@ -23,6 +23,9 @@ class SageMaker:
         self.ctx, self.jobs, self.endpoints = ctx, jobs, endpoints
         self.throttle_rate = throttle_rate
         self.calls: collections.Counter = collections.Counter()  # (operation, outcome)
+        # Application Auto Scaling (autoscaling.AutoScaling), set by the server: UpdateEndpoint and
+        # DeleteEndpoint consult and clean up its scalable targets as AWS does.
+        self.autoscaling = None
 
     def call(self, operation: str, params: dict) -> dict:
         handler = getattr(self, f"op_{operation}", None)
@@ -255,8 +258,15 @@ class SageMaker:
     def _endpoint_instances(self) -> int:
         total = 0
         for r in self.ctx.store.all("endpoint"):
-            config = self.ctx.store.get("endpoint-config", r["describe"]["EndpointConfigName"])
-            if config and r["describe"]["EndpointStatus"] not in ("Failed", "Deleting"):
+            d = r["describe"]
+            if d["EndpointStatus"] in ("Failed", "Deleting"):
+                continue
+            if d.get("ProductionVariants"):  # what runs or is on its way, scaling included
+                total += sum(max(int(v.get("CurrentInstanceCount") or 0), int(v.get("DesiredInstanceCount") or 0))
+                             for v in d["ProductionVariants"])
+                continue
+            config = self.ctx.store.get("endpoint-config", d["EndpointConfigName"])
+            if config:
                 total += sum(int(v.get("InitialInstanceCount", 1)) for v in config["describe"]["ProductionVariants"])
         return total
 
@@ -297,11 +307,93 @@ class SageMaker:
                                       if status in ("Creating", "Updating", "SystemUpdating", "Deleting")
                                       else f"Cannot update endpoint \"{self._arn('endpoint', name)}\" "
                                            f"in status {status}; delete and re-create it.")
-            if self.ctx.store.get("endpoint-config", config_name) is None:
+            new_config = self.ctx.store.get("endpoint-config", config_name)
+            if new_config is None:
                 raise self._not_found("endpoint-config", config_name)
+            new_pvs = {pv["VariantName"]: pv for pv in new_config["describe"]["ProductionVariants"]}
+            old_config = self.ctx.store.get("endpoint-config", record["describe"]["EndpointConfigName"])
+            old_pvs = {pv["VariantName"]: pv for pv in (old_config or {}).get("describe", {})
+                       .get("ProductionVariants", [])}
+            for variant in (self.autoscaling.scaled_variants(name) if self.autoscaling else []):
+                # AWS: "If the update would change the instance type for any model that is a target
+                # for auto scaling, the update fails" (and so does dropping the variant).
+                new, old = new_pvs.get(variant), old_pvs.get(variant)
+                if new is None:
+                    raise ValidationError(
+                        f"The production variant {variant} of endpoint {name} is registered as a scalable target "
+                        f"with Application Auto Scaling and is not in endpoint configuration {config_name}. "
+                        "Deregister the scalable target before removing the variant.")
+                if old is not None and new.get("InstanceType") != old.get("InstanceType"):
+                    raise ValidationError(
+                        f"The production variant {variant} of endpoint {name} is registered as a scalable target "
+                        f"with Application Auto Scaling: its instance type cannot change "
+                        f"({old.get('InstanceType')} -> {new.get('InstanceType')}). Deregister the scalable "
+                        "target, update the endpoint, then register it again.")
+            retain = None
+            if p.get("RetainAllVariantProperties"):
+                excluded = {e.get("VariantPropertyType") for e in p.get("ExcludeRetainedVariantProperties") or []}
+                retain = {v: {"count": None if "DesiredInstanceCount" in excluded else kept["count"],
+                              "weight": None if "DesiredWeight" in excluded else kept["weight"]}
+                          for v, kept in ep.retained_properties(record["describe"]).items() if v in new_pvs}
         self.endpoints._set(name, "Updating", FailureReason=None)
-        self.endpoints.update(name, config_name)
+        self.endpoints.update(name, config_name, retain)
         return {"EndpointArn": record["describe"]["EndpointArn"]}
+
+    def op_UpdateEndpointWeightsAndCapacities(self, p: dict) -> dict:
+        return {"EndpointArn": self.update_weights_and_capacities(p.get("EndpointName", ""),
+                                                                  p.get("DesiredWeightsAndCapacities"))}
+
+    def update_weights_and_capacities(self, name: str, desired, on_done=None) -> str:
+        """UpdateEndpointWeightsAndCapacities, and the autoscaler's way to scale: validates, sets the
+        endpoint Updating and starts the change (`on_done(ok, message)` once it settles). Returns
+        the endpoint's ARN."""
+        with self.ctx.store.lock:
+            record = self._endpoint(name)
+            d = record["describe"]
+            status = d["EndpointStatus"]
+            if status != "InService":
+                raise ValidationError(
+                    f"Cannot update in-progress endpoint \"{self._arn('endpoint', name)}\"."
+                    if status in ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
+                    else f"Cannot update endpoint \"{self._arn('endpoint', name)}\" in status {status}: "
+                         "the endpoint must be InService to change its weights and capacities.")
+            if not desired:
+                raise ValidationError("1 validation error detected: Value at 'desiredWeightsAndCapacities' "
+                                      "failed to satisfy constraint: Member must have length greater than or "
+                                      "equal to 1")
+            config = self.ctx.store.get("endpoint-config", d["EndpointConfigName"])
+            pvs = {pv["VariantName"]: pv for pv in (config or {}).get("describe", {}).get("ProductionVariants", [])}
+            running = {pv["VariantName"]: pv for pv in d.get("ProductionVariants") or []}
+            changes: dict[str, dict] = {}
+            delta = 0
+            for item in desired:
+                variant = item.get("VariantName")
+                if variant not in pvs:
+                    raise ValidationError(f"The variant name(s) [{variant}] is/are not present in the "
+                                          f"endpoint \"{self._arn('endpoint', name)}\".")
+                if variant in changes:
+                    raise ValidationError(f"The variant name {variant} is specified more than once.")
+                count, weight = item.get("DesiredInstanceCount"), item.get("DesiredWeight")
+                if count is None and weight is None:
+                    raise ValidationError(f"Specify DesiredWeight or DesiredInstanceCount (or both) for variant "
+                                          f"{variant}.")
+                if count is not None and int(count) < 1:
+                    raise ValidationError(f"Invalid DesiredInstanceCount {count} for variant {variant}: an "
+                                          "instance-based variant needs at least 1 instance.")
+                if weight is not None and float(weight) < 0:
+                    raise ValidationError(f"Invalid DesiredWeight {weight} for variant {variant}: it must not be "
+                                          "negative.")
+                if count is not None:
+                    now = running.get(variant, {})
+                    delta += int(count) - max(int(now.get("CurrentInstanceCount") or 0),
+                                              int(now.get("DesiredInstanceCount") or 0))
+                changes[variant] = {"DesiredInstanceCount": None if count is None else int(count),
+                                    "DesiredWeight": None if weight is None else float(weight)}
+            if delta > 0:
+                itype = pvs[next(iter(changes))].get("InstanceType", "ml.m5.xlarge")
+                self._check_capacity(itype, delta, self._endpoint_instances(), "endpoint usage")
+            self.endpoints.update_weights_and_capacities(name, changes, on_done)
+        return d["EndpointArn"]
 
     def op_DeleteEndpoint(self, p: dict) -> dict:
         name = p.get("EndpointName", "")
@@ -310,6 +402,8 @@ class SageMaker:
             if record["describe"]["EndpointStatus"] == "Deleting":
                 return {}
         self.endpoints._set(name, "Deleting")
+        if self.autoscaling is not None:  # AWS deregisters the endpoint's scalable targets with it
+            self.autoscaling.endpoint_deleted(name)
         self.endpoints.delete(name)
         return {}
 

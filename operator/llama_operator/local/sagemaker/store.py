@@ -15,6 +15,9 @@ FOLDERS = {
     "model": "models",
     "endpoint-config": "endpoint-configs",
     "endpoint": "endpoints",
+    # Application Auto Scaling (autoscaling.py): one per endpoint variant, named "<endpoint>.<variant>"
+    "scalable-target": "scalable-targets",     # the target and its policies
+    "scaling-activities": "scaling-activities",
 }
 
 
