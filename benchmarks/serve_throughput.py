@@ -92,6 +92,22 @@ def adapter_run(args, model, lengths, clients, vocab, rng, engine_kwargs, base) 
         out[n] = n * args.new_tokens * args.rounds / sum(walls)
         print(f"adapters clients {n:3d}: {out[n]:9.0f} tok/s over {len(names)} rank-16 adapters "
               f"({out[n] / base[n]['tokens_per_s']:.2f}x the base model's {base[n]['tokens_per_s']:.0f})", flush=True)
+    # The decode step alone, each row on one of the adapters, as the base engine's step_ms is measured.
+    import torch
+    from model_runner import LENGTH_BUCKET
+    length = -(-(int(statistics.mean(lengths)) + args.new_tokens // 2) // LENGTH_BUCKET) * LENGTH_BUCKET
+    with torch.no_grad():
+        for n in clients:
+            b = min(n, engine.n_slots)
+            engine.adapter_idx[:b] = torch.arange(b, device=engine.adapter_idx.device) % len(names) + 1
+            for _ in range(3):
+                engine._launch_step(b, length, False)
+            sync(engine.adapter_idx.device.type)
+            t0 = time.perf_counter()
+            for _ in range(50):
+                engine._launch_step(b, length, False)
+            sync(engine.adapter_idx.device.type)
+            print(f"adapters step {b}: {(time.perf_counter() - t0) / 50 * 1e3:.2f} ms", flush=True)
     engine.close()
     return out
 
@@ -170,17 +186,25 @@ def check_against_generate(args, lengths, rng) -> None:
         torch.cuda.empty_cache()
 
 
-def profile_step(model, batch, device, compiled=False, attention=None, context=256) -> int:
+def profile_step(model, batch, device, compiled=False, attention=None, context=256, adapters=0) -> int:
     """Kernel by kernel, what an eager decode step spends (graphs replay the same kernels), every
-    row at `context` tokens."""
+    row at `context` tokens (with `adapters`: rows spread over that many random rank-16 adapters)."""
+    import tempfile
+
     import torch
     from torch.profiler import ProfilerActivity, profile
     from batching_engine import BatchingEngine
+    from lora_adapters import write_random_adapter
     from model_runner import LENGTH_BUCKET
 
-    engine = BatchingEngine(model, None, max_batch_size=batch, max_len=max(512, context + 8), use_cuda_graphs=False,
-                            compile_step=compiled, attention=attention)
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {f"a{i}": write_random_adapter(model, Path(tmp) / f"a{i}", 16, i) for i in range(adapters)}
+        engine = BatchingEngine(model, None, max_batch_size=batch, max_len=max(512, context + 8),
+                                use_cuda_graphs=False, compile_step=compiled, attention=attention,
+                                adapters=dirs or None)
     engine.close()
+    if adapters:
+        engine.adapter_idx[:batch] = torch.arange(batch, device=engine.adapter_idx.device) % adapters + 1
     engine.pos[:batch] = context - 1
     length = -(-context // LENGTH_BUCKET) * LENGTH_BUCKET
     with torch.no_grad():
@@ -258,7 +282,8 @@ def main(argv=None) -> int:
                "generate": {}}
 
     if args.profile:
-        return profile_step(model, args.profile, device, args.compile, args.attention, args.profile_context)
+        return profile_step(model, args.profile, device, args.compile, args.attention, args.profile_context,
+                            args.adapters)
     engine_kwargs = dict(max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
                          max_len=max(lengths) + args.new_tokens + 8, use_cuda_graphs=False if args.no_graphs else None,
                          compile_step=args.compile, graph_prefill=not args.eager_prefill, attention=args.attention)

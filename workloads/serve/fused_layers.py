@@ -14,6 +14,13 @@ import torch.nn.functional as F
 ATTENTION = ("triton", "flash", "sdpa")
 
 
+def _add_delta(base, u, b, sel):
+    """base + (u with every row's other adapters zeroed) @ b. The add is a separate elementwise
+    op, which a compiled step fuses into whatever reads the result (rotary, SiLU, the norm)."""
+    u = u.view(u.shape[0], sel.shape[1], -1) * sel[:, :, None]
+    return base + u.view(u.shape[0], -1) @ b
+
+
 def lora_delta(base, h, lora, sel):
     """base + every row's own adapter delta: lora = (a [L*G*R, in], b [L*G*R, out]) stacked as in
     lora_adapters.LoraBank, sel [N, L] 1 where row n uses adapter l (a row of zeros: the base model).
@@ -22,13 +29,24 @@ def lora_delta(base, h, lora, sel):
     if lora is None:
         return base
     a, b = lora
-    u = F.linear(h, a).view(h.shape[0], sel.shape[1], -1) * sel[:, :, None]
-    return torch.addmm(base, u.view(h.shape[0], -1), b)
+    return _add_delta(base, F.linear(h, a), b, sel)
+
+
+def project(h, w, bias, lora, sel):
+    """h @ w.T (+ bias) with each row's adapter delta. lora: None, (a, b) as in lora_delta, or
+    (None, b) when the A rows are w's last rows (FusedLayer.fold): then one product gives the
+    base output and every adapter's A output, one kernel fewer per step and layer."""
+    if lora is None or lora[0] is not None:
+        return lora_delta(F.linear(h, w, bias), h, lora, sel)
+    b = lora[1]
+    y = F.linear(h, w)
+    n = w.shape[0] - b.shape[0]
+    return _add_delta(y[:, :n], y[:, n:], b, sel)
 
 
 def qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: int, lora=None, sel=None):
     h = F.rms_norm(x, (x.shape[-1],), ln_w, eps)
-    qkv = lora_delta(F.linear(h, w_qkv, b_qkv), h, lora, sel)
+    qkv = project(h, w_qkv, b_qkv, lora, sel)
     head_dim = cos.shape[-1]
     qkv = qkv.view(x.shape[0], n_heads + 2 * n_kv, head_dim)
     qk = qkv[:, :n_heads + n_kv]
@@ -40,7 +58,7 @@ def qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: in
 def qkv_raw_math(x, ln_w, eps: float, w_qkv, b_qkv, n_heads: int, n_kv: int, lora=None, sel=None):
     """Norm and fused q/k/v projection, [N, H + 2 KV, D], for a kernel that does rotary itself."""
     h = F.rms_norm(x, (x.shape[-1],), ln_w, eps)
-    qkv = lora_delta(F.linear(h, w_qkv, b_qkv), h, lora, sel)
+    qkv = project(h, w_qkv, b_qkv, lora, sel)
     return qkv.view(x.shape[0], n_heads + 2 * n_kv, -1)
 
 
@@ -48,13 +66,25 @@ def rest_math(x, attn_out, w_o, b_o, ln_w, eps: float, w_gu, w_down, act, lora_o
               lora_down=None, sel=None):
     """Output projection and MLP, residuals folded into the matmuls (addmm); the adapters' deltas
     (lora_delta) where given."""
-    x = torch.addmm(x, attn_out, w_o.t()) if b_o is None else x + F.linear(attn_out, w_o, b_o)
-    x = lora_delta(x, attn_out, lora_o, sel)
+    x = _residual(x, attn_out, w_o, b_o, lora_o, sel)
     h = F.rms_norm(x, (x.shape[-1],), ln_w, eps)
-    gu = lora_delta(F.linear(h, w_gu), h, lora_gu, sel)
+    gu = project(h, w_gu, None, lora_gu, sel)
     inter = gu.shape[-1] // 2
     m = act(gu[:, :inter]) * gu[:, inter:]
-    return lora_delta(torch.addmm(x, m, w_down.t()), m, lora_down, sel)
+    return _residual(x, m, w_down, None, lora_down, sel)
+
+
+def _residual(x, h, w, bias, lora, sel):
+    """x + h @ w.T (+ bias) with the adapters' delta: the residual folded into the product (addmm)
+    where there is no adapter, else one product of the matrix with its folded A rows (project)."""
+    if lora is None:
+        return torch.addmm(x, h, w.t()) if bias is None else x + F.linear(h, w, bias)
+    if lora[0] is not None:
+        return lora_delta(_residual(x, h, w, bias, None, sel), h, lora, sel)
+    b = lora[1]
+    y = F.linear(h, w)
+    n = w.shape[0] - b.shape[0]
+    return _add_delta(x + y[:, :n], y[:, n:], b, sel)
 
 
 def layer_functions(compile_step: bool):
@@ -112,8 +142,36 @@ class FusedLayer:
         self.act = F.silu if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") else mlp.act_fn
         self.ln1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.ln2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
-        # Stacked adapter weights per group ("qkv", "o", "gu", "down"), set by the runner's LoraBank.
+        # Stacked adapter weights per group ("qkv", "o", "gu", "down"), set by the runner's LoraBank;
+        # (None, b) for a group whose A rows were folded into its matrix (fold).
         self.lora: dict = {}
+        # group -> (the base matrix's attribute, the modules whose weights are views of it)
+        self._members = {"qkv": ("w_qkv", (attn.q_proj, attn.k_proj, attn.v_proj)), "o": ("w_o", (attn.o_proj,)),
+                         "gu": ("w_gu", (mlp.gate_proj, mlp.up_proj)), "down": ("w_down", (mlp.down_proj,))}
+        # What the steps multiply by, per group: the base matrices, grown by fold.
+        self.matrix = {g: getattr(self, attr) for g, (attr, _) in self._members.items()}
+
+    def fold(self, group: str, rows: int) -> torch.Tensor | None:
+        """Grow the group's base matrix by `rows` zero rows, the place of its stacked LoRA A
+        (lora_adapters.LoraBank): one product then gives the base output and every adapter's A
+        output, one kernel fewer per group, layer and step. Returns those rows, a view the bank
+        fills in place (adapters loaded later land in the matrix the captured graphs read); None
+        where a bias is kept apart. The base matrix and the modules' own weights become views of
+        the grown one, so no weight is stored twice."""
+        bias = {"qkv": self.b_qkv, "o": self.b_o}.get(group)
+        if group not in self._members or bias is not None:
+            return None
+        attr, modules = self._members[group]
+        w = getattr(self, attr)
+        grown = torch.cat([w, w.new_zeros(rows, w.shape[1])])
+        start = 0
+        for m in modules:
+            n = m.weight.shape[0]
+            m.weight.data = grown[start:start + n]
+            start += n
+        setattr(self, attr, grown[:w.shape[0]])
+        self.matrix[group] = grown
+        return grown[w.shape[0]:]
 
 
 def _fuse(*linears):

@@ -10,8 +10,10 @@ engine does its own per-layer math, so adapters are read with safetensors and th
                                        i's A for the group's j-th projection)
   b: [max_loras * G * max_rank, out]  (B transposed, block-diagonal over the group's outputs)
 so one step applies every adapter with two matmuls per group and a per-row 0/1 selection (see
-fused_layers.lora_delta). The buffers never change shape or address (adding an adapter copies
-into them), which keeps captured CUDA graphs valid."""
+fused_layers.project). The engine makes each `a` the last rows of its group's base matrix
+(FusedLayer.fold), so the first of those matmuls is the base projection itself. The buffers never
+change shape or address (adding an adapter copies into them), which keeps captured CUDA graphs
+valid."""
 
 from __future__ import annotations
 

@@ -173,10 +173,16 @@ class ModelRunner:
             raise ValueError(f"lora_targets: {unknown[0]!r} is not one of {', '.join(TARGETS)}")
         self.lora_bank = LoraBank(shapes, n_layers, {GROUP_OF[m][0] for m in wanted}, max_loras, max_rank,
                                   self.dtype, self.device)
+        for layer, bufs in zip(self._layers, self.lora_bank.layers):
+            lora = {}
+            for g, (a, b) in bufs.items():
+                rows = layer.fold(g, a.shape[0])
+                if rows is not None:
+                    bufs[g] = (rows, b)  # the bank fills the folded rows from now on
+                lora[g] = (None if rows is not None else a, b)
+            layer.lora = lora
         for adapter in read:
             self.adapter_ids[adapter.name] = self.lora_bank.add(adapter)
-        for layer, bufs in zip(self._layers, self.lora_bank.layers):
-            layer.lora = bufs
         # sel = (index == these) per row: 1 in its adapter's column, none for index 0.
         self._lora_cols = torch.arange(1, max_loras + 1, device=self.device)
 
@@ -202,12 +208,13 @@ class ModelRunner:
     def _layer_qkv(self, layer, x, cos, sin, sel=None):
         """Norm, fused q/k/v projection and rotary embedding for x [N, hidden], cos/sin [N, D].
         Returns q [N, H, D] and the new keys and values [N, 2, KV, D]."""
-        return self._qkv_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, cos, sin, self.n_heads, self.n_kv,
+        return self._qkv_fn(x, layer.ln1, layer.eps1, layer.matrix["qkv"], layer.b_qkv, cos, sin, self.n_heads, self.n_kv,
                             layer.lora.get("qkv"), sel)
 
     def _layer_rest(self, layer, x, attn_out, sel=None):
         lora = layer.lora
-        return self._rest_fn(x, attn_out, layer.w_o, layer.b_o, layer.ln2, layer.eps2, layer.w_gu, layer.w_down,
+        return self._rest_fn(x, attn_out, layer.matrix["o"], layer.b_o, layer.ln2, layer.eps2, layer.matrix["gu"],
+                             layer.matrix["down"],
                              layer.act, lora.get("o"), lora.get("gu"), lora.get("down"), sel)
 
     def _prefill(self, reqs: list[Request]) -> torch.Tensor:
@@ -309,7 +316,7 @@ class ModelRunner:
         for li, layer in enumerate(self._layers):
             keys, values = self.kv_cache[li, 0], self.kv_cache[li, 1]   # [slots, cache_len, kv, dim]
             if kind == "triton":  # rotary and the cache write happen in the kernel
-                qkv = self._qkv_raw_fn(x, layer.ln1, layer.eps1, layer.w_qkv, layer.b_qkv, self.n_heads, self.n_kv,
+                qkv = self._qkv_raw_fn(x, layer.ln1, layer.eps1, layer.matrix["qkv"], layer.b_qkv, self.n_heads, self.n_kv,
                                        layer.lora.get("qkv"), sel)
                 o = self._decode_attention(qkv, keys, values, pos, self.cos, self.sin, self.n_heads, self.scale)
                 x = self._layer_rest(layer, x, o.reshape(b, -1), sel)
