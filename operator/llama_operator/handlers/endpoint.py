@@ -190,7 +190,9 @@ async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
     if spec_model.scaling is None and not status.get("scaling"):
         return
     try:
-        describe = await asyncio.to_thread(app.endpoint_gateway.describe_endpoint, endpoint)
+        # the count matters only when scaling goes (back to resources.instanceCount)
+        describe = (await asyncio.to_thread(app.endpoint_gateway.describe_endpoint, endpoint)
+                    if spec_model.scaling is None else None)
         update = await asyncio.to_thread(scaling.sync, app, spec_model, status, endpoint, describe)
     except SageMakerError as exc:
         message = f"could not apply spec.scaling to endpoint {endpoint}: {describe_error(exc)}"
@@ -281,8 +283,12 @@ async def finalize(app: App, spec, status, meta, namespace, name, uid, body, ret
     gw, settings = app.endpoint_gateway, app.settings
     try:
         # Autoscaling first: nothing scales an endpoint being deleted, and nothing is left registered.
-        await asyncio.to_thread(app.scaling_gateway.remove,
-                                status.get("endpointName") or names.endpoint_name(namespace, name, uid))
+        # (Only where there is or may be some: an account stack from before spec.scaling has no
+        # Application Auto Scaling permissions, and deleting must not wait on them.)
+        spec_body = stored_spec(body)
+        if status.get("scaling") or (isinstance(spec_body, Mapping) and spec_body.get("scaling")):
+            await asyncio.to_thread(app.scaling_gateway.remove,
+                                    status.get("endpointName") or names.endpoint_name(namespace, name, uid))
         endpoints = await asyncio.to_thread(rollout.delete_endpoints, gw, namespace, name, uid, status)
         if endpoints:
             if status.get("phase") != "Deleting":
