@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from llama_operator import paths
+from llama_operator.local.demo import scaling
+from llama_operator.local.demo.answers import sampled_answer
 from llama_operator.local.kubernetes.table import printer_columns, render, rows
 
 BUCKET = "llama-operator-local"
@@ -180,16 +181,7 @@ def ask(stack, endpoint: str, prompts: list[str], max_new_tokens: int) -> tuple[
     runtime = stack.client("sagemaker-runtime")
 
     def one(prompt: str) -> tuple[str, str]:
-        # sampled, as a chat client asks: greedy decoding of a model this small gives every
-        # question the same most likely reply
-        body = json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens, "do_sample": True,
-                                                            "temperature": 0.8, "top_p": 0.9}})
-        answer = runtime.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="application/json",
-                                         Accept="application/json")
-        result = json.loads(answer["Body"].read())
-        if isinstance(result, list):
-            result = result[0]
-        return prompt, result.get("generated_text", "")
+        return prompt, sampled_answer(runtime, endpoint, prompt, max_new_tokens)
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
@@ -273,11 +265,13 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     finetune, endpoint = _examples()
     namespace = finetune["metadata"].get("namespace", "default")
-    ok, lora_status = False, {}
+    ok, lora_status, scaling_status = False, {}, {}
     with contextlib.ExitStack() as cleanup:
         _image_environments()
         say("starting the embedded default: local SageMaker service, S3 and SQS (moto), Kubernetes API")
-        stack = cleanup.enter_context(LocalStack(work / "sagemaker"))
+        # --scaling: an autoscaling metric period of scaling.PERIOD (a second) instead of a minute
+        stack = cleanup.enter_context(LocalStack(work / "sagemaker",
+                                                 autoscaling_period=scaling.PERIOD if args.scaling else None))
         kube = EmbeddedKubernetes().start()
         cleanup.callback(kube.stop)
         kubeconfig = kube.write_kubeconfig(work / "kubeconfig")
@@ -323,11 +317,16 @@ def run(args: argparse.Namespace) -> int:
             for q, (_, answer) in zip(questions, answers):
                 print(f"  Q: {q[:90]}\n  A: {answer.strip()[:120] or '<empty>'}")
             ok = all(a.strip() for _, a in answers) and (ft.get("status") or {}).get("phase") == "Completed"
+            served = ok  # the parts below each need only the fine-tuned model
             if ok and args.lora:
                 from llama_operator.local.demo import lora
 
                 ok, lora_status = lora.run(kube, stack, namespace, ft["status"]["modelS3Uri"], questions[0],
                                            chat_prompt(questions[0]), args.max_new_tokens, args.timeout, say)
+            if served and args.scaling:
+                scaled, scaling_status = scaling.run(kube, stack, namespace, ft["status"]["modelS3Uri"],
+                                                     [chat_prompt(q) for q in questions], args.timeout, say, operator)
+                ok = ok and scaled
         print()
         print(table(kube, namespace))
         print()
@@ -347,8 +346,9 @@ def run(args: argparse.Namespace) -> int:
                                                   or kube.get("llamafinetunes", namespace, ft_name)):
                 time.sleep(1)
             leftovers = sagemaker_leftovers(stack.client("sagemaker"), ep_status)
-            leftovers += [x for x in sagemaker_leftovers(stack.client("sagemaker"), lora_status)
-                          if not x.startswith("endpoint ")]  # every endpoint is listed above already
+            for extra in (lora_status, scaling_status):
+                leftovers += [x for x in sagemaker_leftovers(stack.client("sagemaker"), extra)
+                              if not x.startswith("endpoint ")]  # every endpoint is listed above already
             say("deleted both resources; SageMaker objects left: " + (", ".join(leftovers) or "none"))
             ok = ok and not leftovers
     say(f"demo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.0f}s")
@@ -366,4 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-state", action="store_true", help="reuse --work-dir instead of starting clean")
     parser.add_argument("--lora", action="store_true",
                         help="then train two LoRA adapters on the fine-tuned model and serve both on one endpoint")
+    parser.add_argument("--scaling", action="store_true",
+                        help="then serve the fine-tuned model with autoscaling, load it until a second instance "
+                             "serves and let it scale back in (one metric period a second)")
     return run(parser.parse_args(argv))

@@ -6,12 +6,12 @@ base alone. Everything it applied is deleted again before it returns."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import yaml
 
 from llama_operator import paths
+from llama_operator.local.demo.answers import sampled_answer
 
 EXAMPLES = ("finetune-lora-local.yaml", "endpoint-adapters-local.yaml")
 
@@ -27,16 +27,6 @@ def _plural(doc: dict) -> str:
 
 def _phase(kube, namespace: str, doc: dict) -> str | None:
     return ((kube.get(_plural(doc), namespace, doc["metadata"]["name"]) or {}).get("status") or {}).get("phase")
-
-
-def _answer(runtime, endpoint: str, prompt: str, max_new_tokens: int, adapter: str | None) -> str:
-    params = {"max_new_tokens": max_new_tokens, "do_sample": True, "temperature": 0.8, "top_p": 0.9}
-    if adapter is not None:
-        params["adapter"] = adapter
-    out = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Accept="application/json",
-                                  Body=json.dumps({"inputs": prompt, "parameters": params}))
-    result = json.loads(out["Body"].read())
-    return (result[0] if isinstance(result, list) else result).get("generated_text", "")
 
 
 def run(kube, stack, namespace: str, base_uri: str, question: str, prompt: str, max_new_tokens: int,
@@ -70,7 +60,7 @@ def run(kube, stack, namespace: str, base_uri: str, question: str, prompt: str, 
         say(f"adapters served on one base: {', '.join(ep_status.get('adapters', []))}")
         print(f"  Q: {question[:90]}")
         for label, adapter in (("tiny-llama-lora-a (default)", None), ("b", "b"), ("base model", "")):
-            answer = _answer(runtime, ep_status["endpointName"], prompt, max_new_tokens, adapter).strip()
+            answer = sampled_answer(runtime, ep_status["endpointName"], prompt, max_new_tokens, adapter).strip()
             print(f"  A [{label}]: {answer[:120] or '<empty>'}")
             ok = ok and bool(answer)
     else:
