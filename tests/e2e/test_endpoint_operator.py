@@ -488,8 +488,35 @@ def test_lora_fine_tunes_then_one_endpoint_serves_both_adapters_on_the_base(worl
     with pytest.raises(ClientError) as err:
         ask(prompt, adapter="c")
     assert "parameters.adapter" in str(err.value)
+    base_answer = ask(prompt, adapter="")
 
-    uid = ep["metadata"]["uid"]
-    assert kube.delete("llamaendpoints", "default", "two-adapters") in (200, 202)
-    wait_for(lambda: kube.get("llamaendpoints", "default", "two-adapters") is None, 60, "the LlamaEndpoint to go")
-    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+    # The same adapters on the vllm engine: the operator copies them into the code prefix, where
+    # LMI loads adapters (adapters/<name>/); requests name one with LMI's top-level "adapters".
+    kube.apply(endpoint("two-adapters-vllm", source={"fromFinetune": "lora-a",
+                                                     "adapters": [{"name": "b", "fromFinetune": "lora-b"}]},
+                        serving={"engine": "vllm", "maxNewTokens": 8, "dtype": "fp32"}))
+    vep = wait_for(lambda: (o := get(world, "llamaendpoints", "two-adapters-vllm")).get("status", {}).get("phase")
+                   in ("InService", "Failed") and o, 240, "the vllm endpoint InService")
+    vst = vep["status"]
+    assert vst["phase"] == "InService", vst.get("failureReason")
+    code = s3.list_objects_v2(Bucket=BUCKET, Prefix="operator/endpoint-code/")["Contents"]
+    copied = {k["Key"].split("/adapters/", 1)[1] for k in code if "/adapters/" in k["Key"]}
+    assert {"lora-a/adapter_config.json", "lora-a/adapter_model.safetensors", "b/adapter_config.json",
+            "b/adapter_model.safetensors"} <= copied
+
+    def ask_lmi(prompt, adapters=None):
+        body = {"inputs": prompt, "parameters": {"max_new_tokens": 8}}
+        if adapters is not None:
+            body["adapters"] = adapters
+        resp = rt.invoke_endpoint(EndpointName=vst["endpointName"], ContentType="application/json",
+                                  Body=json.dumps(body))
+        return json.loads(resp["Body"].read())["generated_text"]
+
+    assert ask_lmi(prompt, "b") == merged_reference(world, base_uri, done["lora-b"]["adapterS3Uri"], prompt, 8)
+    assert ask_lmi(prompt, "lora-a") == merged_reference(world, base_uri, done["lora-a"]["adapterS3Uri"], prompt, 8)
+    assert ask_lmi(prompt) == base_answer  # LMI's vLLM has no default adapter
+
+    for name, obj in (("two-adapters", ep), ("two-adapters-vllm", vep)):
+        assert kube.delete("llamaendpoints", "default", name) in (200, 202)
+        wait_for(lambda n=name: kube.get("llamaendpoints", "default", n) is None, 60, f"{name} to go")
+        assert owned(sm, obj["metadata"]["uid"]) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

@@ -184,7 +184,7 @@ NOT_IN_CLUSTER = ("local/",)
 SERVICES = ("sagemaker", "s3", "sqs", "cloudwatch", "application-autoscaling")  # the clients the operator makes
 # IAM actions named otherwise than their API operation (SQS's batch calls are authorized by the
 # single call's action: there is no sqs:DeleteMessageBatch in IAM)
-ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket",
+ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket", "s3:CopyObject": "s3:PutObject",
              "sqs:DeleteMessageBatch": "sqs:DeleteMessage"}
 # What IAM checks besides the operation itself: creating with Tags needs sagemaker:AddTags, and
 # handing spec.roleArn to SageMaker needs iam:PassRole.
@@ -192,6 +192,7 @@ IMPLIED = {"sagemaker:CreateTrainingJob": {"sagemaker:AddTags", "iam:PassRole"},
            "sagemaker:CreateModel": {"sagemaker:AddTags", "iam:PassRole"},
            "sagemaker:CreateEndpointConfig": {"sagemaker:AddTags"},
            "sagemaker:CreateEndpoint": {"sagemaker:AddTags"},
+           "s3:CopyObject": {"s3:GetObject"},  # reads the source as well
            # Application Auto Scaling makes and deletes the target-tracking alarms as the caller, and
            # creates its service-linked role on the first registration.
            "application-autoscaling:RegisterScalableTarget": {"iam:CreateServiceLinkedRole"},
@@ -218,7 +219,7 @@ def operator_actions() -> dict[str, set[str]]:
         for word in set(re.findall(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b", path.read_text())):
             for op in methods.get(word, ()):
                 action = ACTION_OF.get(op, op)
-                for a in {action} | IMPLIED.get(action, set()):
+                for a in {action} | IMPLIED.get(action, set()) | IMPLIED.get(op, set()):
                     needed.setdefault(a, set()).add(rel)
     return needed
 

@@ -43,9 +43,14 @@ def lmi_settings(engine: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("max_rolling_batch_size", "max_model_len"):
             if settings.get(key) is not None:
                 out[key] = settings[key]
-    for key in ("max_lora_rank", "default_adapter"):  # given only with adapters
-        if settings.get(key) is not None:
-            out[key] = settings[key]
+    rank = settings.get("max_lora_rank")  # given only with adapters
+    if rank is not None:
+        # vLLM sizes its adapter slots from a fixed list of ranks: the next one up
+        out["max_lora_rank"] = rank if engine != "vllm" else next(
+            (r for r in _lmi_module().VLLM_LORA_RANKS if r >= rank), rank)
+    if settings.get("default_adapter") is not None and engine != "vllm":
+        # LMI's vLLM has no default adapter: a request without `adapters` runs on the base model
+        out["default_adapter"] = settings["default_adapter"]
     return out
 
 
@@ -58,6 +63,21 @@ def render(engine: str, model_s3_uri: str, settings: Mapping[str, Any],
     if not files:
         raise ValueError(f"render_artifacts({engine!r}) produced no files")
     return {str(k): str(v) for k, v in files.items()}
+
+
+# What LMI's vLLM reads of a PEFT adapter directory (and what the fine-tunes write).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def adapter_copies(engine: str, code_prefix_uri: str, adapters: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """(source, destination) S3 object URIs that put each adapter where LMI's vLLM loads adapters
+    from: adapters/<name>/ in the model directory, which is this code prefix. The batching engine
+    pulls adapters from their own prefixes (option.adapters): nothing to copy."""
+    if engine != "vllm" or not adapters:
+        return []
+    base = code_prefix_uri.rstrip("/")
+    return [(f"{uri.rstrip('/')}/{f}", f"{base}/adapters/{name}/{f}")
+            for name, uri in sorted(adapters.items()) for f in ADAPTER_FILES]
 
 
 def content_hash(files: Mapping[str, str]) -> str:

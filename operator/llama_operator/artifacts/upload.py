@@ -25,3 +25,27 @@ def put_missing(s3, prefix_uri: str, files: Mapping[str, bytes], *, content_type
             s3.put_object(Bucket=bucket, Key=key, Body=data, **extra)
             uploaded = True
     return uploaded
+
+
+def copy_missing(s3, copies: list[tuple[str, str]]) -> int:
+    """Server-side copies (source, destination object URIs) of the objects not yet at their
+    destination with the source's size; the number copied. A missing source raises
+    FileNotFoundError naming it."""
+    from botocore.exceptions import ClientError
+
+    done = 0
+    for src, dst in copies:
+        sb, sk = s3uri.split(src)
+        db, dk = s3uri.split(dst)
+        try:
+            size = s3.head_object(Bucket=sb, Key=sk)["ContentLength"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(src) from None
+            raise
+        listed = s3.list_objects_v2(Bucket=db, Prefix=dk, MaxKeys=1).get("Contents", [])
+        if listed and listed[0]["Key"] == dk and listed[0]["Size"] == size:
+            continue
+        s3.copy_object(Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
+        done += 1
+    return done

@@ -122,7 +122,9 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
                                                           status=without_refusal(status, generation),
                                                           retry=retry)
     except TerminalError as exc:
-        code, message = exc.code, f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
+        code = exc.code
+        message = (exc.message if exc.operation == "CopyObject"  # an adapter the endpoint cannot have
+                   else f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}")
 
         def rejected(current, _):
             update = es.local_phase("Failed", code, message, current, generation=generation)

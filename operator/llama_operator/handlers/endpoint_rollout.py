@@ -10,7 +10,8 @@ from typing import Any, Mapping
 import kopf
 
 from llama_operator.artifacts import endpoint_code
-from llama_operator.aws.endpoints import EndpointGateway, Owned, SageMakerError
+from llama_operator.artifacts.upload import copy_missing
+from llama_operator.aws.endpoints import EndpointGateway, Owned, SageMakerError, TerminalError
 from llama_operator.handlers import endpoint_scaling
 from llama_operator.handlers.kube import backoff
 from llama_operator.plan import names, rollout
@@ -30,6 +31,12 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
     plan = rollout.plan(spec_model, namespace=namespace, name=name, uid=uid, resolved=resolved,
                         region=settings.region, source_s3_uri=settings.source_s3_uri)
     endpoint_code.upload(app.s3, plan.code_s3_uri, plan.code_files)
+    try:
+        copy_missing(app.s3, plan.adapter_copies)
+    except FileNotFoundError as exc:
+        raise TerminalError("AdapterNotFound", f"{exc.args[0]} does not exist: a LoRA adapter directory holds "
+                            f"{' and '.join(endpoint_code.ADAPTER_FILES)} (as PEFT saves it); fix model.adapters",
+                            "CopyObject") from None
     gw.ensure_model(plan.model_request, uid)
     gw.ensure_endpoint_config(plan.config_request, uid)
     current = gw.describe_endpoint(plan.endpoint_name)

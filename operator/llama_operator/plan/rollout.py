@@ -28,6 +28,8 @@ class Plan:
     model_s3_uri: str
     code_s3_uri: str
     code_files: dict[str, str]
+    # (source, destination) S3 objects: adapters copied into the code prefix (vllm)
+    adapter_copies: list[tuple[str, str]]
 
 
 def code_base_uri(source_s3_uri: str | None, model_s3_uri: str) -> str:
@@ -64,6 +66,7 @@ def plan(spec_model, *, namespace: str, name: str, uid: str, resolved: Resolved,
         endpoint_request=plan_ep.create_endpoint_request(spec_model, **common),
         update_request=plan_ep.update_endpoint_request(spec_model, **common),
         model_s3_uri=model_s3_uri, code_s3_uri=code_uri, code_files=files,
+        adapter_copies=endpoint_code.adapter_copies(spec_model.serving.engine, code_uri, resolved.adapters),
     )
 
 

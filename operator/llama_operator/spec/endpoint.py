@@ -19,8 +19,6 @@ MSG_BF16 = ("serving.dtype bf16 needs an Ampere or newer GPU: on ml.p3/ml.g4dn i
 MSG_ONE_MODEL = "set exactly one of model.s3Uri or model.fromFinetune"
 MSG_ONE_ADAPTER_SOURCE = "set exactly one of s3Uri or fromFinetune for each of model.adapters"
 MSG_ADAPTER_NAMES = "model.adapters: each adapter needs its own name (requests pick one by it)"
-MSG_ADAPTERS_BATCHING = ("model.adapters needs serving.engine batching (LMI's vLLM loads adapters only from the "
-                         "model's own directory): set serving.engine to batching")
 ADAPTER_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_ADAPTERS = 16
 MSG_VLLM_ONLY = ("serving.maxRollingBatchSize and serving.maxModelLength apply only to serving.engine vllm: "
@@ -170,8 +168,6 @@ class LlamaEndpointSpec(ResourceSpec):
     def _dtype_fits_the_gpu(self):
         if self.serving.dtype == "bf16" and BF16_LESS_INSTANCES.match(self.resources.instance_type):
             raise ValueError(MSG_BF16)
-        if self.model.adapters and self.serving.engine != "batching":
-            raise ValueError(MSG_ADAPTERS_BATCHING)
         sc = self.scaling
         if sc is not None and not sc.min_instances <= self.resources.instance_count <= sc.max_instances:
             raise ValueError(MSG_SCALING_START)

@@ -51,3 +51,58 @@ def test_rendered_code_points_at_the_model_and_is_content_addressed():
     other = endpoint_code.render("batching", "s3://bkt/out/job2/model/", {"dtype": "fp32", "max_batch_size": 4})
     assert endpoint_code.code_prefix("s3://ops/x", files) == endpoint_code.code_prefix("s3://ops/x/", again)
     assert endpoint_code.code_prefix("s3://ops/x", files) != endpoint_code.code_prefix("s3://ops/x", other)
+
+
+def test_vllm_adapters_are_copied_into_the_code_prefix_where_lmi_loads_them():
+    adapters = {"b": "s3://data/ft-b/adapter/", "a": "s3://data/ft-a/adapter"}
+    files = endpoint_code.render("vllm", "s3://data/base/", {"dtype": "bf16", "max_lora_rank": 16}, adapters)
+    prefix = endpoint_code.code_prefix("s3://ops/llama-operator", files)
+    copies = endpoint_code.adapter_copies("vllm", prefix, adapters)
+    assert copies == [(f"s3://data/ft-{n}/adapter/{f}", f"{prefix}adapters/{n}/{f}")
+                      for n in ("a", "b") for f in ("adapter_config.json", "adapter_model.safetensors")]
+    assert "option.enable_lora=true" in files["serving.properties"]
+    # another adapter source is another code prefix: the endpoint rolls out to it
+    moved = endpoint_code.render("vllm", "s3://data/base/", {"dtype": "bf16", "max_lora_rank": 16},
+                                 {**adapters, "b": "s3://data/ft-b2/adapter/"})
+    assert endpoint_code.code_prefix("s3://ops/llama-operator", moved) != prefix
+    # the batching engine pulls adapters from their own prefixes
+    assert endpoint_code.adapter_copies("batching", prefix, adapters) == []
+
+
+def test_vllm_takes_its_next_lora_rank_and_no_default_adapter():
+    vllm = endpoint_code.lmi_settings("vllm", {"max_lora_rank": 20, "default_adapter": "a"})
+    assert vllm == {"max_lora_rank": 32}
+    batching = endpoint_code.lmi_settings("batching", {"max_lora_rank": 20, "default_adapter": "a"})
+    assert batching == {"max_lora_rank": 20, "default_adapter": "a"}
+
+
+def _s3():
+    import botocore.session
+
+    return botocore.session.get_session().create_client("s3", region_name="us-east-1", aws_access_key_id="x",
+                                                        aws_secret_access_key="y")
+
+
+def test_copies_only_what_is_missing_and_names_a_missing_source():
+    import pytest
+    from botocore.stub import Stubber
+
+    from llama_operator.artifacts.upload import copy_missing
+
+    s3 = _s3()
+    copies = [("s3://data/a/adapter_config.json", "s3://ops/code/adapters/a/adapter_config.json"),
+              ("s3://data/a/adapter_model.safetensors", "s3://ops/code/adapters/a/adapter_model.safetensors")]
+    with Stubber(s3) as stub:
+        stub.add_response("head_object", {"ContentLength": 10}, {"Bucket": "data", "Key": "a/adapter_config.json"})
+        stub.add_response("list_objects_v2", {"Contents": [{"Key": "code/adapters/a/adapter_config.json", "Size": 10}]},
+                          {"Bucket": "ops", "Prefix": "code/adapters/a/adapter_config.json", "MaxKeys": 1})
+        stub.add_response("head_object", {"ContentLength": 99}, {"Bucket": "data", "Key": "a/adapter_model.safetensors"})
+        stub.add_response("list_objects_v2", {}, {"Bucket": "ops", "Prefix": "code/adapters/a/adapter_model.safetensors",
+                                                  "MaxKeys": 1})
+        stub.add_response("copy_object", {}, {"Bucket": "ops", "Key": "code/adapters/a/adapter_model.safetensors",
+                                              "CopySource": {"Bucket": "data", "Key": "a/adapter_model.safetensors"}})
+        assert copy_missing(s3, copies) == 1
+        stub.add_client_error("head_object", "404", "Not Found", 404)
+        with pytest.raises(FileNotFoundError) as err:
+            copy_missing(s3, copies[:1])
+    assert err.value.args[0] == "s3://data/a/adapter_config.json"
