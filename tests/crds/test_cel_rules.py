@@ -29,6 +29,9 @@ def merged(base, **changes):
 
 FT, EP = specdata.FINETUNE_MIN, specdata.ENDPOINT_MIN
 CASES = [
+    ("llamafinetunes", "set exactly one of baseModel.s3Uri or baseModel.fromFinetune",
+     merged(FT, baseModel={"fromFinetune": "full-ft"}),
+     merged(FT, baseModel={"s3Uri": "s3://bkt/models/llama/", "fromFinetune": "full-ft"})),
     ("llamafinetunes", "method.zeroStage applies only to method.type deepspeed",
      merged(FT, method__zeroStage=1), merged(specdata.FINETUNE_SMP, method__zeroStage=1)),
     ("llamafinetunes", "method.shardDegree and method.tensorParallelDegree apply only to method.type smp",

@@ -22,7 +22,7 @@ from llama_operator.paths import crds_dir
 from llama_operator.settings import Settings
 
 from crd_schema import undeclared_fields
-from operator_harness import InProcessOperator, environment, owned, wait_for
+from operator_harness import InProcessOperator, environment, jobs_for, owned, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -520,3 +520,38 @@ def test_lora_fine_tunes_then_one_endpoint_serves_both_adapters_on_the_base(worl
         assert kube.delete("llamaendpoints", "default", name) in (200, 202)
         wait_for(lambda n=name: kube.get("llamaendpoints", "default", n) is None, 60, f"{name} to go")
         assert owned(sm, obj["metadata"]["uid"]) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+
+
+def test_a_lora_fine_tune_chained_on_a_full_one_by_reference(world):
+    """baseModel.fromFinetune: the LoRA fine-tune waits for the full one, trains on the model it
+    produced, and an endpoint of the LoRA fine-tune serves that model with the adapter."""
+    kube, sm = world["kube"], world["sm"]
+    chained = lora_finetune("chain-lora", 3)
+    chained["spec"]["baseModel"] = {"fromFinetune": "chain-full"}
+    kube.apply(chained)
+    waiting = wait_for(lambda: (o := get(world, "llamafinetunes", "chain-lora")).get("status", {}).get("phase")
+                       == "WaitingForModel" and o, 60, "the chained fine-tune to wait")
+    assert "chain-full" in condition(waiting, "Progressing").get("message", "")
+    assert jobs_for(sm, "chain-lora") == []
+    kube.apply(finetune("chain-full"))
+    done = {}
+    for name in ("chain-full", "chain-lora"):
+        done[name] = wait_for(lambda n=name: (o := get(world, "llamafinetunes", n)).get("status", {}).get("phase")
+                              in ("Completed", "Failed") and o, 300, f"{name} to finish")["status"]
+        assert done[name]["phase"] == "Completed", done[name].get("failureReason")
+    full_model = done["chain-full"]["modelS3Uri"]
+    assert done["chain-lora"]["baseModelS3Uri"] == full_model
+    assert done["chain-full"]["baseModelS3Uri"] == f"s3://{BUCKET}/models/tiny/"
+
+    kube.apply(endpoint("chained", source={"fromFinetune": "chain-lora"}))
+    ep = wait_for(lambda: (o := get(world, "llamaendpoints", "chained")).get("status", {}).get("phase")
+                  in ("InService", "Failed") and o, 240, "InService")
+    st = ep["status"]
+    assert st["phase"] == "InService", st.get("failureReason")
+    assert st["modelS3Uri"] == full_model and st["adapters"] == ["chain-lora"]
+    prompt = "Hello, how are you?"
+    assert invoke(world["rt"], st["endpointName"], prompt) == merged_reference(
+        world, full_model, done["chain-lora"]["adapterS3Uri"], prompt, 8)
+    assert kube.delete("llamaendpoints", "default", "chained") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "chained") is None, 60, "the LlamaEndpoint to go")
+    assert owned(sm, ep["metadata"]["uid"]) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

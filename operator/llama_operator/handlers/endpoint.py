@@ -34,9 +34,10 @@ from llama_operator.plan import names
 from llama_operator.handlers import endpoint_rollout as rollout
 from llama_operator.handlers import endpoint_scaling as scaling
 from llama_operator.handlers.app import App, Refused
+from llama_operator.handlers.finetune import finetune_index
 from llama_operator.handlers.kube import backoff, write_status
-from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, FINETUNES, GROUP, KIND_TAG, VERSION
-from llama_operator.plan.model_source import ADAPTER_REFUSALS, NEEDS_A_NEW_SPEC, finetune_entry, resolve_model
+from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, GROUP, KIND_TAG, VERSION
+from llama_operator.plan.model_source import ADAPTER_REFUSALS, NEEDS_A_NEW_SPEC, resolve_model
 from llama_operator.spec import LlamaEndpointSpec, deletion_policy, stored_spec
 from llama_operator.status import endpoint as es
 from llama_operator.status.endpoint_changes import (clearing_refusal, desired_names, event_update, merged, settle,
@@ -359,7 +360,7 @@ def register(registry: kopf.OperatorRegistry, app: App, *, sagemaker_client=None
         app.scaling_gateway = ScalingGateway(make_client("application-autoscaling", app.settings.region),
                                              on_call=metrics.on_sagemaker_call)
     bound = functools.partial
-    kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")(finetune_entry)
+    finetune_index(registry)
     for on in (kopf.on.resume, kopf.on.create):
         on(*RESOURCE, registry=registry, id="reconcile")(bound(reconcile, app))
     kopf.on.update(*RESOURCE, registry=registry, id="reconcile", field="spec")(bound(reconcile, app))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import weakref
 
 import kopf
 
@@ -27,6 +28,7 @@ from llama_operator.handlers.app import App, Refused
 from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import FINETUNE_KIND, FINETUNES, GROUP, TRAINING_DETAIL_TYPE, VERSION
 from llama_operator.plan import finetune as plan_ft
+from llama_operator.plan.model_source import finetune_entry, resolve_base_model
 from llama_operator.plan.names import training_job_name
 from llama_operator.spec import LlamaFinetuneSpec, deletion_policy, stored_spec
 from llama_operator.status import finetune as st
@@ -63,8 +65,13 @@ def remember_name(app: App, type, name, namespace, uid, status, **_):
         metrics.phase(FINETUNE_KIND, namespace, name, status.get("phase") or "Pending")
 
 
-async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, retry, **_):
-    """Create (and resume): validate, plan, upload the source, create or adopt the training job."""
+# a base the named LlamaFinetune will never produce: Failed until the spec changes
+_BASE_REFUSALS = ("FinetuneFailed", "FinetuneHasNoModel")
+
+
+async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, retry, llama_finetunes=None, **_):
+    """Create (and resume): validate, resolve baseModel.fromFinetune, plan, upload the source,
+    create or adopt the training job."""
     if meta.get("deletionTimestamp"):
         return
     generation = meta.get("generation")
@@ -79,7 +86,21 @@ async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, re
             current, reason, message, generation=meta.get("generation"), now=now))
         _event(body, "Warning", reason, message)
         return
-    if status.get("phase") in (None, "Pending"):
+    base_uri = None
+    if model.base_model.from_finetune:
+        base_uri, why, said = resolve_base_model(model.base_model.to_body(), namespace, name, llama_finetunes)
+        if base_uri is None:
+            if why in _BASE_REFUSALS:
+                await _write(app, body, lambda current, meta: st.failed_before_start(
+                    current, why, said, generation=meta.get("generation"), now=now))
+                _event(body, "Warning", why, said)
+                return
+            if status.get("phase") != "WaitingForModel":  # one Event, not one per look
+                await _write(app, body, lambda current, meta: st.waiting_for_model(
+                    current, why, said, generation=meta.get("generation"), now=now))
+                _event(body, "Normal", "WaitingForModel", said)
+            raise kopf.TemporaryError(said, delay=app.settings.model_wait_seconds)
+    if status.get("phase") in (None, "Pending", "WaitingForModel"):
         _event(body, "Normal", "Creating", "creating the SageMaker training job")
     try:
         prefix = plan_ft.source_prefix(model, app.settings.source_s3_uri)
@@ -89,7 +110,8 @@ async def reconcile(app: App, spec, body, meta, status, name, namespace, uid, re
             training_source.requirements_for(workloads, model.method.type,
                                              model.method.peft.type if model.method.peft else None))
         request = plan_ft.create_training_job_request(model, namespace=namespace, name=name, uid=uid,
-                                                       source_s3_uri=source_uri, region=app.settings.region)
+                                                       source_s3_uri=source_uri, region=app.settings.region,
+                                                       base_model_s3_uri=base_uri)
         described, created = await asyncio.to_thread(app.sagemaker.ensure_training_job, request)
     except TerminalError as exc:
         code, message = exc.code, f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}"
@@ -155,7 +177,7 @@ async def spec_changed(app: App, spec, body, meta, status, name, namespace, uid,
                "Create a new LlamaFinetune for a new run")
         return
     await reconcile(app, spec=spec, body=body, meta=meta, status=status, name=name, namespace=namespace, uid=uid,
-                    retry=retry)
+                    retry=retry, llama_finetunes=kwargs.get("llama_finetunes"))
 
 
 async def resync(app: App, body, meta, status, name, namespace, uid, **_):
@@ -266,6 +288,7 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
     if app.loss is None:
         app.loss = LossReader.from_settings(app.settings)
     bound = functools.partial
+    finetune_index(registry)
     kopf.on.event(*RESOURCE, registry=registry, id="remember_name")(bound(remember_name, app))
     kopf.on.create(*RESOURCE, registry=registry, id="reconcile")(bound(reconcile, app))
     kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")(bound(reconcile, app))
@@ -276,6 +299,18 @@ def register(registry: kopf.OperatorRegistry, app: App) -> None:
                 when=_running)(bound(follow_loss, app))
     kopf.on.delete(*RESOURCE, registry=registry, id="finalize")(bound(finalize, app))
     app.routes[TRAINING_DETAIL_TYPE] = bound(on_training_event, app)
+
+
+_INDEXED: "weakref.WeakSet[kopf.OperatorRegistry]" = weakref.WeakSet()
+
+
+def finetune_index(registry: kopf.OperatorRegistry) -> None:
+    """The kopf index of LlamaFinetunes by (namespace, name) that both kinds read (a fine-tune's
+    baseModel.fromFinetune, an endpoint's model and adapters), added once per registry."""
+    if registry in _INDEXED:
+        return
+    _INDEXED.add(registry)
+    kopf.index(GROUP, VERSION, FINETUNES, registry=registry, id="llama_finetunes")(finetune_entry)
 
 
 def _running(status, meta, **_) -> bool:

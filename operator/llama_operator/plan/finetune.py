@@ -50,11 +50,15 @@ def _text(value: Any) -> str:
 
 
 def hyperparameters(spec: LlamaFinetuneSpec, *, job_name: str, source_s3_uri: str,
-                    region: str) -> dict[str, str]:
+                    region: str, base_model_s3_uri: str | None = None) -> dict[str, str]:
+    """`base_model_s3_uri`: what baseModel.fromFinetune resolved to (plan.model_source)."""
     hp, method = spec.hyperparameters, spec.method
+    base = base_model_s3_uri or spec.base_model.s3_uri
+    if not base:
+        raise ValueError("baseModel.fromFinetune must be resolved to a model prefix before planning the job")
     values: dict[str, Any] = {
         "method": method.type,
-        "base_model": _prefix(spec.base_model.s3_uri),
+        "base_model": _prefix(base),
         "output_s3_uri": model_s3_uri(spec, job_name),
         "epochs": hp.epochs,
         "max_steps": hp.max_steps,
@@ -109,8 +113,8 @@ def _channel(name: str, s3_uri: str) -> dict:
 
 
 def create_training_job_request(spec: LlamaFinetuneSpec, *, namespace: str, name: str, uid: str,
-                                source_s3_uri: str, region: str) -> dict:
-    """kwargs for boto3's `create_training_job`."""
+                                source_s3_uri: str, region: str, base_model_s3_uri: str | None = None) -> dict:
+    """kwargs for boto3's `create_training_job`; `base_model_s3_uri` for a baseModel.fromFinetune."""
     job = training_job_name(namespace, name, uid)
     res = spec.resources
     channels = [_channel("train", spec.dataset.train)]
@@ -126,7 +130,8 @@ def create_training_job_request(spec: LlamaFinetuneSpec, *, namespace: str, name
             "EnableSageMakerMetricsTimeSeries": True,
         },
         "RoleArn": spec.role_arn,
-        "HyperParameters": hyperparameters(spec, job_name=job, source_s3_uri=source_s3_uri, region=region),
+        "HyperParameters": hyperparameters(spec, job_name=job, source_s3_uri=source_s3_uri, region=region,
+                                           base_model_s3_uri=base_model_s3_uri),
         "InputDataConfig": channels,
         "OutputDataConfig": {"S3OutputPath": spec.output_s3_uri},
         "ResourceConfig": {"InstanceType": res.instance_type, "InstanceCount": res.instance_count,

@@ -61,6 +61,25 @@ def _base(model: Mapping[str, Any], namespace: str, finetunes) -> tuple[Resolved
     return Resolved(ft["modelS3Uri"]), "FinetuneCompleted", f"model from LlamaFinetune {source}: {ft['modelS3Uri']}"
 
 
+def resolve_base_model(base: Mapping[str, Any], namespace: str, name: str, finetunes
+                       ) -> tuple[str | None, str, str]:
+    """A LlamaFinetune's baseModel as a model prefix: (uri, reason, message), uri None while the
+    LlamaFinetune it names has not completed, or, with a reason in NEEDS_A_NEW_SPEC, never will."""
+    if base.get("s3Uri"):
+        return base["s3Uri"], "ModelGiven", f"base model {base['s3Uri']}"
+    source = base.get("fromFinetune")
+    if source == name:
+        return None, "FinetuneFailed", "spec.baseModel.fromFinetune names this LlamaFinetune itself: name another one"
+    ft, reason, message = _finetune(finetunes, namespace, source, "baseModel.fromFinetune")
+    if ft is None:
+        return None, reason, message
+    if not ft.get("modelS3Uri"):
+        return None, "FinetuneHasNoModel", (
+            f"spec.baseModel.fromFinetune: LlamaFinetune {source} produced a LoRA adapter and no model; to train on "
+            "it, re-create it with output.mergeAdapter: true, or start from baseModel.s3Uri")
+    return ft["modelS3Uri"], "FinetuneCompleted", f"base model from LlamaFinetune {source}: {ft['modelS3Uri']}"
+
+
 def resolve_model(spec: Mapping[str, Any], namespace: str, finetunes) -> tuple[Resolved | None, str, str]:
     """(what to serve or None, reason, message). `finetunes`: the kopf index of LlamaFinetunes by
     (namespace, name). None means not available: yet (WaitingForModel) or, with a reason in
@@ -108,6 +127,8 @@ def finetune_entry(namespace, name, status, spec=None, **_):
     base = spec.get("baseModel") if isinstance(spec, Mapping) else None
     return {(namespace, name): {"phase": status.get("phase"), "modelS3Uri": status.get("modelS3Uri"),
                                 "adapterS3Uri": status.get("adapterS3Uri"),
-                                "baseModelS3Uri": base.get("s3Uri") if isinstance(base, Mapping) else None,
+                                # what the job started from (status: also a baseModel.fromFinetune)
+                                "baseModelS3Uri": status.get("baseModelS3Uri") or (
+                                    base.get("s3Uri") if isinstance(base, Mapping) else None),
                                 "peftRank": peft.get("r") if isinstance(peft, Mapping) else None,
                                 "failureReason": status.get("failureReason")}}

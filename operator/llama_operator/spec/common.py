@@ -18,6 +18,8 @@ S3Uri = Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)]
 RoleArn = Annotated[str, Field(max_length=2048, pattern=ROLE_ARN_PATTERN)]
 InstanceType = Annotated[str, Field(max_length=64, pattern=INSTANCE_TYPE_PATTERN)]
 Image = Annotated[str, Field(min_length=1, max_length=255)]
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+FinetuneName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]  # a LlamaFinetune's name
 
 TAGS_MESSAGE = ("tags: keys must be at most 128 characters and must not start with llamaops.dev/ "
                 "(the operator's owner tags) or aws: (reserved); rename the tag")

@@ -8,9 +8,7 @@ from typing import List, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from typing_extensions import Annotated
 
-from .common import InstanceType, ResourceSpec, S3Uri, SpecModel, environment_type
-
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+from .common import FinetuneName, InstanceType, ResourceSpec, S3Uri, SpecModel, environment_type
 
 BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|g3|g3s|g4dn)[.]")
 
@@ -48,9 +46,6 @@ MSG_SCALING_START = ("resources.instanceCount is the count the endpoint starts w
 # What the serving knobs default to when the spec leaves them out is workloads/serve/defaults.json
 # (llama_operator.paths.serving_default), which the serving workload reads too.
 DEFAULT_CANARY_PERCENT = 10
-
-
-FinetuneName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
 
 
 class AdapterSource(SpecModel):

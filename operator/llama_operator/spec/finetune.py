@@ -8,7 +8,7 @@ from typing import List, Literal, Optional
 from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
-from .common import InstanceType, ResourceSpec, S3Uri, SpecModel, environment_type
+from .common import FinetuneName, InstanceType, ResourceSpec, S3Uri, SpecModel, environment_type
 
 BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|p3dn|g3|g3s|g4dn)[.]")
 SMP_INSTANCES = re.compile(r"^ml[.](p4d|p4de|p5|p5e|p5en)[.]")
@@ -45,8 +45,19 @@ MSG_IMMUTABLE = ("spec is immutable once the training job exists; create a new L
                  "(only spec.deletionPolicy may change)")
 
 
+MSG_ONE_BASE = "set exactly one of baseModel.s3Uri or baseModel.fromFinetune"
+
+
 class BaseModelSource(SpecModel):
-    s3_uri: S3Uri
+    """The model to start from: an S3 prefix, or the model another LlamaFinetune produced."""
+    s3_uri: Optional[S3Uri] = None
+    from_finetune: Optional[FinetuneName] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.s3_uri is None) == (self.from_finetune is None):
+            raise ValueError(MSG_ONE_BASE)
+        return self
 
 
 class Dataset(SpecModel):

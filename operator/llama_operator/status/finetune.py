@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from llama_operator.status.conditions import for_phase, synced
 from llama_operator.status.values import api_spelling, iso, to_epoch
 
-PHASES = ("Pending", "Creating", "InProgress", "Completed", "Failed", "Stopping", "Stopped")
+PHASES = ("Pending", "WaitingForModel", "Creating", "InProgress", "Completed", "Failed", "Stopping", "Stopped")
 TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
 CONDITION_TYPES = ("Ready", "Progressing", "Failed", "Synced")
 
@@ -93,9 +93,10 @@ def outputs_of(detail: Mapping[str, Any], job_name: str) -> dict[str, str]:
     if not output_path:
         return {}
     hp = detail.get("HyperParameters") or {}
+    base = {"baseModelS3Uri": hp["base_model"]} if hp.get("base_model") else {}
     if hp.get("peft") not in ("lora", "qlora"):
-        return {"modelS3Uri": output_s3_uri(output_path, job_name, "model")}
-    out = {"adapterS3Uri": hp.get("adapter_s3_uri") or output_s3_uri(output_path, job_name, "adapter")}
+        return {**base, "modelS3Uri": output_s3_uri(output_path, job_name, "model")}
+    out = {**base, "adapterS3Uri": hp.get("adapter_s3_uri") or output_s3_uri(output_path, job_name, "adapter")}
     if str(hp.get("merge_adapter", "")).lower() == "true":
         out["modelS3Uri"] = output_s3_uri(output_path, job_name, "model")
     return out
@@ -104,7 +105,7 @@ def outputs_of(detail: Mapping[str, Any], job_name: str) -> dict[str, str]:
 def conditions_for(phase: str, reason: str, message: str, previous, *, generation: int | None, now: str) -> list[dict]:
     truth = {
         "Ready": phase == "Completed",
-        "Progressing": phase in ("Pending", "Creating", "InProgress", "Stopping"),
+        "Progressing": phase in ("Pending", "WaitingForModel", "Creating", "InProgress", "Stopping"),
         "Failed": phase == "Failed",
     }
     return for_phase(truth, reason, message, previous, what="training job", phase=phase,
@@ -188,6 +189,13 @@ def pending(current, *, generation: int | None, now: str, phase: str = "Creating
     """Status while CreateTrainingJob has not yet been accepted."""
     return {"phase": phase, "observedGeneration": generation,
             "conditions": conditions_for(phase, reason, message, (current or {}).get("conditions"),
+                                         generation=generation, now=now)}
+
+
+def waiting_for_model(current, reason: str, message: str, *, generation: int | None, now: str) -> dict:
+    """Status while baseModel.fromFinetune names a LlamaFinetune that has not completed yet."""
+    return {"phase": "WaitingForModel", "observedGeneration": generation,
+            "conditions": conditions_for("WaitingForModel", reason, message, (current or {}).get("conditions"),
                                          generation=generation, now=now)}
 
 

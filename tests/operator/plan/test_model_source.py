@@ -103,3 +103,25 @@ def test_the_adapter_rank_bound_is_the_specs_or_the_default_and_never_below_a_fi
 
     field = crdtools.spec_schema("llamaendpoints")["properties"]["model"]["properties"]["maxAdapterRank"]
     assert (field["minimum"], field["maximum"]) == (knob["minimum"], knob["maximum"])
+
+
+@pytest.mark.parametrize("entry,reason,says", [
+    (None, "FinetuneNotFound", "does not exist"),
+    ({"phase": "InProgress"}, "FinetuneNotCompleted", "InProgress"),
+    ({"phase": "Failed", "failureReason": "OOM"}, "FinetuneFailed", "OOM"),
+    ({"phase": "Completed", "adapterS3Uri": "s3://bkt/out/j/adapter/"}, "FinetuneHasNoModel", "mergeAdapter"),
+])
+def test_a_finetunes_base_from_another_waits_or_is_refused_naming_the_field(entry, reason, says):
+    idx = index(full=entry) if entry is not None else index()
+    uri, got, message = model_source.resolve_base_model({"fromFinetune": "full"}, "team", "lora", idx)
+    assert (uri, got) == (None, reason)
+    assert says in message and ("baseModel.fromFinetune" in message or reason in ("FinetuneNotCompleted",
+                                                                                 "FinetuneFailed"))
+
+
+def test_a_finetunes_base_is_the_model_the_other_produced_not_itself():
+    idx = index(full={"phase": "Completed", "modelS3Uri": "s3://bkt/out/j/model/"})
+    assert model_source.resolve_base_model({"fromFinetune": "full"}, "team", "lora", idx)[0] == "s3://bkt/out/j/model/"
+    assert model_source.resolve_base_model({"s3Uri": "s3://bkt/m/"}, "team", "lora", idx)[0] == "s3://bkt/m/"
+    uri, reason, message = model_source.resolve_base_model({"fromFinetune": "lora"}, "team", "lora", idx)
+    assert (uri, reason) == (None, "FinetuneFailed") and "itself" in message
