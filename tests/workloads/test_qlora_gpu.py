@@ -1,8 +1,11 @@
 """peft=qlora through the job's own loading code: the base in 4-bit NF4 (bitsandbytes), LoRA on it,
 a few optimizer steps, the adapter saved and reloaded. bitsandbytes' 4-bit kernels run on CUDA only,
 so this runs on a GPU machine (`python3 -m pytest tests/workloads/test_qlora_gpu.py`), never in CI.
-DeepSpeed is left out: the steps here are a plain AdamW loop over the adapter's parameters."""
+The first test steps a plain AdamW loop over the adapter; the second runs the whole job under
+DeepSpeed ZeRO-2 (it needs deepspeed installed)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -95,3 +98,25 @@ def test_qlora_loads_4bit_trains_the_adapter_and_reloads_it(base, tmp_path):
     assert merged_loss < 0.8 * losses[0], (merged_loss, losses[0])
     print(f"qlora: loss {losses[0]:.3f} -> {losses[-1]:.3f}, merged fp32 {merged_loss:.3f}, adapter {size} B, "
           f"peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+
+
+def test_qlora_job_under_deepspeed_zero2_trains_and_writes_the_adapter(base, tmp_path):
+    """The whole job as SageMaker runs it (train_entry.py under torchrun, one GPU), method deepspeed
+    with ZeRO-2 and peft=qlora: the loss falls and the adapter is written."""
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("deepspeed")
+    from .conftest import run_job, short_run_hps
+
+    train = tmp_path / "train"
+    train.mkdir()
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in zip(TEXT * 16, reversed(TEXT * 16))]
+    (train / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hps = short_run_hps(base, tmp_path, method="deepspeed", zero_stage=2, peft="qlora", data_format="chat_jsonl",
+                        max_steps=30, max_seq_length=64, precision="bf16")
+    job = run_job(tmp_path, hps, {"train": train}, nproc=1, timeout=400)
+    assert job.returncode == 0, job.output[-4000:]
+    assert job.losses and job.losses[-1] < job.losses[0], job.losses
+    adapter = job.model_dir / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    print(f"qlora deepspeed zero-2: losses {job.losses[0]:.3f} -> {job.losses[-1]:.3f}")
