@@ -3,7 +3,6 @@ SQS), the embedded Kubernetes API, and the AWS variables pointing boto3 at them.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -11,28 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from operator_harness import BUCKET  # noqa: E402
-
-
-@contextlib.contextmanager
-def _seeded_stack(state_dir, **stack_options):
-    """The local SageMaker service with a bucket holding a stand-in base model and dataset, and the
-    AWS variables pointing boto3 at it."""
-    from llama_operator.local.stack import LocalStack
-    from operator_harness import environment
-
-    with LocalStack(state_dir, **stack_options) as stack:
-        s3 = stack.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_object(Bucket=BUCKET, Key="models/tiny/config.json", Body=b'{"model_type": "llama"}')
-        s3.put_object(Bucket=BUCKET, Key="data/dailydialog/train.txt", Body=b"Person1: hi##Person2: hello")
-        with environment(stack.env):
-            yield stack
+from operator_harness import seeded_stack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def local_aws(tmp_path_factory):
-    with _seeded_stack(tmp_path_factory.mktemp("sagemaker")) as stack:
+    with seeded_stack(tmp_path_factory.mktemp("sagemaker")) as stack:
         yield stack
 
 
@@ -59,7 +42,7 @@ def stub_serving_aws(tmp_path_factory):
     from operator_harness import write_stub_server
 
     containers = write_stub_server(tmp_path_factory.mktemp("stub-serving"))
-    with _seeded_stack(tmp_path_factory.mktemp("sagemaker"), containers=containers) as stack:
+    with seeded_stack(tmp_path_factory.mktemp("sagemaker"), containers=containers) as stack:
         yield stack
 
 

@@ -18,7 +18,7 @@ from llama_operator import runner
 from llama_operator.settings import Settings
 
 API = "llamaops.dev/v1alpha1"
-BUCKET = "finetune-it"  # seeded by this folder's conftest
+BUCKET = "finetune-it"  # seeded by seeded_stack
 PLURAL = "llamafinetunes"
 
 # Tiny stand-ins for workloads/: the job's behaviour follows the resource's name, which the
@@ -56,6 +56,21 @@ def environment(values: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def seeded_stack(state_dir, **stack_options):
+    """The local SageMaker service with a bucket holding a stand-in base model and dataset, and the
+    AWS variables pointing boto3 at it."""
+    from llama_operator.local.stack import LocalStack
+
+    with LocalStack(state_dir, **stack_options) as stack:
+        s3 = stack.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="models/tiny/config.json", Body=b'{"model_type": "llama"}')
+        s3.put_object(Bucket=BUCKET, Key="data/dailydialog/train.txt", Body=b"Person1: hi##Person2: hello")
+        with environment(stack.env):
+            yield stack
 
 
 def write_workloads(root: Path) -> Path:

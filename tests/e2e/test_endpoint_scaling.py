@@ -16,8 +16,8 @@ from llama_operator.local.kubernetes.server import EmbeddedKubernetes
 from llama_operator.paths import crds_dir
 from llama_operator.settings import Settings
 
-from conftest import _seeded_stack
-from operator_harness import BUCKET, InProcessOperator, endpoint, owned, unique, wait_for, write_stub_server
+from operator_harness import (BUCKET, InProcessOperator, endpoint, owned, seeded_stack, unique, wait_for,
+                              write_stub_server)
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ RESOURCE = "endpoint/{}/variant/AllTraffic"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     containers = write_stub_server(tmp_path_factory.mktemp("stub-serving"))
-    with _seeded_stack(tmp_path_factory.mktemp("sagemaker"), containers=containers,
+    with seeded_stack(tmp_path_factory.mktemp("sagemaker"), containers=containers,
                        extra_args=["--autoscaling-period", "1"]) as stack, \
             EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")

@@ -38,10 +38,15 @@ def project(h, w, bias, lora, sel):
     base output and every adapter's A output, one kernel fewer per step and layer."""
     if lora is None or lora[0] is not None:
         return lora_delta(F.linear(h, w, bias), h, lora, sel)
-    b = lora[1]
+    base, u = _folded(h, w, lora[1])
+    return _add_delta(base, u, lora[1], sel)
+
+
+def _folded(h, w, b):
+    """(h @ base rows of w.T, h @ the folded A rows of w.T): w's last b.shape[0] rows are A's."""
     y = F.linear(h, w)
     n = w.shape[0] - b.shape[0]
-    return _add_delta(y[:, :n], y[:, n:], b, sel)
+    return y[:, :n], y[:, n:]
 
 
 def qkv_math(x, ln_w, eps: float, w_qkv, b_qkv, cos, sin, n_heads: int, n_kv: int, lora=None, sel=None):
@@ -81,10 +86,8 @@ def _residual(x, h, w, bias, lora, sel):
         return torch.addmm(x, h, w.t()) if bias is None else x + F.linear(h, w, bias)
     if lora[0] is not None:
         return lora_delta(_residual(x, h, w, bias, None, sel), h, lora, sel)
-    b = lora[1]
-    y = F.linear(h, w)
-    n = w.shape[0] - b.shape[0]
-    return _add_delta(x + y[:, :n], y[:, n:], b, sel)
+    base, u = _folded(h, w, lora[1])
+    return _add_delta(x + base, u, lora[1], sel)
 
 
 def layer_functions(compile_step: bool):

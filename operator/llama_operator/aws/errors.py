@@ -66,9 +66,10 @@ def code_and_message(exc: ClientError) -> tuple[str, str]:
 
 def not_found(exc: ClientError) -> bool:
     # SageMaker answers an unknown job, model, config or endpoint with a ValidationException
-    # ("Requested resource not found", "Could not find endpoint ...").
+    # ("Requested resource not found", "Could not find endpoint ..."); Application Auto Scaling an
+    # unknown scalable target or policy with ObjectNotFoundException.
     code, message = code_and_message(exc)
-    return code in ("ResourceNotFound", "ValidationException") and (
+    return code == "ObjectNotFoundException" or code in ("ResourceNotFound", "ValidationException") and (
         "could not find" in message.lower() or "not found" in message.lower() or "does not exist" in message)
 
 

@@ -175,6 +175,12 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
         await settle_scaling(app, {**obj, "status": merged(obj, written)})
 
 
+def _scaling_in_play(obj: Mapping[str, Any]) -> bool:
+    """Whether the endpoint has, or its spec asks for, autoscaling."""
+    spec = stored_spec(obj)
+    return bool((obj.get("status") or {}).get("scaling") or (isinstance(spec, Mapping) and spec.get("scaling")))
+
+
 async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
     """Once the endpoint serves the configuration its spec asks for, bring its autoscaling to
     spec.scaling (scaling.sync; no call when nothing changed). A failure is a Warning, and the
@@ -184,13 +190,11 @@ async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
     if meta.get("deletionTimestamp") or status.get("phase") != "InService" or not endpoint:
         return
     config, _ = desired_names(meta["namespace"], meta["name"], meta.get("uid"), status)
-    if config and status.get("endpointConfigName") != config:
-        return
+    if (config and status.get("endpointConfigName") != config) or not _scaling_in_play(obj):
+        return  # (most endpoints: no spec check, no call, at every event)
     try:
         spec_model = app.admit(LlamaEndpointSpec, stored_spec(obj), meta["namespace"])
     except Refused:
-        return
-    if spec_model.scaling is None and not status.get("scaling"):
         return
     try:
         # the count matters only when scaling goes (back to resources.instanceCount)
@@ -288,8 +292,7 @@ async def finalize(app: App, spec, status, meta, namespace, name, uid, body, ret
         # Autoscaling first: nothing scales an endpoint being deleted, and nothing is left registered.
         # (Only where there is or may be some: an account stack from before spec.scaling has no
         # Application Auto Scaling permissions, and deleting must not wait on them.)
-        spec_body = stored_spec(body)
-        if status.get("scaling") or (isinstance(spec_body, Mapping) and spec_body.get("scaling")):
+        if _scaling_in_play({**body, "status": status}):
             await asyncio.to_thread(app.scaling_gateway.remove,
                                     status.get("endpointName") or names.endpoint_name(namespace, name, uid))
         endpoints = await asyncio.to_thread(rollout.delete_endpoints, gw, namespace, name, uid, status)
