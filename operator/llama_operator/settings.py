@@ -60,6 +60,8 @@ class Settings:
     model_wait_seconds: float = 10.0          # how often an endpoint waiting for its LlamaFinetune looks again
     endpoint_retry_seconds: float = 5.0       # first retry of a request that met a busy endpoint
     delete_poll_seconds: float = 2.0          # how often a delete checks that the endpoint is gone
+    # inference components emit no state-change events: how often their copies and status are read
+    component_poll_seconds: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -75,6 +77,7 @@ class Settings:
             "role_allowlist": env.get("LLAMA_OPERATOR_ROLE_ALLOWLIST") or None,
             "model_wait_seconds": _seconds(env, "LLAMA_OPERATOR_MODEL_WAIT_SECONDS", 10.0),
             "endpoint_retry_seconds": _seconds(env, "LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS", 5.0),
+            "component_poll_seconds": _seconds(env, "LLAMA_OPERATOR_COMPONENT_POLL_SECONDS", 10.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)

@@ -270,3 +270,28 @@ def owned(sm, uid: str) -> dict[str, list[str]]:
                 names.append(item[name_key])
         out[key] = sorted(names)
     return out
+
+
+@contextlib.contextmanager
+def scaling_world(tmp_path_factory, **settings):
+    """The embedded default with one autoscaling metric period a second, the stub model server,
+    and the operator (endpoint handlers included) running in this process: kube, and boto3
+    clients sm, rt, aas and cw."""
+    import boto3
+
+    from llama_operator.local.kubernetes.server import EmbeddedKubernetes
+    from llama_operator.paths import crds_dir
+
+    containers = write_stub_server(tmp_path_factory.mktemp("stub-serving"))
+    with seeded_stack(tmp_path_factory.mktemp("sagemaker"), containers=containers,
+                      extra_args=["--autoscaling-period", "1"]) as stack, \
+            EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
+        kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
+        region = stack.env["AWS_DEFAULT_REGION"]
+        config = Settings(region=region, events_queue_url=stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"],
+                          resync_seconds=3600, endpoint_retry_seconds=1, events_wait_seconds=1, **settings)
+        aas = boto3.client("application-autoscaling", region_name=region,
+                           endpoint_url=stack.env["AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING"])
+        with InProcessOperator(config, kubeconfig, endpoints=True):
+            yield {"kube": kube, "sm": stack.client("sagemaker"), "rt": stack.client("sagemaker-runtime"),
+                   "aas": aas, "cw": stack.client("cloudwatch")}

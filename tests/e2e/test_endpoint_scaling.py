@@ -9,15 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
-import boto3
 import pytest
 
-from llama_operator.local.kubernetes.server import EmbeddedKubernetes
-from llama_operator.paths import crds_dir
-from llama_operator.settings import Settings
 
-from operator_harness import (BUCKET, InProcessOperator, endpoint, owned, seeded_stack, unique, wait_for,
-                              write_stub_server)
+from operator_harness import BUCKET, endpoint, owned, scaling_world, unique, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,19 +22,8 @@ RESOURCE = "endpoint/{}/variant/AllTraffic"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    containers = write_stub_server(tmp_path_factory.mktemp("stub-serving"))
-    with seeded_stack(tmp_path_factory.mktemp("sagemaker"), containers=containers,
-                       extra_args=["--autoscaling-period", "1"]) as stack, \
-            EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
-        kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
-        settings = Settings(region=stack.env["AWS_DEFAULT_REGION"],
-                            events_queue_url=stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"], resync_seconds=3600,
-                            endpoint_retry_seconds=1, events_wait_seconds=1)
-        aas = boto3.client("application-autoscaling", region_name=stack.env["AWS_DEFAULT_REGION"],
-                           endpoint_url=stack.env["AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING"])
-        with InProcessOperator(settings, kubeconfig, endpoints=True):
-            yield {"kube": kube, "sm": stack.client("sagemaker"), "rt": stack.client("sagemaker-runtime"),
-                   "aas": aas}
+    with scaling_world(tmp_path_factory) as w:
+        yield w
 
 
 def status_of(kube, name: str) -> dict:
@@ -102,7 +86,8 @@ def test_load_scales_out_idling_scales_in_and_deleting_leaves_nothing(world):
     assert st["phase"] == "InService"
     described = sm.describe_endpoint(EndpointName=ep)["ProductionVariants"][0]
     assert described["CurrentInstanceCount"] == 3
-    assert any(r == "ScaledOut" and "3" in m for _, r, m in events_for(kube, name)), events_for(kube, name)
+    wait_for(lambda: any(r == "ScaledOut" and "3" in m for _, r, m in events_for(kube, name)), 10,
+             "a ScaledOut Event")  # (it follows the status write)
     activity = wait_for(lambda: status_of(kube, name)["scaling"].get("lastActivity"), 30, "last activity")
     assert "desired instance count" in activity["description"].lower()
 
@@ -110,7 +95,7 @@ def test_load_scales_out_idling_scales_in_and_deleting_leaves_nothing(world):
     st = wait_for(lambda: status_of(kube, name) if status_of(kube, name).get("instances") == {"current": 1, "desired": 1}
                   else None, 90, "back to one instance")
     assert st["phase"] == "InService"
-    assert any(r == "ScaledIn" for _, r, _m in events_for(kube, name)), events_for(kube, name)
+    wait_for(lambda: any(r == "ScaledIn" for _, r, _m in events_for(kube, name)), 10, "a ScaledIn Event")
 
     kube.delete("llamaendpoints", "default", name)
     wait_for(lambda: kube.get("llamaendpoints", "default", name) is None, 90, "resource gone")
@@ -141,5 +126,23 @@ def test_removing_scaling_deregisters_and_returns_to_the_spec_count(world):
                   and "scaling" not in status_of(kube, name) else None, 60, "one instance, no scaling in status")
     assert st["phase"] == "InService"
     assert any(r == "AutoscalingRemoved" for _, r, _m in events_for(kube, name))
+    kube.delete("llamaendpoints", "default", name)
+    wait_for(lambda: kube.get("llamaendpoints", "default", name) is None, 90, "resource gone")
+
+
+def test_a_new_instance_count_is_applied_in_place_not_by_a_new_fleet(world):
+    kube, sm = world["kube"], world["sm"]
+    name = unique("count")
+    body = endpoint(name, source={"s3Uri": f"s3://{BUCKET}/models/tiny/"}, role=ROLE)
+    kube.apply(body)
+    first = wait_for(phase_is(kube, name, "InService"), 90, "InService")
+    body["spec"]["resources"]["instanceCount"] = 2
+    kube.apply(body)
+    st = wait_for(lambda: status_of(kube, name) if status_of(kube, name).get("instances") == {"current": 2, "desired": 2}
+                  and status_of(kube, name).get("phase") == "InService" else None, 60, "two instances")
+    assert st["endpointConfigName"] == first["endpointConfigName"] and st["specHash"] == first["specHash"]
+    assert sm.describe_endpoint(EndpointName=st["endpointName"])["ProductionVariants"][0]["CurrentInstanceCount"] == 2
+    wait_for(lambda: any(r == "ScaledOut" and "resources.instanceCount" in m for _, r, m in events_for(kube, name)),
+             10, "a ScaledOut Event")
     kube.delete("llamaendpoints", "default", name)
     wait_for(lambda: kube.get("llamaendpoints", "default", name) is None, 90, "resource gone")

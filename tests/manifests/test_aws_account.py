@@ -190,8 +190,9 @@ ACTION_OF = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket
 # handing spec.roleArn to SageMaker needs iam:PassRole.
 IMPLIED = {"sagemaker:CreateTrainingJob": {"sagemaker:AddTags", "iam:PassRole"},
            "sagemaker:CreateModel": {"sagemaker:AddTags", "iam:PassRole"},
-           "sagemaker:CreateEndpointConfig": {"sagemaker:AddTags"},
+           "sagemaker:CreateEndpointConfig": {"sagemaker:AddTags", "iam:PassRole"},  # ExecutionRoleArn (components)
            "sagemaker:CreateEndpoint": {"sagemaker:AddTags"},
+           "sagemaker:CreateInferenceComponent": {"sagemaker:AddTags"},
            "s3:CopyObject": {"s3:GetObject"},  # reads the source as well
            # Application Auto Scaling makes and deletes the target-tracking alarms as the caller, and
            # creates its service-linked role on the first registration.

@@ -234,8 +234,18 @@ def run(hp, paths: JobPaths, rank: Rank) -> None:
     if rank.is_main:
         log(f"[train] done steps={step} train_loss={summary['train_loss'] if losses else float('nan'):.4f} "
             f"tokens_per_s={tps:.1f} runtime_s={runtime:.1f}")
-    dist.barrier()
-    dist.destroy_process_group()
+    _leave_the_group(dist, rank)
+
+
+def _leave_the_group(dist, rank: Rank) -> None:
+    """The last barrier and teardown. Everything is saved and pushed by now, so a peer that
+    tears down first (gloo then reads a reset connection) does not fail the job."""
+    try:
+        dist.barrier()
+        dist.destroy_process_group()
+    except RuntimeError as exc:
+        log(f"[train] rank {rank.rank}: ignoring an error while leaving the process group after the "
+            f"job finished: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
 def transformers_version() -> str:

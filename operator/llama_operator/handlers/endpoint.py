@@ -31,12 +31,15 @@ from llama_operator.aws.errors import retry_reason
 from llama_operator.aws.events import owner_of
 from llama_operator.aws.scaling import ScalingGateway
 from llama_operator.plan import names
+from llama_operator.plan import scaling as plan_scaling
+from llama_operator.handlers import endpoint_components as components
 from llama_operator.handlers import endpoint_rollout as rollout
 from llama_operator.handlers import endpoint_scaling as scaling
 from llama_operator.handlers.app import App, Refused
 from llama_operator.handlers.finetune import finetune_index
 from llama_operator.handlers.kube import backoff, write_status
 from llama_operator.kinds import ENDPOINT_DETAIL_TYPE, ENDPOINT_KIND, ENDPOINTS, GROUP, KIND_TAG, VERSION
+from llama_operator.plan import components as plan_components
 from llama_operator.plan.model_source import ADAPTER_REFUSALS, NEEDS_A_NEW_SPEC, resolve_model
 from llama_operator.spec import LlamaEndpointSpec, deletion_policy, stored_spec
 from llama_operator.status import endpoint as es
@@ -78,6 +81,7 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
         return
     try:
         spec_model = app.admit(LlamaEndpointSpec, stored_spec(body), namespace)
+        _check_pool_unchanged(spec_model, status)
     except Refused as exc:
         why, message = exc.reason, exc.message
 
@@ -149,7 +153,7 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
         raise kopf.TemporaryError(message, delay=delay) from exc
 
     desired = {"specHash": plan.spec_hash, "modelS3Uri": plan.model_s3_uri, "adapters": sorted(resolved.adapters),
-               "endpointName": plan.endpoint_name, "observedGeneration": generation}
+               "endpointName": plan.endpoint_name, "observedGeneration": generation, "configHash": plan.config_hash}
 
     def sent(current, _):
         # The Describe after our requests is dropped by es.observe if an event has recorded
@@ -168,11 +172,119 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
 
     obj, written = await record(app, body, clearing_refusal(sent))
     log.info("%s/%s: %s", namespace, name, action)
-    if merged(obj, written).get("phase") == "InService":
+    if merged(obj, written).get("phase") == "InService" and plan.component is None:
         await asyncio.to_thread(rollout.collect, app.endpoint_gateway, namespace, name, uid,
                                 model=plan.model_name, config=plan.config_name)
     if obj is not None:
-        await settle_scaling(app, {**obj, "status": merged(obj, written)})
+        obj = await settle_component(app, {**obj, "status": merged(obj, written)})
+        await settle_scaling(app, obj)
+
+
+MSG_POOL_FIXED = ("deployment.mode inferenceComponents: the endpoint's instance pool (deployment.mode, "
+                  "resources.instanceType, roleArn) cannot change once it exists; put them back, or delete and "
+                  "re-create the LlamaEndpoint")
+
+
+def _check_pool_unchanged(spec_model, status: Mapping[str, Any]) -> None:
+    """A component endpoint keeps its instance pool: refuse a spec that would change it, or the mode.
+    (What AWS does to components on an UpdateEndpoint of their pool is not something to rely on.)"""
+    if not status.get("endpointArn") or not status.get("specHash"):
+        return
+    had = status.get("configHash")
+    want = plan_components.config_hash(spec_model) if plan_components.uses_components(spec_model) else None
+    if had != want:
+        raise Refused(es.IMMUTABLE_FIELD, MSG_POOL_FIXED if had else
+                      "deployment.mode cannot change from variant to inferenceComponents on an existing endpoint: "
+                      "put it back, or delete and re-create the LlamaEndpoint")
+
+
+async def settle_component(app: App, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Mode inferenceComponents: create or update the endpoint's component (components.sync) and
+    write what it shows to status. Returns the object as written."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    if meta.get("deletionTimestamp") or not status.get("configHash") or not status.get("endpointName") \
+            or status.get("phase") in ("Deleting", "WaitingForModel", "Pending"):
+        return obj
+    try:
+        spec_model = app.admit(LlamaEndpointSpec, stored_spec(obj), meta["namespace"])
+        _check_pool_unchanged(spec_model, status)
+    except Refused:
+        return obj
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    config, model = desired_names(namespace, name, uid, status)
+    try:
+        seen = await asyncio.to_thread(components.sync, app, spec_model, status, namespace=namespace, name=name,
+                                       uid=uid, config=config)
+    except SageMakerError as exc:
+        message = f"inference component of {status['endpointName']}: {describe_error(exc)}"
+        log.warning("%s/%s: %s", namespace, name, message)
+        await app.kube.post_event(obj, "Warning", "ComponentRequestFailed", message[:1000])
+        return obj
+    before = (status.get("inferenceComponent") or {}).get("copies") or {}
+    # (not `record`: this runs from the events queue and timers too, outside kopf's handler context)
+    new, written = await write_status(app.kube, PLURAL, namespace, name, uid, lambda current, fresh: (
+        components.status_update(seen, current, namespace=namespace, name=name, uid=uid,
+                                 generation=fresh.get("generation"))))
+    if new is None:
+        return obj
+    ev = transition(new, written)
+    if ev:
+        await app.kube.post_event(new, *ev)
+    if written and written.get("phase"):
+        metrics.phase(KIND, namespace, name, written["phase"])
+    new = {**new, "status": merged(new, written)}
+    ic = new["status"].get("inferenceComponent") or {}
+    if ic.get("status") == "InService" and ic.get("modelName") == model:
+        await asyncio.to_thread(rollout.collect, app.endpoint_gateway, namespace, name, uid, model=model,
+                                config=config)
+    after = ic.get("copies") or {}
+    if before and after and after.get("desired") != before.get("desired") and status.get("scaling"):
+        await _note_activity(app, new, "copies", before.get("desired"), after["desired"])
+    return await _follow_the_pool(app, new, spec_model)
+
+
+async def _follow_the_pool(app: App, obj: Mapping[str, Any], spec_model) -> Mapping[str, Any]:
+    """Managed instance scaling follows the copies, and may send no event when it does: while
+    status.instances disagrees with what the copies need, read the endpoint for them."""
+    status = obj["status"]
+    have, copies = status.get("instances") or {}, (status.get("inferenceComponent") or {}).get("copies")
+    if not have or not copies:
+        return obj
+    need = -(-copies["desired"] // spec_model.copy_shape().per_instance)
+    if have.get("current") == have.get("desired") == need:
+        return obj
+    try:
+        counts = es.instance_counts(await asyncio.to_thread(app.endpoint_gateway.describe_endpoint,
+                                                            status["endpointName"]) or {})
+    except SageMakerError as exc:
+        log.warning("%s: could not read the instance count: %s", status["endpointName"], exc)
+        return obj
+    if counts is None or counts == have:
+        return obj
+    meta = obj["metadata"]
+    new, written = await write_status(app.kube, PLURAL, meta["namespace"], meta["name"], meta.get("uid"),
+                                      lambda current, _: {"instances": counts})
+    return {**new, "status": merged(new, written)} if new is not None else obj
+
+
+async def _settle_count(app: App, obj: Mapping[str, Any]) -> None:
+    """Without autoscaling the count is resources.instanceCount, changed in place (it is not part
+    of the serving hash: no new fleet for it). Components' copies follow it in components.sync."""
+    status, spec = obj.get("status") or {}, stored_spec(obj)
+    have = (status.get("instances") or {}).get("desired")
+    want = ((spec.get("resources") or {}) if isinstance(spec, Mapping) else {}).get("instanceCount", 1)
+    if status.get("configHash") or have is None or have == want or not isinstance(want, int):
+        return
+    endpoint = status["endpointName"]
+    try:
+        await asyncio.to_thread(app.endpoint_gateway.update_capacity, plan_scaling.capacity_request(endpoint, want))
+    except SageMakerError as exc:
+        await app.kube.post_event(obj, "Warning", "ScalingFailed",
+                                  f"could not set {endpoint} to {want} instance(s): {describe_error(exc)}"[:1000])
+        return
+    log.info("%s/%s: %s set to %d instance(s)", obj["metadata"]["namespace"], obj["metadata"]["name"], endpoint, want)
+    await app.kube.post_event(obj, "Normal", "ScaledOut" if want > have else "ScaledIn",
+                              f"{endpoint}: {have} -> {want} instances (resources.instanceCount)")
 
 
 def _scaling_in_play(obj: Mapping[str, Any]) -> bool:
@@ -190,16 +302,25 @@ async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
     if meta.get("deletionTimestamp") or status.get("phase") != "InService" or not endpoint:
         return
     config, _ = desired_names(meta["namespace"], meta["name"], meta.get("uid"), status)
-    if (config and status.get("endpointConfigName") != config) or not _scaling_in_play(obj):
-        return  # (most endpoints: no spec check, no call, at every event)
+    if config and status.get("endpointConfigName") != config:
+        return
+    if not _scaling_in_play(obj):
+        await _settle_count(app, obj)  # (most endpoints: no spec check, no call, at every event)
+        return
+    ic = status.get("inferenceComponent") or {}
+    if status.get("configHash") and ic.get("status") != "InService":
+        return  # the component is the scalable target: it must be there and settled
     try:
         spec_model = app.admit(LlamaEndpointSpec, stored_spec(obj), meta["namespace"])
     except Refused:
         return
     try:
         # the count matters only when scaling goes (back to resources.instanceCount)
-        describe = (await asyncio.to_thread(app.endpoint_gateway.describe_endpoint, endpoint)
-                    if spec_model.scaling is None else None)
+        describe = None
+        if spec_model.scaling is None:
+            describe = await asyncio.to_thread(app.endpoint_gateway.describe_component, ic["name"]) \
+                if status.get("configHash") else \
+                await asyncio.to_thread(app.endpoint_gateway.describe_endpoint, endpoint)
         update = await asyncio.to_thread(scaling.sync, app, spec_model, status, endpoint, describe)
     except SageMakerError as exc:
         message = f"could not apply spec.scaling to endpoint {endpoint}: {describe_error(exc)}"
@@ -216,9 +337,15 @@ async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
                                   f"{spec_model.resources.instance_count} instance(s)")
     else:
         sc = spec_model.scaling
-        await app.kube.post_event(obj, "Normal", "AutoscalingApplied",
-                                  f"{endpoint} scales between {sc.min_instances} and {sc.max_instances} instances "
-                                  f"at {sc.target.invocations_per_instance:g} invocations a minute per instance")
+        if sc.target.concurrent_requests_per_copy is not None:
+            low, high = plan_components.copy_bounds(spec_model)
+            how = (f"{ic['name']} scales between {low} and {high} copies ({sc.min_instances} to {sc.max_instances} "
+                   f"instances) at {sc.target.concurrent_requests_per_copy:g} requests in flight per copy"
+                   + ("; a request that finds no copy brings one back" if low == 0 else ""))
+        else:
+            how = (f"{endpoint} scales between {sc.min_instances} and {sc.max_instances} instances "
+                   f"at {sc.target.invocations_per_instance:g} invocations a minute per instance")
+        await app.kube.post_event(obj, "Normal", "AutoscalingApplied", how)
 
 
 async def note_scaling_activity(app: App, obj: Mapping[str, Any], written: Mapping[str, Any] | None) -> None:
@@ -227,17 +354,24 @@ async def note_scaling_activity(app: App, obj: Mapping[str, Any], written: Mappi
     before = (obj.get("status") or {}).get("instances") or {}
     after = (written or {}).get("instances")
     had = (obj.get("status") or {}).get("scaling")
-    if not after or not had or not before:
-        return
+    if not after or not had or not before or (obj.get("status") or {}).get("configHash"):
+        return  # (with components, instances follow the copies: settle_component tells of those)
     moved = after.get("desired") != before.get("desired")
     finished = after.get("current") != before.get("current") and \
         (had.get("lastActivity") or {}).get("status") == "InProgress"
     if not (moved or finished):
         return
-    meta = obj["metadata"]
-    endpoint = (obj.get("status") or {}).get("endpointName")
+    await _note_activity(app, obj, "instances", before.get("desired"), after["desired"] if moved else None)
+
+
+async def _note_activity(app: App, obj: Mapping[str, Any], unit: str, before: int | None, after: int | None) -> None:
+    """Application Auto Scaling's newest activity into status.scaling.lastActivity, and, when the
+    desired count moved (`after` not None), an Event saying what it did and why."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    endpoint = status.get("endpointName")
+    rid = (status.get("scaling") or {}).get("resourceId") or plan_scaling.resource_id(endpoint)
     try:
-        activity = await asyncio.to_thread(scaling.last_activity, app, endpoint)
+        activity = await asyncio.to_thread(scaling.last_activity, app, rid)
     except SageMakerError as exc:
         log.warning("%s/%s: could not read scaling activities: %s", meta["namespace"], meta["name"], exc)
         activity = None
@@ -245,11 +379,12 @@ async def note_scaling_activity(app: App, obj: Mapping[str, Any], written: Mappi
         await write_status(app.kube, PLURAL, meta["namespace"], meta["name"], meta.get("uid"),
                            lambda current, _: {"scaling": {"lastActivity": activity}} if current.get("scaling")
                            else {})
-    if moved:
-        out = after["desired"] > before.get("desired", 0)
+    if after is not None:
+        out = after > (before or 0)
         why = f": {activity['description']} ({activity['cause']})" if activity else ""
+        what = rid.split("/", 1)[1] if unit == "copies" else endpoint
         await app.kube.post_event(obj, "Normal", "ScaledOut" if out else "ScaledIn",
-                                  f"{endpoint}: {before.get('desired')} -> {after['desired']} instances{why}"[:1000])
+                                  f"{what}: {before} -> {after} {unit}{why}"[:1000])
 
 
 async def resync(app: App, spec, status, meta, namespace, name, uid, body, llama_finetunes, **_):
@@ -272,7 +407,7 @@ async def resync(app: App, spec, status, meta, namespace, name, uid, body, llama
     await asyncio.to_thread(rollout.collect_if_serving, app.endpoint_gateway, describe, namespace=namespace,
                             name=name, uid=uid, status=obj.get("status") or {})
     await note_scaling_activity(app, obj, written)
-    await settle_scaling(app, {**obj, "status": merged(obj, written)})
+    await settle_scaling(app, await settle_component(app, {**obj, "status": merged(obj, written)}))
     if describe is None and written:
         await reconcile(app, spec=spec, status=merged(obj, written), meta=meta, namespace=namespace, name=name,
                         uid=uid, body=body, retry=0, llama_finetunes=llama_finetunes)
@@ -293,8 +428,16 @@ async def finalize(app: App, spec, status, meta, namespace, name, uid, body, ret
         # (Only where there is or may be some: an account stack from before spec.scaling has no
         # Application Auto Scaling permissions, and deleting must not wait on them.)
         if _scaling_in_play({**body, "status": status}):
-            await asyncio.to_thread(app.scaling_gateway.remove,
-                                    status.get("endpointName") or names.endpoint_name(namespace, name, uid))
+            rid = (status.get("scaling") or {}).get("resourceId") or (
+                plan_scaling.component_resource_id(names.inference_component_name(namespace, name, uid))
+                if status.get("configHash") else
+                plan_scaling.resource_id(status.get("endpointName") or names.endpoint_name(namespace, name, uid)))
+            await asyncio.to_thread(app.scaling_gateway.remove, rid)
+        # SageMaker deletes an endpoint only once the components on it are gone
+        left_on = await asyncio.to_thread(rollout.delete_components, gw, namespace, name, uid, status)
+        if left_on:
+            raise kopf.TemporaryError(f"waiting for inference component {', '.join(left_on)} to be deleted",
+                                      delay=settings.delete_poll_seconds)
         endpoints = await asyncio.to_thread(rollout.delete_endpoints, gw, namespace, name, uid, status)
         if endpoints:
             if status.get("phase") != "Deleting":
@@ -342,8 +485,15 @@ async def on_endpoint_event(app: App, event: Mapping[str, Any]) -> bool:
     if ev:
         await app.kube.post_event(obj, *ev)
     await note_scaling_activity(app, obj, written)
-    await settle_scaling(app, {**obj, "status": merged(obj, written)})
+    await settle_scaling(app, await settle_component(app, {**obj, "status": merged(obj, written)}))
     return True
+
+
+async def poll_component(app: App, body, meta, status, **_):
+    """Components send no events: follow their status and copies (and the scaling that moves them)."""
+    if not (status or {}).get("configHash") or meta.get("deletionTimestamp"):
+        return
+    await settle_scaling(app, await settle_component(app, dict(body)))
 
 
 def register(registry: kopf.OperatorRegistry, app: App, *, sagemaker_client=None) -> EndpointGateway:
@@ -361,6 +511,7 @@ def register(registry: kopf.OperatorRegistry, app: App, *, sagemaker_client=None
     app.endpoint_gateway = EndpointGateway(client, on_call=metrics.on_sagemaker_call)
     if app.scaling_gateway is None:
         app.scaling_gateway = ScalingGateway(make_client("application-autoscaling", app.settings.region),
+                                             cloudwatch=make_client("cloudwatch", app.settings.region),
                                              on_call=metrics.on_sagemaker_call)
     bound = functools.partial
     finetune_index(registry)
@@ -369,6 +520,8 @@ def register(registry: kopf.OperatorRegistry, app: App, *, sagemaker_client=None
     kopf.on.update(*RESOURCE, registry=registry, id="reconcile", field="spec")(bound(reconcile, app))
     kopf.timer(*RESOURCE, registry=registry, id="resync", interval=app.settings.resync_seconds,
                initial_delay=app.settings.resync_seconds)(bound(resync, app))
+    kopf.timer(*RESOURCE, registry=registry, id="components", interval=app.settings.component_poll_seconds,
+               when=lambda status, **_: bool((status or {}).get("configHash")))(bound(poll_component, app))
     kopf.on.delete(*RESOURCE, registry=registry, id="finalize")(bound(finalize, app))
     app.routes[ENDPOINT_DETAIL_TYPE] = bound(on_endpoint_event, app)
     return app.endpoint_gateway

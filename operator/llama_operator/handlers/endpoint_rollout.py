@@ -52,6 +52,8 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
         # Resumed after a restart: this very update failed and rolled back; trying it again
         # takes a spec change, not a restart.
         action = f"update to {plan.config_name} failed before; {current['EndpointConfigName']} serves"
+    elif plan.component is not None:  # (the pool cannot change: the handler refuses such a spec)
+        action = f"endpoint {plan.endpoint_name} keeps configuration {current.get('EndpointConfigName')}"
     elif current["EndpointStatus"] == "InService":
         # AWS refuses an update that changes an autoscaled variant's instance type; the policy is
         # applied again once the new configuration serves.
@@ -93,9 +95,23 @@ def collect_if_serving(gw: EndpointGateway, describe: Mapping[str, Any] | None, 
     """Once an observation shows the configuration status.specHash asks for in service, delete
     the superseded models and configurations."""
     config, model = desired_names(namespace, name, uid, status or {})
+    if (status or {}).get("configHash"):
+        return  # the model serves through a component: collected once the component serves it
     if config and describe and describe.get("EndpointStatus") == "InService" \
             and describe.get("EndpointConfigName") == config:
         collect(gw, namespace, name, uid, model=model, config=config)
+
+
+def delete_components(gw: EndpointGateway, namespace: str, name: str, uid: str, status: Mapping[str, Any]
+                      ) -> list[str]:
+    """DeleteInferenceComponent for every component on the resource's endpoint; those still there."""
+    endpoint = status.get("endpointName") or names.endpoint_name(namespace, name, uid)
+    if not status.get("configHash") and not status.get("inferenceComponent"):
+        return []
+    on = gw.components_on(endpoint)
+    for component in on:
+        gw.delete_component(component)
+    return [c for c in on if gw.describe_component(c) is not None]
 
 
 def delete_endpoints(gw: EndpointGateway, namespace: str, name: str, uid: str, status: Mapping[str, Any]

@@ -1,15 +1,18 @@
 """The Application Auto Scaling side of a LlamaEndpoint, blocking (the handlers run it in a thread).
 
-spec.scaling is applied once the endpoint serves its desired configuration, and again whenever the
-requests it makes change (status.scaling.appliedHash). It is removed before an UpdateEndpoint (AWS
-refuses updates that change a scaled variant's instance type until it is deregistered), before
-DeleteEndpoint, and when the spec drops it; then the count goes back to resources.instanceCount."""
+spec.scaling is applied once the endpoint serves its desired configuration (and, with inference
+components, once its component is in service), and again whenever the requests it makes change
+(status.scaling.appliedHash). It is removed before an UpdateEndpoint (AWS refuses updates that
+change a scaled variant's instance type until it is deregistered), before deletion, and when the
+spec drops it; then the count goes back to resources.instanceCount (instances, or that many
+instances' worth of copies)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Mapping
 
+from llama_operator.plan import components
 from llama_operator.plan import scaling as plan
 from llama_operator.status.endpoint import instance_counts
 from llama_operator.status.values import iso, to_epoch
@@ -17,43 +20,68 @@ from llama_operator.status.values import iso, to_epoch
 log = logging.getLogger(__name__)
 
 
+def requests_for(spec_model, status: Mapping[str, Any], endpoint_name: str) -> plan.ScalingRequests:
+    sc = spec_model.scaling
+    if components.uses_components(spec_model):
+        return plan.component_requests(sc, status["inferenceComponent"]["name"], components.copy_bounds(spec_model))
+    return plan.variant_requests(sc, endpoint_name)
+
+
 def sync(app, spec_model, status: Mapping[str, Any], endpoint_name: str,
          describe: Mapping[str, Any] | None) -> dict | None:
     """Bring Application Auto Scaling to spec.scaling. Returns the status.scaling to write: a
-    dict, None to remove the field, or {} when nothing changed."""
+    dict, None to remove the field, or {} when nothing changed. `describe`: DescribeEndpoint
+    (variant mode) or DescribeInferenceComponent, read when scaling goes."""
     gw = app.scaling_gateway
     had = status.get("scaling") or {}
     sc = spec_model.scaling
     if sc is None:
         if not had:
             return {}
-        gw.remove(endpoint_name)
-        want = spec_model.resources.instance_count
-        now = instance_counts(describe or {})
-        if now is not None and now["desired"] != want and (describe or {}).get("EndpointStatus") == "InService":
-            app.endpoint_gateway.update_capacity(plan.capacity_request(endpoint_name, want))
-        log.info("%s: autoscaling removed; back to %d instance(s)", endpoint_name, want)
+        gw.remove(had.get("resourceId") or plan.resource_id(endpoint_name))
+        _back_to_spec(app, spec_model, status, endpoint_name, describe)
         return None
-    h = plan.applied_hash(sc, endpoint_name)
+    requests = requests_for(spec_model, status, endpoint_name)
+    h = requests.digest()
     if had.get("appliedHash") == h:
         return {}
-    gw.apply(plan.register_request(sc, endpoint_name), plan.policy_request(sc, endpoint_name))
-    log.info("%s: autoscaling between %d and %d instances at %g invocations a minute per instance",
-             endpoint_name, sc.min_instances, sc.max_instances, sc.target.invocations_per_instance)
-    return {**had, "resourceId": plan.resource_id(endpoint_name), "minInstances": sc.min_instances,
+    if had.get("resourceId") and had["resourceId"] != requests.resource_id:
+        gw.remove(had["resourceId"])  # the mode changed under it
+    gw.apply(requests)
+    log.info("%s: autoscaling %s between %d and %d", endpoint_name, requests.resource_id,
+             requests.register["MinCapacity"], requests.register["MaxCapacity"])
+    return {**had, "resourceId": requests.resource_id, "minInstances": sc.min_instances,
             "maxInstances": sc.max_instances, "appliedHash": h}
+
+
+def _back_to_spec(app, spec_model, status, endpoint_name: str, describe) -> None:
+    if components.uses_components(spec_model):
+        want = components.initial_copies(spec_model)
+        now = components.copy_counts(describe)
+        serving = (describe or {}).get("InferenceComponentStatus") == "InService"
+        if now is not None and now["desired"] != want and serving:
+            app.endpoint_gateway.update_component_copies(
+                components.runtime_request(status["inferenceComponent"]["name"], want))
+        log.info("%s: autoscaling removed; back to %d cop(ies)", endpoint_name, want)
+        return
+    want = spec_model.resources.instance_count
+    now = instance_counts(describe or {})
+    if now is not None and now["desired"] != want and (describe or {}).get("EndpointStatus") == "InService":
+        app.endpoint_gateway.update_capacity(plan.capacity_request(endpoint_name, want))
+    log.info("%s: autoscaling removed; back to %d instance(s)", endpoint_name, want)
 
 
 def remove(app, status: Mapping[str, Any], endpoint_name: str) -> bool:
     """Deregister before an update or a deletion; True when something was registered."""
-    if not status.get("scaling"):
+    sc = status.get("scaling")
+    if not sc:
         return False
-    return app.scaling_gateway.remove(endpoint_name)
+    return app.scaling_gateway.remove(sc.get("resourceId") or plan.resource_id(endpoint_name))
 
 
-def last_activity(app, endpoint_name: str) -> dict | None:
+def last_activity(app, rid: str) -> dict | None:
     """status.scaling.lastActivity from Application Auto Scaling's newest activity."""
-    act = app.scaling_gateway.last_activity(endpoint_name)
+    act = app.scaling_gateway.last_activity(rid)
     if not act:
         return None
     started = to_epoch(act.get("StartTime"))

@@ -21,7 +21,8 @@ from .tags import owner_tags
 
 KIND = ENDPOINT_KIND
 VARIANT = "AllTraffic"
-# Deployment, tags and deletion policy change how the endpoint is managed, not what it serves.
+# Deployment, tags and deletion policy change how the endpoint is managed, not what it serves
+# (nor does resources.instanceCount: see spec_hash).
 _SERVING_FIELDS = ("model", "serving", "resources", "roleArn", "image", "environment")
 
 
@@ -31,6 +32,9 @@ def spec_hash(spec: LlamaEndpointSpec, *, model_s3_uri: str | None = None,
     `model_s3_uri` (and adapters) for `fromFinetune`, so a re-trained model of the same name rolls out."""
     body = spec.to_body()
     doc = {k: body[k] for k in _SERVING_FIELDS if k in body}
+    # The instance count is not what is served: it changes in place (UpdateEndpointWeightsAndCapacities,
+    # autoscaling, or a component's copies), never by a new fleet.
+    doc["resources"] = {k: v for k, v in doc["resources"].items() if k != "instanceCount"}
     if model_s3_uri is not None:
         doc["resolvedModel"] = model_s3_uri
     if adapters:

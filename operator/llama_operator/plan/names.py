@@ -42,3 +42,10 @@ def model_name(namespace: str, name: str, uid: str, spec_hash: str) -> str:
 
 def endpoint_config_name(namespace: str, name: str, uid: str, spec_hash: str) -> str:
     return _name(namespace, name, "c" + _digest("config", namespace, name, uid, spec_hash, length=12))
+
+
+def inference_component_name(namespace: str, name: str, uid: str) -> str:
+    """The endpoint's model as an inference component: one per resource, kept across model changes
+    (UpdateInferenceComponent rolls it to each new model)."""
+    return _name(namespace, name, "ic" + _digest("component", namespace, name, uid, length=8))
+

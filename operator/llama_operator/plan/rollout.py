@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from llama_operator.artifacts import endpoint_code, s3uri
+from llama_operator.plan import components
 from llama_operator.plan import endpoint as plan_ep
 from llama_operator.plan import names
 from llama_operator.plan.model_source import Resolved
@@ -30,6 +31,16 @@ class Plan:
     code_files: dict[str, str]
     # (source, destination) S3 objects: adapters copied into the code prefix (vllm)
     adapter_copies: list[tuple[str, str]]
+    # deployment.mode inferenceComponents: the config is named by its own hash, the model is a component
+    config_hash: str | None = None
+    component: "ComponentPlan | None" = None
+
+
+@dataclass
+class ComponentPlan:
+    name: str
+    create_request: dict
+    update_request: dict
 
 
 def code_base_uri(source_s3_uri: str | None, model_s3_uri: str) -> str:
@@ -56,6 +67,8 @@ def plan(spec_model, *, namespace: str, name: str, uid: str, resolved: Resolved,
     code_uri = endpoint_code.code_prefix(code_base_uri(source_s3_uri, model_s3_uri), files)
     h = combined_hash(plan_ep.spec_hash(spec_model, model_s3_uri=model_s3_uri, adapters=resolved.adapters), code_uri)
     common = dict(namespace=namespace, name=name, uid=uid, spec_hash=h)
+    if components.uses_components(spec_model):
+        return _component_plan(spec_model, h, code_uri, files, resolved, region, namespace, name, uid)
     return Plan(
         endpoint_name=names.endpoint_name(namespace, name, uid),
         model_name=names.model_name(namespace, name, uid, h),
@@ -67,6 +80,35 @@ def plan(spec_model, *, namespace: str, name: str, uid: str, resolved: Resolved,
         update_request=plan_ep.update_endpoint_request(spec_model, **common),
         model_s3_uri=model_s3_uri, code_s3_uri=code_uri, code_files=files,
         adapter_copies=endpoint_code.adapter_copies(spec_model.serving.engine, code_uri, resolved.adapters),
+    )
+
+
+def _component_plan(spec_model, h: str, code_uri: str, files: dict, resolved: Resolved, region: str,
+                    namespace: str, name: str, uid: str) -> Plan:
+    """The model (named by the spec hash, as in variant mode) becomes the endpoint's inference
+    component; the endpoint config, named by its own hash, holds only the instance pool."""
+    owner = dict(namespace=namespace, name=name, uid=uid)
+    ch = components.config_hash(spec_model)
+    config = names.endpoint_config_name(namespace, name, uid, ch)
+    endpoint = names.endpoint_name(namespace, name, uid)
+    model = names.model_name(namespace, name, uid, h)
+    component = names.inference_component_name(namespace, name, uid)
+    endpoint_request = plan_ep.create_endpoint_request(spec_model, spec_hash=h, **owner)
+    endpoint_request["EndpointConfigName"] = config
+    return Plan(
+        endpoint_name=endpoint, model_name=model, config_name=config, spec_hash=h,
+        model_request=plan_ep.create_model_request(spec_model, code_s3_uri=code_uri, region=region, spec_hash=h,
+                                                   **owner),
+        config_request=components.endpoint_config_request(spec_model, config_name=config, **owner),
+        endpoint_request=endpoint_request, update_request={},
+        model_s3_uri=resolved.model_s3_uri, code_s3_uri=code_uri, code_files=files,
+        adapter_copies=endpoint_code.adapter_copies(spec_model.serving.engine, code_uri, resolved.adapters),
+        config_hash=ch,
+        component=ComponentPlan(
+            name=component,
+            create_request=components.create_request(spec_model, component=component, endpoint=endpoint,
+                                                     model_name=model, **owner),
+            update_request=components.update_request(spec_model, component=component, model_name=model)),
     )
 
 

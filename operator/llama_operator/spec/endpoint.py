@@ -8,6 +8,8 @@ from typing import List, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from typing_extensions import Annotated
 
+from llama_operator.instances import copy_shape
+
 from .common import FinetuneName, InstanceType, ResourceSpec, S3Uri, SpecModel, environment_type
 
 BF16_LESS_INSTANCES = re.compile(r"^ml[.](p2|p3|g3|g3s|g4dn)[.]")
@@ -40,6 +42,16 @@ MSG_ALARMS = ("deployment.rollbackAlarms are watched only when deployment.autoRo
               "autoRollback to true or remove the alarms")
 
 MSG_SCALING_BOUNDS = "scaling.minInstances must not exceed scaling.maxInstances"
+MSG_ONE_TARGET = ("set exactly one of scaling.target.invocationsPerInstance (deployment.mode variant) or "
+                  "scaling.target.concurrentRequestsPerCopy (deployment.mode inferenceComponents)")
+MSG_TARGET_PER_COPY = ("scaling.target.concurrentRequestsPerCopy counts model copies, which only "
+                       "deployment.mode inferenceComponents has: set the mode, or use invocationsPerInstance")
+MSG_TARGET_PER_INSTANCE = ("scaling.target.invocationsPerInstance applies to deployment.mode variant: with "
+                           "inferenceComponents use concurrentRequestsPerCopy")
+MSG_SCALE_TO_ZERO = ("scaling.minInstances 0 (scale to zero) needs deployment.mode inferenceComponents: SageMaker "
+                     "scales an endpoint to zero only when it hosts inference components")
+MSG_CANARY_COMPONENTS = ("deployment.strategy Canary is a blue/green traffic shift of deployment.mode variant; "
+                         "inference components roll one copy at a time: remove strategy and canaryPercent")
 MSG_SCALING_START = ("resources.instanceCount is the count the endpoint starts with and must lie within "
                      "scaling.minInstances..scaling.maxInstances: change one of them")
 
@@ -113,6 +125,7 @@ class EndpointResources(SpecModel):
 
 
 class Deployment(SpecModel):
+    mode: Literal["variant", "inferenceComponents"] = "variant"
     strategy: Literal["AllAtOnce", "Canary"] = "AllAtOnce"
     canary_percent: Optional[Annotated[int, Field(ge=1, le=99)]] = None
     wait_interval_seconds: Annotated[int, Field(ge=0, le=3600)] = 300
@@ -132,13 +145,21 @@ class Deployment(SpecModel):
 
 class ScalingTarget(SpecModel):
     """What target tracking holds steady: invocations a minute per instance (SageMaker's
-    SageMakerVariantInvocationsPerInstance metric)."""
-    invocations_per_instance: Annotated[float, Field(gt=0, le=1000000)]
+    SageMakerVariantInvocationsPerInstance metric), or, for inference components, requests in
+    flight per model copy (SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution)."""
+    invocations_per_instance: Optional[Annotated[float, Field(gt=0, le=1000000)]] = None
+    concurrent_requests_per_copy: Optional[Annotated[float, Field(gt=0, le=10000)]] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.invocations_per_instance is None) == (self.concurrent_requests_per_copy is None):
+            raise ValueError(MSG_ONE_TARGET)
+        return self
 
 
 class Scaling(SpecModel):
     """Application Auto Scaling of the endpoint's instance count (target tracking)."""
-    min_instances: Annotated[int, Field(ge=1, le=100)] = 1
+    min_instances: Annotated[int, Field(ge=0, le=100)] = 1
     max_instances: Annotated[int, Field(ge=1, le=100)]
     target: ScalingTarget
     scale_in_cooldown_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
@@ -166,4 +187,22 @@ class LlamaEndpointSpec(ResourceSpec):
         sc = self.scaling
         if sc is not None and not sc.min_instances <= self.resources.instance_count <= sc.max_instances:
             raise ValueError(MSG_SCALING_START)
+        components = self.deployment.mode == "inferenceComponents"
+        if components and self.deployment.strategy == "Canary":
+            raise ValueError(MSG_CANARY_COMPONENTS)
+        if sc is not None:
+            if sc.target.concurrent_requests_per_copy is not None and not components:
+                raise ValueError(MSG_TARGET_PER_COPY)
+            if sc.target.invocations_per_instance is not None and components:
+                raise ValueError(MSG_TARGET_PER_INSTANCE)
+            if sc.min_instances == 0 and not components:
+                raise ValueError(MSG_SCALE_TO_ZERO)
+        if components and isinstance(shape := self.copy_shape(), str):
+            raise ValueError(shape)
         return self
+
+    def copy_shape(self):
+        """instances.CopyShape of one model copy (mode inferenceComponents), or why there is none.
+        The batching engine runs a copy on one GPU; vllm on tensorParallelDegree GPUs (default all)."""
+        tp = self.serving.tensor_parallel_degree or (1 if self.serving.engine == "batching" else None)
+        return copy_shape(self.resources.instance_type, tp)

@@ -42,7 +42,9 @@ _SERVING = {"InService", "SystemUpdating", "Updating", "RollingBack"}
 # and what the user must fix for each.
 ROLE_NOT_ALLOWED = "RoleNotAllowed"
 INVALID_SPEC = "InvalidSpec"
-_FIX = {ROLE_NOT_ALLOWED: "spec.roleArn is fixed", INVALID_SPEC: "the spec is fixed"}
+IMMUTABLE_FIELD = "ImmutableField"   # an inferenceComponents endpoint's instance pool
+_FIX = {ROLE_NOT_ALLOWED: "spec.roleArn is fixed", INVALID_SPEC: "the spec is fixed",
+        IMMUTABLE_FIELD: "the instance pool's fields are put back"}
 
 
 def invocation_url(region: str, endpoint_name: str) -> str:

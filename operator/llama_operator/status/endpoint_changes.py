@@ -51,11 +51,13 @@ def transition(obj: Mapping[str, Any], written: Mapping[str, Any] | None) -> tup
 
 
 def desired_names(namespace: str, name: str, uid: str, status: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(config, model) that status.specHash asks for; (None, None) before any was planned."""
+    """(config, model) that status.specHash asks for (the config by status.configHash where the
+    endpoint hosts an inference component); (None, None) before any was planned."""
     h = status.get("specHash")
     if not h:
         return None, None
-    return names.endpoint_config_name(namespace, name, uid, h), names.model_name(namespace, name, uid, h)
+    return (names.endpoint_config_name(namespace, name, uid, status.get("configHash") or h),
+            names.model_name(namespace, name, uid, h))
 
 
 def settle(describe: Mapping[str, Any] | None, *, namespace: str, name: str, uid: str,

@@ -33,3 +33,13 @@ def s3(stack):
 @pytest.fixture(scope="module")
 def events(stack):
     return EventLog(stack.client("sqs"), stack.env["LLAMA_OPERATOR_EVENTS_QUEUE_URL"])
+
+
+@pytest.fixture(scope="module")
+def rt(stack):
+    return validated(stack.client("sagemaker-runtime"))
+
+
+@pytest.fixture(scope="module")
+def aas(stack):
+    return validated(stack.client("application-autoscaling"))

@@ -4,6 +4,7 @@ a name no other test folder uses."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -125,3 +126,14 @@ def wait_endpoint(sm, name: str, timeout: float = 60, until=("InService", "Faile
             return d
         assert time.monotonic() < deadline, f"endpoint {name} still {d['EndpointStatus']}"
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def compressed_stack(state_dir, period: float):
+    """A service of the test module's own, one autoscaling metric period lasting `period` seconds,
+    with the tests' bucket."""
+    from llama_operator.local.stack import LocalStack
+
+    with LocalStack(state_dir, containers=CONTAINERS, autoscaling_period=period) as s:
+        s.client("s3").create_bucket(Bucket=BUCKET)
+        yield s

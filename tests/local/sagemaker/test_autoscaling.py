@@ -12,7 +12,7 @@ import time
 import pytest
 
 from llama_operator.local.stack import LocalStack
-from sagemaker_helpers import BUCKET, CONTAINERS, ECHO_IMAGE, ROLE, unique, validated, wait_endpoint
+from sagemaker_helpers import ECHO_IMAGE, ROLE, compressed_stack, unique, validated, wait_endpoint
 
 PERIOD = 0.5
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -20,20 +20,8 @@ DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):  # this module's own service: compressed autoscaling time
-    with LocalStack(tmp_path_factory.mktemp("sm-as-state"), containers=CONTAINERS,
-                    autoscaling_period=PERIOD) as s:
-        s.client("s3").create_bucket(Bucket=BUCKET)
+    with compressed_stack(tmp_path_factory.mktemp("sm-as-state"), PERIOD) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def rt(stack):
-    return validated(stack.client("sagemaker-runtime"))
-
-
-@pytest.fixture(scope="module")
-def aas(stack):
-    return validated(stack.client("application-autoscaling"))
 
 
 def _endpoint(sm, base: str, count: int = 1, instance_type: str = "ml.g5.2xlarge", wait: bool = True) -> str:
@@ -214,7 +202,7 @@ def test_autoscaling_refusals(sm, aas):
     code, message = _code(aas.register_scalable_target, ServiceNamespace="sagemaker",
                           ResourceId="inference-component/ic", MinCapacity=1, MaxCapacity=2,
                           ScalableDimension="sagemaker:inference-component:DesiredCopyCount")
-    assert code == "ValidationException" and "inference components are not emulated yet" in message
+    assert code == "ValidationException" and "Could not find inference component" in message  # none named ic
     code, message = _code(aas.register_scalable_target, **_target(f"endpoint/{name}", MinCapacity=1, MaxCapacity=2))
     assert code == "ValidationException" and f"endpoint/{name}" in message
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sagemaker_helpers import BUCKET, ECHO_IMAGE, ROLE, unique, validated, wait_endpoint
+from sagemaker_helpers import BUCKET, ECHO_IMAGE, ROLE, unique, wait_endpoint
 
 
 def _model(sm, s3, name: str, text: str, **env) -> None:
@@ -42,11 +42,6 @@ def _invoke(rt, endpoint: str, payload: dict) -> dict:
     resp = rt.invoke_endpoint(EndpointName=endpoint, Body=json.dumps(payload), ContentType="application/json",
                               Accept="application/json")
     return json.loads(resp["Body"].read())
-
-
-@pytest.fixture(scope="module")
-def rt(stack):
-    return validated(stack.client("sagemaker-runtime"))
 
 
 def test_create_invoke_update_delete(sm, s3, rt, events):

@@ -34,16 +34,18 @@ def test_the_requests_are_what_botocore_accepts_and_carry_the_spec():
     s = spec().scaling
     c = client()
     stub = Stubber(c)
-    register, policy = plan.register_request(s, EP), plan.policy_request(s, EP)
+    req = plan.variant_requests(s, EP)
+    register, (policy,) = req.register, req.policies
     stub.add_response("register_scalable_target", {}, register)
     stub.add_response("put_scaling_policy", {"PolicyARN": "arn:aws:autoscaling:us-east-1:1:scalingPolicy:x",
                                              "Alarms": []}, policy)
-    stub.add_response("delete_scaling_policy", {}, plan.delete_policy_request(EP))
-    stub.add_response("deregister_scalable_target", {}, plan.deregister_request(EP))
+    target = {k: register[k] for k in ("ServiceNamespace", "ResourceId", "ScalableDimension")}
+    stub.add_response("delete_scaling_policy", {}, {**target, "PolicyName": policy["PolicyName"]})
+    stub.add_response("deregister_scalable_target", {}, target)
     with stub:
         gw = ScalingGateway(c)
-        gw.apply(register, policy)
-        assert gw.remove(EP) is True
+        gw.apply(req)
+        assert gw.remove(req.resource_id) is True
     stub.assert_no_pending_responses()
     assert register == {"ServiceNamespace": "sagemaker", "ResourceId": f"endpoint/{EP}/variant/AllTraffic",
                         "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
@@ -60,14 +62,17 @@ def test_removing_what_is_not_registered_is_done_not_an_error():
     stub.add_client_error("delete_scaling_policy", "ObjectNotFoundException", "No scaling policy found")
     stub.add_client_error("deregister_scalable_target", "ObjectNotFoundException", "No scalable target found")
     with stub:
-        assert ScalingGateway(c).remove(EP) is False
+        assert ScalingGateway(c).remove(plan.resource_id(EP)) is False
 
 
 def test_the_applied_hash_follows_what_is_sent():
-    base = plan.applied_hash(spec().scaling, EP)
-    assert plan.applied_hash(spec().scaling, EP) == base
-    assert plan.applied_hash(spec({**SCALING, "maxInstances": 5}).scaling, EP) != base
-    assert plan.applied_hash(spec({**SCALING, "target": {"invocationsPerInstance": 60}}).scaling, EP) != base
+    def digest(scaling):
+        return plan.variant_requests(spec(scaling).scaling, EP).digest()
+
+    base = digest(SCALING)
+    assert digest(SCALING) == base
+    assert digest({**SCALING, "maxInstances": 5}) != base
+    assert digest({**SCALING, "target": {"invocationsPerInstance": 60}}) != base
 
 
 def test_an_autoscaled_update_keeps_the_count_the_policy_reached():
@@ -105,3 +110,11 @@ def test_a_capacity_change_on_the_desired_config_stays_in_service_and_shows_the_
     assert (ready["status"], ready["reason"]) == ("True", "Scaling")
     # a blue/green update (another configuration serves) is still Updating
     assert es.observe(_describe("InService", 2, 2, config="cfg-old"), {}, desired_config="cfg-a")["phase"] == "Updating"
+
+
+def test_the_instance_count_rolls_nothing_out():
+    def h(scaling, count):
+        return plan_ep.spec_hash(spec(scaling, instanceCount=count))
+
+    assert h(SCALING, 1) == h(SCALING, 2) == h(None, 1) == h(None, 2)
+    assert h(None, 1) != plan_ep.spec_hash(spec(None, instanceType="ml.g5.4xlarge"))

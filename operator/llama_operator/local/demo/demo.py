@@ -85,7 +85,8 @@ def _size_mb(path: Path) -> float:
 
 
 def start_operator(stack, kubeconfig: Path, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **stack.env, "PYTHONUNBUFFERED": "1"}
+    # components send no events: read them every second (a metric period of the demo's --scaling)
+    env = {**os.environ, **stack.env, "PYTHONUNBUFFERED": "1", "LLAMA_OPERATOR_COMPONENT_POLL_SECONDS": "1"}
     cmd = [sys.executable, "-m", "llama_operator", "run", "--all-namespaces", "--standalone",
            "--kubeconfig", str(kubeconfig), "--resync-seconds", "30"]
     log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
@@ -265,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     finetune, endpoint = _examples()
     namespace = finetune["metadata"].get("namespace", "default")
-    ok, lora_status, scaling_status = False, {}, {}
+    ok, lora_status, scaling_status, components_status = False, {}, {}, {}
     with contextlib.ExitStack() as cleanup:
         _image_environments()
         say("starting the embedded default: local SageMaker service, S3 and SQS (moto), Kubernetes API")
@@ -327,6 +328,12 @@ def run(args: argparse.Namespace) -> int:
                 scaled, scaling_status = scaling.run(kube, stack, namespace, ft["status"]["modelS3Uri"],
                                                      [chat_prompt(q) for q in questions], args.timeout, say, operator)
                 ok = ok and scaled
+                from llama_operator.local.demo import components
+
+                woke, components_status = components.run(kube, stack, namespace, ft["status"]["modelS3Uri"],
+                                                         chat_prompt(questions[0]), args.max_new_tokens,
+                                                         args.timeout, say, operator)
+                ok = ok and woke
         print()
         print(table(kube, namespace))
         print()
@@ -346,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
                                                   or kube.get("llamafinetunes", namespace, ft_name)):
                 time.sleep(1)
             leftovers = sagemaker_leftovers(stack.client("sagemaker"), ep_status)
-            for extra in (lora_status, scaling_status):
+            for extra in (lora_status, scaling_status, components_status):
                 leftovers += [x for x in sagemaker_leftovers(stack.client("sagemaker"), extra)
                               if not x.startswith("endpoint ")]  # every endpoint is listed above already
             say("deleted both resources; SageMaker objects left: " + (", ".join(leftovers) or "none"))
@@ -368,5 +375,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="then train two LoRA adapters on the fine-tuned model and serve both on one endpoint")
     parser.add_argument("--scaling", action="store_true",
                         help="then serve the fine-tuned model with autoscaling, load it until a second instance "
-                             "serves and let it scale back in (one metric period a second)")
+                             "serves and let it scale back in, then as an inference component that scales to "
+                             "zero and wakes on a request (one metric period a second)")
     return run(parser.parse_args(argv))

@@ -99,7 +99,7 @@ class Watch:
     def __init__(self, kube, namespace: str, name: str, say):
         self.kube, self.namespace, self.name, self.say = kube, namespace, name, say
         self.phase: str | None = None
-        self.instances: tuple | None = None
+        self.instances: tuple | None = None      # instances and copies, current and desired
         self.events_seen: set[str] = set()
         self.messages: dict[str, list[str]] = {}   # Event reason -> messages, in order
         self.last: dict = {}                        # the last object seen
@@ -118,10 +118,12 @@ class Watch:
             extra = st.get("failureReason") or ""
             self.say(f"LlamaEndpoint/{self.name}: {self.phase}" + (f": {extra}" if extra else ""))
         inst = st.get("instances") or {}
-        now = (inst.get("current"), inst.get("desired"))
+        copies = (st.get("inferenceComponent") or {}).get("copies") or {}
+        now = (inst.get("current"), inst.get("desired"), copies.get("current"), copies.get("desired"))
         if inst and now != self.instances:
             self.instances = now
-            self.say(f"    INSTANCES {now[0]}   DESIRED {now[1]}   ({st.get('phase')})")
+            extra = f"   COPIES {now[2]} (desired {now[3]})" if copies else ""
+            self.say(f"    INSTANCES {now[0]}   DESIRED {now[1]}{extra}   ({st.get('phase')})")
         for event in self.kube.list("events", self.namespace, api_version="v1"):
             key = event["metadata"]["name"]
             if (event.get("involvedObject") or {}).get("name") != self.name or key in self.events_seen:
@@ -147,9 +149,9 @@ class Watch:
         return None
 
 
-def _table(obj: dict) -> str:
+def _table(obj: dict, wide: bool = False) -> str:
     crd = yaml.safe_load((paths.crds_dir() / f"{PLURAL}.yaml").read_text())
-    return render(rows([obj], printer_columns(crd)))
+    return render(rows([obj], printer_columns(crd, wide=wide)))
 
 
 def _current(st: dict) -> int | None:
@@ -233,15 +235,22 @@ def _exercise(watch: Watch, stack, doc: dict, prompts: list[str], timeout: float
     return not missing
 
 
-def _delete(kube, stack, namespace: str, name: str, ep_status: dict, say) -> bool:
-    """Deletes the endpoint and waits until the resource is gone; True when it is and no scalable
-    target of it is left registered."""
+def delete_resource(kube, namespace: str, name: str, say) -> bool:
+    """Deletes the LlamaEndpoint; whether it is gone (its finalizer done) within GONE_SECONDS."""
     kube.delete(PLURAL, namespace, name)
     gone_by = time.monotonic() + GONE_SECONDS
     while time.monotonic() < gone_by and kube.get(PLURAL, namespace, name):
         time.sleep(1)
     if kube.get(PLURAL, namespace, name):
         say(f"LlamaEndpoint/{name} was not gone {GONE_SECONDS}s after its deletion")
+        return False
+    return True
+
+
+def _delete(kube, stack, namespace: str, name: str, ep_status: dict, say) -> bool:
+    """Deletes the endpoint and waits until the resource is gone; True when it is and no scalable
+    target of it is left registered."""
+    if not delete_resource(kube, namespace, name, say):
         return False
     resource = (ep_status.get("scaling") or {}).get("resourceId")
     left = []

@@ -67,8 +67,10 @@ def render(table: list[list[str]]) -> str:
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
 
 
-def printer_columns(crd: Mapping[str, Any], version: str = VERSION) -> list[Mapping[str, Any]]:
+def printer_columns(crd: Mapping[str, Any], version: str = VERSION, *, wide: bool = False
+                    ) -> list[Mapping[str, Any]]:
+    """The columns `kubectl get` prints (with `wide`, as `-o wide`: priority above 0 too)."""
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
-            return list(v.get("additionalPrinterColumns", []))
+            return [c for c in v.get("additionalPrinterColumns", []) if wide or not c.get("priority")]
     raise KeyError(f"CRD {crd['metadata']['name']} has no version {version}")

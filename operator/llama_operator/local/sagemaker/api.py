@@ -26,9 +26,12 @@ class SageMaker:
         # Application Auto Scaling (autoscaling.AutoScaling), set by the server: UpdateEndpoint and
         # DeleteEndpoint consult and clean up its scalable targets as AWS does.
         self.autoscaling = None
+        # Inference components (components.InferenceComponents), set by the server: their
+        # operations, and what DeleteEndpoint and UpdateEndpoint must respect.
+        self.components = None
 
     def call(self, operation: str, params: dict) -> dict:
-        handler = getattr(self, f"op_{operation}", None)
+        handler = getattr(self, f"op_{operation}", None) or getattr(self.components, f"op_{operation}", None)
         if handler is None:
             raise UnknownOperation(f"Operation {operation} is not supported by the local SageMaker service.")
         if self.throttle_rate and random.random() < self.throttle_rate:
@@ -49,7 +52,8 @@ class SageMaker:
 
     def _not_found(self, kind: str, name: str) -> ValidationError:
         """SageMaker's answer for a model, endpoint configuration or endpoint that is not there."""
-        label = {"endpoint-config": "endpoint configuration"}.get(kind, kind)
+        label = {"endpoint-config": "endpoint configuration",
+                 "inference-component": "inference component"}.get(kind, kind)
         return ValidationError(f"Could not find {label} \"{self._arn(kind, name)}\".")
 
     def _found(self, kind: str, name: str) -> dict:
@@ -224,17 +228,50 @@ class SageMaker:
         if not variants:
             raise ValidationError("ProductionVariants must hold at least one variant.")
         seen = set()
+        components = [v for v in variants if not v.get("ModelName")]
+        if components and len(components) != len(variants):
+            raise ValidationError("Either all production variants of an endpoint configuration specify ModelName, or "
+                                  "none does (an endpoint configuration for inference components).")
+        if components and not p.get("ExecutionRoleArn"):
+            raise ValidationError("ExecutionRoleArn is required for an endpoint configuration whose production "
+                                  "variants specify no ModelName (an endpoint for inference components).")
         for i, v in enumerate(variants, 1):
-            names.validate_name("model", v.get("ModelName"))
+            if v.get("ModelName") is not None or not components:
+                names.validate_name("model", v.get("ModelName"))
+            elif "ServerlessConfig" in v or v.get("InitialInstanceCount") is None:
+                raise ValidationError(f"Production variant {v.get('VariantName')} specifies no ModelName: a variant "
+                                      "for inference components needs InstanceType and InitialInstanceCount "
+                                      "(serverless variants cannot host inference components).")
             if "InstanceType" in v or "ServerlessConfig" not in v:
                 names.validate_instance_type(v.get("InstanceType"), "ProductionVariantInstanceType",
                                              f"productionVariants.{i}.member.instanceType")
             if v.get("VariantName") in seen:
                 raise ValidationError(f"Variant name {v.get('VariantName')} is used more than once.")
             seen.add(v.get("VariantName"))
-            if self.ctx.store.get("model", v["ModelName"]) is None:
+            self._check_managed_scaling(v)
+            if v.get("ModelName") and self.ctx.store.get("model", v["ModelName"]) is None:
                 raise self._not_found("model", v["ModelName"])
         return self._create_from_request("endpoint-config", "endpoint configuration", "EndpointConfigArn", name, p)
+
+    @staticmethod
+    def _check_managed_scaling(v: dict) -> None:
+        m = v.get("ManagedInstanceScaling")
+        if not m:
+            return
+        name, lo, hi = v.get("VariantName"), m.get("MinInstanceCount"), m.get("MaxInstanceCount")
+        if lo is not None and int(lo) == 0 and v.get("ModelName"):
+            raise ValidationError(f"ManagedInstanceScaling.MinInstanceCount 0 is not valid for production variant "
+                                  f"{name}: only an endpoint that hosts inference components can scale in to zero "
+                                  "instances.")
+        if m.get("Status") != "ENABLED":
+            return
+        if lo is None or hi is None:
+            raise ValidationError(f"ManagedInstanceScaling of production variant {name}: MinInstanceCount and "
+                                  "MaxInstanceCount are required when Status is ENABLED.")
+        initial = int(v.get("InitialInstanceCount", 1))
+        if not int(lo) <= initial <= int(hi):
+            raise ValidationError(f"ManagedInstanceScaling of production variant {name}: MinInstanceCount ({lo}) <= "
+                                  f"InitialInstanceCount ({initial}) <= MaxInstanceCount ({hi}) must hold.")
 
     def op_DescribeEndpointConfig(self, p: dict) -> dict:
         return self._describe("endpoint-config", p.get("EndpointConfigName", ""))
@@ -314,6 +351,7 @@ class SageMaker:
             old_config = self.ctx.store.get("endpoint-config", record["describe"]["EndpointConfigName"])
             old_pvs = {pv["VariantName"]: pv for pv in (old_config or {}).get("describe", {})
                        .get("ProductionVariants", [])}
+            self._check_component_update(name, config_name, old_pvs, new_pvs)
             for variant in (self.autoscaling.scaled_variants(name) if self.autoscaling else []):
                 # AWS: "If the update would change the instance type for any model that is a target
                 # for auto scaling, the update fails" (and so does dropping the variant).
@@ -338,6 +376,27 @@ class SageMaker:
         self.endpoints._set(name, "Updating", FailureReason=None)
         self.endpoints.update(name, config_name, retain)
         return {"EndpointArn": record["describe"]["EndpointArn"]}
+
+    def _check_component_update(self, name: str, config_name: str, old_pvs: dict, new_pvs: dict) -> None:
+        """UpdateEndpoint of an endpoint for inference components (components.py says what is
+        emulated)."""
+        old_ic = any(not pv.get("ModelName") for pv in old_pvs.values())
+        new_ic = any(not pv.get("ModelName") for pv in new_pvs.values())
+        if old_pvs and old_ic != new_ic:
+            raise ValidationError(
+                f"Cannot update endpoint \"{self._arn('endpoint', name)}\" to endpoint configuration {config_name}: "
+                "switching an endpoint between production variants with models and variants for inference components "
+                "is not supported by the local SageMaker service.")
+        hosted = self.components.on_endpoint(name) if (old_ic and self.components is not None) else []
+        for ic in hosted:
+            variant = self.components.component(ic)["VariantName"]
+            old, new = old_pvs.get(variant, {}), new_pvs.get(variant)
+            if new is None or new.get("InstanceType") != old.get("InstanceType"):
+                raise ValidationError(
+                    f"Cannot update endpoint \"{self._arn('endpoint', name)}\": inference component {ic} runs on "
+                    f"variant {variant}, which endpoint configuration {config_name} "
+                    f"{'drops' if new is None else 'moves to another instance type'}. Delete the inference "
+                    "components first.")
 
     def op_UpdateEndpointWeightsAndCapacities(self, p: dict) -> dict:
         return {"EndpointArn": self.update_weights_and_capacities(p.get("EndpointName", ""),
@@ -373,6 +432,12 @@ class SageMaker:
                                           f"endpoint \"{self._arn('endpoint', name)}\".")
                 if variant in changes:
                     raise ValidationError(f"The variant name {variant} is specified more than once.")
+                if not pvs[variant].get("ModelName"):
+                    raise ValidationError(f"Variant {variant} of endpoint {name} hosts inference components: its "
+                                          "instance count follows its components' copies (ManagedInstanceScaling); "
+                                          "change the copies with UpdateInferenceComponentRuntimeConfig. Weights and "
+                                          "capacities of such variants are not supported by the local SageMaker "
+                                          "service.")
                 count, weight = item.get("DesiredInstanceCount"), item.get("DesiredWeight")
                 if count is None and weight is None:
                     raise ValidationError(f"Specify DesiredWeight or DesiredInstanceCount (or both) for variant "
@@ -401,6 +466,11 @@ class SageMaker:
             record = self._endpoint(name)
             if record["describe"]["EndpointStatus"] == "Deleting":
                 return {}
+            hosted = self.components.on_endpoint(name) if self.components is not None else []
+            if hosted:
+                raise ValidationError(
+                    f"Cannot delete endpoint \"{self._arn('endpoint', name)}\" while it hosts inference components "
+                    f"({', '.join(hosted)}). Delete its inference components (DeleteInferenceComponent) first.")
         self.endpoints._set(name, "Deleting")
         if self.autoscaling is not None:  # AWS deregisters the endpoint's scalable targets with it
             self.autoscaling.endpoint_deleted(name)

@@ -5,11 +5,13 @@ SAGEMAKER_BIND_TO_PORT), chosen by image from a table of regex -> command (`mode
 invocations over once the new servers are healthy), routes invocations by variant weight and counts
 them per variant (the autoscaler's metric), and scales a running variant's instance count
 (UpdateEndpointWeightsAndCapacities, and the autoscaler through it): new servers take traffic once
-they pass /ping, removed ones are drained first."""
+they pass /ping, removed ones are drained first. A variant without ModelName starts no server: its
+instances belong to inference components (components.py), which report its instance count."""
 
 from __future__ import annotations
 
 import collections
+import copy
 import http.client
 import json
 import logging
@@ -48,6 +50,9 @@ class Endpoints:
         self._closing = False
         self._invocations: collections.Counter = collections.Counter()  # (endpoint, variant) -> since start
         self._count_lock = threading.Lock()
+        # Inference components (components.InferenceComponents), set by the server: the instance
+        # counts of variants without a model.
+        self.components = None
 
     # status bookkeeping --------------------------------------------------------------------
     def _set(self, name: str, status: str, **fields) -> None:
@@ -72,11 +77,19 @@ class Endpoints:
         if changed:
             self.ctx.emit(KIND, name, snapshot)
 
-    def _variants_status(self, config: dict, dep: Deployment) -> list[dict]:
+    def _variants_status(self, name: str, config: dict, dep: Deployment) -> list[dict]:
         out = []
         models = {}
         variants = {v.name: v for v in dep.variants}
         for pv in config["describe"]["ProductionVariants"]:
+            if not pv.get("ModelName"):  # inference components' instances
+                v = variants.get(pv["VariantName"])
+                weight = v.weight if v else float(pv.get("InitialVariantWeight", 1.0))
+                count = (self.components.instance_counts(name, pv) if self.components is not None
+                         else int(pv.get("InitialInstanceCount", 1)))
+                out.append({"VariantName": pv["VariantName"], "CurrentWeight": weight, "DesiredWeight": weight,
+                            "CurrentInstanceCount": count, "DesiredInstanceCount": count, **_scaling_settings(pv)})
+                continue
             model = models.setdefault(pv["ModelName"], self.ctx.store.get("model", pv["ModelName"]))
             image = primary_container(model).get("Image", "") if model else ""
             v = variants.get(pv["VariantName"])
@@ -88,6 +101,7 @@ class Endpoints:
                 "DesiredWeight": v.desired_weight if v and v.desired_weight is not None else weight,
                 "CurrentInstanceCount": v.count() if v else 0,
                 "DesiredInstanceCount": v.desired if v else int(pv.get("InitialInstanceCount", 1)),
+                **_scaling_settings(pv),
             })
         return out
 
@@ -111,7 +125,7 @@ class Endpoints:
         with self._lock:
             self.active[name] = dep
         config = self.ctx.store.get("endpoint-config", config_name)
-        self._set(name, "InService", ProductionVariants=self._variants_status(config, dep))
+        self._set(name, "InService", ProductionVariants=self._variants_status(name, config, dep))
 
     def _still_wanted(self, name: str, dep: Deployment) -> bool:
         """False (and the new servers stopped) when the endpoint was deleted while they started."""
@@ -141,7 +155,9 @@ class Endpoints:
             self.active[name] = dep   # the switch: invocations from now on go to the new servers
         config = self.ctx.store.get("endpoint-config", new_config)
         self._set(name, "InService", EndpointConfigName=new_config, FailureReason=None,
-                  ProductionVariants=self._variants_status(config, dep))
+                  ProductionVariants=self._variants_status(name, config, dep))
+        if self.components is not None:
+            self.components.endpoint_updated(name)
         if old:
             old.stop()
 
@@ -155,6 +171,8 @@ class Endpoints:
         for d in [dep, *starting]:
             if d:
                 d.stop()
+        if self.components is not None:
+            self.components.endpoint_deleted(name)
         self.ctx.store.delete(KIND, name)
 
     def recover(self) -> None:
@@ -192,6 +210,8 @@ class Endpoints:
                 variant = Variant(pv["VariantName"],
                                   float(pv.get("InitialVariantWeight", 1.0) if weight is None else weight))
                 dep.variants.append(variant)
+                if not pv.get("ModelName"):  # instances for inference components: nothing runs yet
+                    continue
                 self.servers.start_variant(self.ctx.store.dir(KIND, name), config_name, pv, variant, reuse,
                                            count=kept.get("count"))
             for pv, variant in zip(config["describe"]["ProductionVariants"], dep.variants):
@@ -243,7 +263,7 @@ class Endpoints:
             if change.get("DesiredWeight") is not None:
                 v.desired_weight = float(change["DesiredWeight"])
         config = self.ctx.store.get("endpoint-config", dep.config)
-        self._set(name, "Updating", FailureReason=None, ProductionVariants=self._variants_status(config, dep))
+        self._set(name, "Updating", FailureReason=None, ProductionVariants=self._variants_status(name, config, dep))
         threading.Thread(target=self._scale, args=(name, dep, [variants[n] for n in changes], on_done),
                          daemon=True, name=f"endpoint-scale-{name}").start()
 
@@ -271,7 +291,7 @@ class Endpoints:
             return
         message = "; ".join(errors) or None
         self._set(name, "InService", FailureReason=f"Failed to update endpoint: {message}" if message else None,
-                  ProductionVariants=self._variants_status(config, dep) if config else None)
+                  ProductionVariants=self._variants_status(name, config, dep) if config else None)
         if on_done:
             on_done(message is None, message)
 
@@ -324,14 +344,8 @@ class Endpoints:
             finally:
                 variant.release(server)
             if status >= 400:
-                kind = "client" if status < 500 else "server"
-                message = data.decode("utf-8", "replace")
-                raise ModelError(
-                    f"Received {kind} error ({status}) from primary with message \"{message}\". "
-                    f"See the endpoint's logs (llama-operator logs {name} --endpoint) for more information.",
-                    extra={"OriginalStatusCode": status, "OriginalMessage": message,
-                           "LogStreamArn": names.log_stream_arn(self.ctx.region, name)},
-                )
+                raise model_error(status, data, f"the endpoint's logs (llama-operator logs {name} --endpoint)",
+                                  names.log_stream_arn(self.ctx.region, name))
             return variant.name, resp_headers, data
         finally:
             with dep.cond:
@@ -339,11 +353,25 @@ class Endpoints:
                 dep.cond.notify_all()
 
 
+def model_error(status: int, data: bytes, logs: str, log_stream_arn: str) -> ModelError:
+    """InvokeEndpoint's ModelError for a container's error answer, as SageMaker words it."""
+    kind = "client" if status < 500 else "server"
+    message = data.decode("utf-8", "replace")
+    return ModelError(f"Received {kind} error ({status}) from primary with message \"{message}\". See {logs} for "
+                      "more information.",
+                      extra={"OriginalStatusCode": status, "OriginalMessage": message, "LogStreamArn": log_stream_arn})
+
+
 def retained_properties(describe: dict) -> dict[str, dict]:
     """variant -> {"count", "weight"} of a Describe's ProductionVariants: what RetainAllVariantProperties
     keeps, and what a recovered endpoint comes back with."""
     return {pv["VariantName"]: {"count": pv.get("DesiredInstanceCount"), "weight": pv.get("CurrentWeight")}
             for pv in describe.get("ProductionVariants") or [] if "VariantName" in pv}
+
+
+def _scaling_settings(pv: dict) -> dict:
+    """What DescribeEndpoint repeats of a variant's configuration: managed instance scaling, routing."""
+    return {k: copy.deepcopy(pv[k]) for k in ("ManagedInstanceScaling", "RoutingConfig") if k in pv}
 
 
 def _health_timeout(pv: dict) -> int:

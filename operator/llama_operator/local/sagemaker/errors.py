@@ -21,6 +21,12 @@ class ValidationError(AwsError):
     code = "ValidationException"
 
 
+class RuntimeValidationError(AwsError):
+    """SageMaker Runtime's (InvokeEndpoint's) validation error: its service model names the code
+    ValidationError, where SageMaker's control plane says ValidationException."""
+    code = "ValidationError"
+
+
 class ResourceNotFound(AwsError):
     code = "ResourceNotFound"
 

@@ -9,6 +9,7 @@ import http.client
 import itertools
 import logging
 import os
+import random
 import re
 import shlex
 import shutil
@@ -112,6 +113,21 @@ class Variant:
             server.inflight += 1
             return server
 
+    def acquire_least_outstanding(self, randomly: bool = False) -> Server | None:
+        """The server with the fewest invocations in flight (ties round-robin), or a random one;
+        counted in flight until `release`. None when no server takes traffic."""
+        with self.lock:
+            if not self.servers:
+                return None
+            if randomly:
+                server = random.choice(self.servers)
+            else:
+                start = next(self._rr) % len(self.servers)
+                ring = self.servers[start:] + self.servers[:start]
+                server = min(ring, key=lambda s: s.inflight)
+            server.inflight += 1
+            return server
+
     def release(self, server: Server) -> None:
         with self.lock:
             server.inflight -= 1
@@ -133,10 +149,17 @@ class Variant:
     def remove(self, n: int, drain_seconds: float | None = None) -> list[Server]:
         """Takes the last `n` servers out of rotation, waits for their invocations in flight
         (DRAIN_SECONDS at most), then stops them."""
-        drain = DRAIN_SECONDS if drain_seconds is None else drain_seconds
         with self.lock:
             gone = self.servers[len(self.servers) - n:] if n > 0 else []
-            del self.servers[len(self.servers) - len(gone):]
+        return self.take_out(gone, drain_seconds)
+
+    def take_out(self, servers: list[Server], drain_seconds: float | None = None) -> list[Server]:
+        """Takes these servers out of rotation, waits for their invocations in flight
+        (DRAIN_SECONDS at most), then stops them."""
+        drain = DRAIN_SECONDS if drain_seconds is None else drain_seconds
+        gone = list(servers)
+        with self.lock:
+            self.servers = [s for s in self.servers if all(s is not g for g in gone)]
             self.lock.wait_for(lambda: all(s.inflight == 0 for s in gone), timeout=drain)
         for s in gone:
             kill_group(s.proc)
@@ -176,13 +199,15 @@ class ModelServers:
         self.images = images
 
     def start_variant(self, endpoint_dir: Path, config_name: str, pv: dict, variant: Variant,
-                      reuse: bool, count: int | None = None) -> None:
+                      reuse: bool, count: int | None = None, model: dict | None = None) -> None:
         """Variant `pv`'s instances (`count`, else its InitialInstanceCount), each a model-server
         process on a free port, into `variant` (its model data downloaded once under `endpoint_dir`;
-        kept with `reuse`); `variant.spawn` starts one more later, for scaling."""
+        kept with `reuse`); `variant.spawn` starts one more later, for scaling. `model`: a model
+        record to serve instead of the stored model pv["ModelName"] (an inference component's
+        snapshot of its container)."""
         from llama_operator.paths import workloads_dir
 
-        model = self.ctx.store.get("model", pv["ModelName"])
+        model = model or self.ctx.store.get("model", pv["ModelName"])
         if model is None:
             raise DeployFailed(f"Could not find model \"{names.arn('model', pv['ModelName'], self.ctx.region)}\".")
         container = primary_container(model)
@@ -268,7 +293,9 @@ def _ping(port: int) -> bool:
         return False
 
 
-def wait_healthy(server: Server, timeout: int, variant: str) -> None:
+def wait_healthy(server: Server, timeout: int, variant: str, subject: str | None = None) -> None:
+    """Returns once the server answers /ping; DeployFailed when it exits or `timeout` passes.
+    `subject`: what the message names (default: production variant `variant`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _ping(server.port):
@@ -278,7 +305,8 @@ def wait_healthy(server: Server, timeout: int, variant: str) -> None:
         time.sleep(0.25)
     tail = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
     raise DeployFailed(
-        f"The primary container for production variant {variant} did not pass the ping health check. "
+        f"The primary container for {subject or f'production variant {variant}'} did not pass the ping health "
+        "check. "
         f"Please check the endpoint's logs. Last log line: {last_line(tail)}"
     )
 

@@ -1,6 +1,7 @@
-"""`llama-operator local-sagemaker`: SageMaker, SageMaker Runtime and Application Auto Scaling (for
-endpoint variants) on one port, moto's S3, SQS and CloudWatch on another, state on disk. Prints `export NAME=value` lines, then `# ready`; logs go to
-stderr."""
+"""`llama-operator local-sagemaker`: SageMaker (inference components included), SageMaker Runtime and
+Application Auto Scaling (for endpoint variants and inference components) on one port, moto's S3,
+SQS and CloudWatch on another, state on disk. Prints `export NAME=value` lines, then `# ready`; logs
+go to stderr."""
 
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from llama_operator.local.sagemaker import (
+    autoscaling,
+    components,
+    imageenv,
+    model_servers,
+    names,
+    s3snapshot,
+    scheduled,
+    training,
+)
 from llama_operator.local.sagemaker import endpoints as ep
-from llama_operator.local.sagemaker import autoscaling, imageenv, model_servers, names, s3snapshot, scheduled, training
 from llama_operator.local.sagemaker.api import SageMaker
 from llama_operator.local.sagemaker.context import Context
 from llama_operator.local.sagemaker.errors import AwsError, InternalFailure, ModelError
@@ -134,10 +144,16 @@ class Service:
             self.jobs = training.TrainingJobs(self.ctx, images)
             self.endpoints = ep.Endpoints(self.ctx, args.container, images)
         self.api = SageMaker(self.ctx, self.jobs, self.endpoints, throttle_rate=args.throttle_rate)
-        self.autoscaling = autoscaling.AutoScaling(self.ctx, self.api, self.endpoints, period=args.autoscaling_period)
-        self.api.autoscaling = self.autoscaling
+        self.components = components.InferenceComponents(self.ctx, self.endpoints, self.api,
+                                                         scheduled=args.scheduled is not None,
+                                                         time_scale=args.autoscaling_period / 60.0)
+        self.api.components = self.endpoints.components = self.components
+        self.autoscaling = autoscaling.AutoScaling(self.ctx, self.api, self.endpoints, period=args.autoscaling_period,
+                                                   components=self.components)
+        self.api.autoscaling = self.components.autoscaling = self.autoscaling
         self.jobs.recover()
         self.endpoints.recover()
+        self.components.recover()
         self.autoscaling.recover()
 
     def serve(self) -> None:
@@ -152,6 +168,7 @@ class Service:
     def close(self) -> None:
         self.autoscaling.stop()
         self.jobs.shutdown()
+        self.components.shutdown()
         self.endpoints.shutdown()
         self.ctx.sink.flush(5)
         self.http.shutdown()
@@ -233,7 +250,10 @@ class _Handler(BaseHTTPRequestHandler):
         if custom:
             forward["X-Amzn-SageMaker-Custom-Attributes"] = custom
         try:
-            variant, headers, data = service.endpoints.invoke(
+            # an endpoint for inference components, or a request naming one (components.py)
+            answer = service.components.invoke(name, self.headers.get("X-Amzn-SageMaker-Inference-Component"),
+                                               body, forward)
+            variant, headers, data = answer or service.endpoints.invoke(
                 name, body, forward, self.headers.get("X-Amzn-SageMaker-Target-Variant"))
         except AwsError as err:
             return self._error(err, "application/json")

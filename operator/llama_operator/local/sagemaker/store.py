@@ -15,7 +15,9 @@ FOLDERS = {
     "model": "models",
     "endpoint-config": "endpoint-configs",
     "endpoint": "endpoints",
-    # Application Auto Scaling (autoscaling.py): one per endpoint variant, named "<endpoint>.<variant>"
+    "inference-component": "inference-components",  # components.py
+    # Application Auto Scaling (autoscaling.py): one per endpoint variant, named "<endpoint>.<variant>",
+    # or per inference component, named "ic_<component>"
     "scalable-target": "scalable-targets",     # the target and its policies
     "scaling-activities": "scaling-activities",
 }

@@ -83,6 +83,7 @@ class JobRun:
         self.instance_count = int(d["ResourceConfig"].get("InstanceCount", 1))
         self.dir = ctx.store.dir(KIND, name)
         self.procs: list[subprocess.Popen] = []
+        self.failed_first: int | None = None   # the host that failed first: the cause, not a peer's echo
         self.stop_as: str | None = None   # "Stopped" or "MaxRuntimeExceeded"
         self.shutting_down = False
         self._lock = threading.Lock()
@@ -146,7 +147,8 @@ class JobRun:
                 self.job.transition("Completed", "Completed", "Training job completed", end=time.time(),
                                     ModelArtifacts={"S3ModelArtifacts": artifacts})
             else:
-                bad = next(i for i, c in enumerate(codes) if c != 0)
+                bad = self.failed_first if self.failed_first is not None else \
+                    next(i for i, c in enumerate(codes) if c != 0)
                 failure = _read(bases[bad] / "output" / "failure")
                 self._finish_metrics()
                 self.job.transition("Failed", "Failed", "Training job failed", end=time.time(),
@@ -251,6 +253,8 @@ class JobRun:
         stop_sent = None
         while True:
             codes = [p.poll() for p in self.procs]
+            if self.failed_first is None:
+                self.failed_first = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
             if all(c is not None for c in codes):
                 return codes
             if any(c not in (None, 0) for c in codes) and stop_sent is None:

@@ -1,0 +1,107 @@
+"""The inference component of a LlamaEndpoint in deployment.mode inferenceComponents, blocking
+(the handlers run it in a thread).
+
+Once the endpoint (an instance pool) is in service, its model becomes one inference component;
+a new model (a spec change) updates that component, one copy at a time. SageMaker sends no
+state-change events for components, so the handlers call `sync` on a timer as well as after
+their own requests and the endpoint's events; `status_update` turns what it saw into status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from llama_operator.plan import components, names
+from llama_operator.status import endpoint as es
+
+log = logging.getLogger(__name__)
+
+
+def sync(app, spec_model, status: Mapping[str, Any], *, namespace: str, name: str, uid: str,
+         config: str) -> dict | None:
+    """Create the component, or move it to the model status.specHash names; DescribeInferenceComponent
+    after. None while there is none (the endpoint, `config`'s instance pool, is not in service yet)."""
+    gw = app.endpoint_gateway
+    component = names.inference_component_name(namespace, name, uid)
+    model = names.model_name(namespace, name, uid, status["specHash"])
+    endpoint = status["endpointName"]
+    seen = gw.describe_component(component)
+    if seen is None:
+        described = gw.describe_endpoint(endpoint) or {}
+        if described.get("EndpointStatus") != "InService" or described.get("EndpointConfigName") != config:
+            return None
+        log.info("%s/%s: creating inference component %s with model %s", namespace, name, component, model)
+        return gw.ensure_component(components.create_request(spec_model, component=component, endpoint=endpoint,
+                                                             model_name=model, namespace=namespace, name=name,
+                                                             uid=uid), uid)
+    state = seen.get("InferenceComponentStatus")
+    serving = (seen.get("Specification") or {}).get("ModelName")
+    tried = (status.get("inferenceComponent") or {}).get("failedModel")
+    if serving != model and model != tried:
+        if state == "InService":
+            log.info("%s/%s: updating inference component %s to model %s", namespace, name, component, model)
+            gw.update_component(components.update_request(spec_model, component=component, model_name=model))
+            return gw.describe_component(component) or seen
+        if state == "Failed":  # never served: nothing to roll from, so start again with the new model
+            gw.delete_component(component)
+            return gw.describe_component(component)
+    elif serving == model and state == "InService" and spec_model.scaling is None:
+        want = components.initial_copies(spec_model)
+        copies = components.copy_counts(seen) or {}
+        if copies.get("desired") != want:  # resources.instanceCount changed (nothing scales it)
+            gw.update_component_copies(components.runtime_request(component, want))
+            return gw.describe_component(component) or seen
+    return seen
+
+
+def status_update(seen: Mapping[str, Any] | None, status: Mapping[str, Any], *, namespace: str, name: str,
+                  uid: str, generation) -> dict:
+    """status.inferenceComponent and the phase it implies: the model serves only when its
+    component does. {} when nothing changes (or there is no component yet)."""
+    if seen is None:
+        return {}
+    model = names.model_name(namespace, name, uid, status["specHash"])
+    had = dict(status.get("inferenceComponent") or {})
+    ic = {"name": seen["InferenceComponentName"], "status": seen.get("InferenceComponentStatus"),
+          "modelName": (seen.get("Specification") or {}).get("ModelName")}
+    copies = components.copy_counts(seen)
+    if copies is not None:
+        ic["copies"] = copies
+    phase, reason, message = _phase(seen, ic, model, had)
+    if phase in ("Degraded", "Failed") and ic["modelName"] != model or ic["status"] == "Failed":
+        ic["failedModel"] = model
+    if had.get("failedModel") == model and "failedModel" not in ic:
+        ic["failedModel"] = model
+    update: dict[str, Any] = {}
+    if ic != had:
+        update["inferenceComponent"] = ic
+    if status.get("phase") != phase or _ready_message(status) != message:
+        patch = es.local_phase(phase, reason, message, status, generation=generation)
+        patch["failureReason"] = message if phase in ("Degraded", "Failed") else None
+        update.update(patch)
+    if phase == "InService" and status.get("modelName") != model:
+        update["modelName"] = model
+    return update
+
+
+def _phase(seen, ic, model: str, had) -> tuple[str, str, str]:
+    name, state = ic["name"], ic["status"]
+    copies = ic.get("copies") or {}
+    failure = seen.get("FailureReason") or ""
+    if state == "Failed":
+        return "Failed", "ComponentFailed", f"inference component {name} failed: {failure}"
+    if state == "Creating":
+        return "Creating", "CreatingComponent", f"inference component {name} is starting model {model}"
+    if state == "Updating" and ic.get("modelName") != model:
+        return "Updating", "UpdatingComponent", f"inference component {name} is rolling to model {model}"
+    if ic.get("modelName") != model:
+        return ("Degraded", "ComponentUpdateFailed",
+                f"inference component {name} could not move to model {model} and still serves "
+                f"{ic.get('modelName')}: {failure or 'the update was rolled back'}")
+    return ("InService", "ComponentInService",
+            f"inference component {name} serves model {model} with {copies.get('current', 0)} of "
+            f"{copies.get('desired', 0)} copies")
+
+
+def _ready_message(status: Mapping[str, Any]) -> str | None:
+    return next((c.get("message") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
