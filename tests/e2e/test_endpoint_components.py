@@ -137,6 +137,13 @@ def test_a_model_change_rolls_the_component_and_the_pool_stays(world):
     assert invoke(rt, ep, ic)
     wait_for(lambda: first["modelName"] not in owned(sm, uid)["Models"], 30, "the old model collected")
 
+    body["spec"]["environment"] = {"OPTION_NEW": "2"}  # another: its predecessor is newer than the pool
+    kube.apply(body)
+    third = wait_for(lambda: (s := serving(kube, name)()) and s["modelName"] not in (first["modelName"],
+                                                                                    st["modelName"]) and s, 120,
+                     "the component on the third model")
+    wait_for(lambda: owned(sm, uid)["Models"] == [third["modelName"]], 30, "only the serving model left")
+
     # a new count is more copies of the same model (managed instance scaling adds the instance)
     body["spec"]["resources"]["instanceCount"] = 2
     kube.apply(body)

@@ -126,6 +126,9 @@ class EndpointGateway(Gateway):
     def config_created(self, name: str) -> dt.datetime | None:
         return (self._unless_missing("describe_endpoint_config", EndpointConfigName=name) or {}).get("CreationTime")
 
+    def model_created(self, name: str) -> dt.datetime | None:
+        return (self._unless_missing("describe_model", ModelName=name) or {}).get("CreationTime")
+
     def update_endpoint(self, request: dict) -> None:
         self._call("update_endpoint", **request)
 

@@ -198,9 +198,11 @@ def _check_pool_unchanged(spec_model, status: Mapping[str, Any]) -> None:
                       "put it back, or delete and re-create the LlamaEndpoint")
 
 
-async def settle_component(app: App, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+async def settle_component(app: App, obj: Mapping[str, Any], *, collect: bool = False) -> Mapping[str, Any]:
     """Mode inferenceComponents: create or update the endpoint's component (components.sync) and
-    write what it shows to status. Returns the object as written."""
+    write what it shows to status. Returns the object as written. Superseded models and configs
+    are collected when the component has just come to serve the desired model, or on `collect`
+    (the resync), not at every read."""
     meta, status = obj["metadata"], obj.get("status") or {}
     if meta.get("deletionTimestamp") or not status.get("configHash") or not status.get("endpointName") \
             or status.get("phase") in ("Deleting", "WaitingForModel", "Pending"):
@@ -234,9 +236,10 @@ async def settle_component(app: App, obj: Mapping[str, Any]) -> Mapping[str, Any
         metrics.phase(KIND, namespace, name, written["phase"])
     new = {**new, "status": merged(new, written)}
     ic = new["status"].get("inferenceComponent") or {}
-    if ic.get("status") == "InService" and ic.get("modelName") == model:
+    arrived = bool(written) and ("modelName" in written or written.get("phase") == "InService")
+    if ic.get("status") == "InService" and ic.get("modelName") == model and (collect or arrived):
         await asyncio.to_thread(rollout.collect, app.endpoint_gateway, namespace, name, uid, model=model,
-                                config=config)
+                                config=config, component=True)
     after = ic.get("copies") or {}
     if before and after and after.get("desired") != before.get("desired") and status.get("scaling"):
         await _note_activity(app, new, "copies", before.get("desired"), after["desired"])
@@ -407,7 +410,7 @@ async def resync(app: App, spec, status, meta, namespace, name, uid, body, llama
     await asyncio.to_thread(rollout.collect_if_serving, app.endpoint_gateway, describe, namespace=namespace,
                             name=name, uid=uid, status=obj.get("status") or {})
     await note_scaling_activity(app, obj, written)
-    await settle_scaling(app, await settle_component(app, {**obj, "status": merged(obj, written)}))
+    await settle_scaling(app, await settle_component(app, {**obj, "status": merged(obj, written)}, collect=True))
     if describe is None and written:
         await reconcile(app, spec=spec, status=merged(obj, written), meta=meta, namespace=namespace, name=name,
                         uid=uid, body=body, retry=0, llama_finetunes=llama_finetunes)

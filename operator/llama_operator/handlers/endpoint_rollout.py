@@ -76,12 +76,14 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
     return plan, current, action, scaling_gone
 
 
-def collect(gw: EndpointGateway, namespace: str, name: str, uid: str, *, model: str, config: str) -> None:
+def collect(gw: EndpointGateway, namespace: str, name: str, uid: str, *, model: str, config: str,
+            component: bool = False) -> None:
     """Delete this resource's superseded models and configs (the old fleet's), keeping the
-    serving (= desired) pair. Objects newer than the serving config are spared for a while: a
-    spec change may be creating them right now, before status records its hash."""
+    serving (= desired) pair. Objects newer than the serving config (with a `component`, whose
+    config stays, the serving model) are spared for a while: a spec change may be creating them
+    right now, before status records its hash."""
     try:
-        serving_since = gw.config_created(config)
+        serving_since = gw.model_created(model) if component else gw.config_created(config)
         done = gw.delete_owned(uid, keep=(model, config), name_contains=rollout.names_prefix(namespace, name, uid),
                                spare_after=serving_since)
         if done.models or done.endpoint_configs:
