@@ -98,7 +98,8 @@ def finetune(name: str, bucket: str, *, namespace: str = "default", policy: str 
 
 
 # A stand-in model server for endpoints: SageMaker's inference container contract (GET /ping,
-# POST /invocations on SAGEMAKER_BIND_TO_PORT) and nothing else; ready at once.
+# POST /invocations on SAGEMAKER_BIND_TO_PORT) and nothing else; ready at once, or, with STUB_FAIL
+# in its environment, a model that never loads (it exits at start).
 STUB_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/stub-serving:1"
 STUB_SERVER = '''
 import http.server, json, os
@@ -121,6 +122,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+if os.environ.get("STUB_FAIL"):
+    raise SystemExit("stub model: STUB_FAIL is set, failing to load")
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["SAGEMAKER_BIND_TO_PORT"])), Handler).serve_forever()
 '''
 

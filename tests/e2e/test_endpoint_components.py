@@ -159,3 +159,30 @@ def test_a_model_change_rolls_the_component_and_the_pool_stays(world):
     assert invoke(rt, ep, ic)
     kube.delete("llamaendpoints", "default", name)
     wait_for(lambda: kube.get("llamaendpoints", "default", name) is None, 90, "resource gone")
+
+
+def test_a_model_that_fails_is_rolled_back_and_a_fixed_spec_rolls_on(world):
+    kube, rt = world["kube"], world["rt"]
+    name = unique("rollback")
+    body = component_endpoint(name)
+    kube.apply(body)
+    first = wait_for(serving(kube, name, {"current": 1, "desired": 1}), 120, "component in service")
+    ep, ic = first["endpointName"], first["inferenceComponent"]["name"]
+
+    body["spec"]["environment"] = {"STUB_FAIL": "1"}  # a model whose copies never pass /ping
+    kube.apply(body)
+    st = wait_for(lambda: (s := status_of(kube, name)).get("phase") == "Degraded" and s, 120, "Degraded")
+    assert st["inferenceComponent"]["modelName"] == first["modelName"]  # the old model serves on
+    assert st["inferenceComponent"]["failedModel"] != first["modelName"]
+    assert "could not move to model" in st["failureReason"]
+    assert invoke(rt, ep, ic)
+    time.sleep(2)  # not tried again on its own
+    assert status_of(kube, name)["inferenceComponent"]["modelName"] == first["modelName"]
+
+    body["spec"]["environment"] = {"STUB_FAIL": None, "OPTION_FIXED": "1"}  # (apply merge-patches: null removes)
+    kube.apply(body)
+    fixed = wait_for(lambda: (s := serving(kube, name)()) and s["modelName"] not in (
+        first["modelName"], st["inferenceComponent"]["failedModel"]) and s, 120, "the fixed model serving")
+    assert "failedModel" not in fixed["inferenceComponent"] and "failureReason" not in fixed
+    kube.delete("llamaendpoints", "default", name)
+    wait_for(lambda: kube.get("llamaendpoints", "default", name) is None, 90, "resource gone")

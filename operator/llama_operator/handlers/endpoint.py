@@ -215,8 +215,8 @@ async def settle_component(app: App, obj: Mapping[str, Any], *, collect: bool = 
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
     config, model = desired_names(namespace, name, uid, status)
     try:
-        seen = await asyncio.to_thread(components.sync, app, spec_model, status, namespace=namespace, name=name,
-                                       uid=uid, config=config)
+        seen, requested = await asyncio.to_thread(components.sync, app, spec_model, status, namespace=namespace,
+                                                  name=name, uid=uid, config=config)
     except SageMakerError as exc:
         message = f"inference component of {status['endpointName']}: {describe_error(exc)}"
         log.warning("%s/%s: %s", namespace, name, message)
@@ -226,7 +226,7 @@ async def settle_component(app: App, obj: Mapping[str, Any], *, collect: bool = 
     # (not `record`: this runs from the events queue and timers too, outside kopf's handler context)
     new, written = await write_status(app.kube, PLURAL, namespace, name, uid, lambda current, fresh: (
         components.status_update(seen, current, namespace=namespace, name=name, uid=uid,
-                                 generation=fresh.get("generation"))))
+                                 generation=fresh.get("generation"), requested=requested)))
     if new is None:
         return obj
     ev = transition(new, written)

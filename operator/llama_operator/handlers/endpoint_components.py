@@ -18,9 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def sync(app, spec_model, status: Mapping[str, Any], *, namespace: str, name: str, uid: str,
-         config: str) -> dict | None:
-    """Create the component, or move it to the model status.specHash names; DescribeInferenceComponent
-    after. None while there is none (the endpoint, `config`'s instance pool, is not in service yet)."""
+         config: str) -> tuple[dict | None, str | None]:
+    """Create the component, or move it to the model status.specHash names, once: a model asked for
+    before (status.inferenceComponent.requestedModel) is not asked for again, so an update SageMaker
+    rolled back stays rolled back until the spec changes. Returns (DescribeInferenceComponent after,
+    the model asked for now or None); (None, None) while there is no component (the endpoint,
+    `config`'s instance pool, is not in service yet)."""
     gw = app.endpoint_gateway
     component = names.inference_component_name(namespace, name, uid)
     model = names.model_name(namespace, name, uid, status["specHash"])
@@ -29,33 +32,33 @@ def sync(app, spec_model, status: Mapping[str, Any], *, namespace: str, name: st
     if seen is None:
         described = gw.describe_endpoint(endpoint) or {}
         if described.get("EndpointStatus") != "InService" or described.get("EndpointConfigName") != config:
-            return None
+            return None, None
         log.info("%s/%s: creating inference component %s with model %s", namespace, name, component, model)
         return gw.ensure_component(components.create_request(spec_model, component=component, endpoint=endpoint,
                                                              model_name=model, namespace=namespace, name=name,
-                                                             uid=uid), uid)
+                                                             uid=uid), uid), model
     state = seen.get("InferenceComponentStatus")
     serving = (seen.get("Specification") or {}).get("ModelName")
-    tried = (status.get("inferenceComponent") or {}).get("failedModel")
-    if serving != model and model != tried:
-        if state == "InService":
+    asked = (status.get("inferenceComponent") or {}).get("requestedModel")
+    if serving != model:
+        if state == "InService" and asked != model:
             log.info("%s/%s: updating inference component %s to model %s", namespace, name, component, model)
             gw.update_component(components.update_request(spec_model, component=component, model_name=model))
-            return gw.describe_component(component) or seen
-        if state == "Failed":  # never served: nothing to roll from, so start again with the new model
+            return gw.describe_component(component) or seen, model
+        if state == "Failed" and asked != model:  # never served: nothing to roll from; start again
             gw.delete_component(component)
-            return gw.describe_component(component)
+            return gw.describe_component(component), None
     elif serving == model and state == "InService" and spec_model.scaling is None:
         want = components.initial_copies(spec_model)
         copies = components.copy_counts(seen) or {}
         if copies.get("desired") != want:  # resources.instanceCount changed (nothing scales it)
             gw.update_component_copies(components.runtime_request(component, want))
-            return gw.describe_component(component) or seen
-    return seen
+            return gw.describe_component(component) or seen, None
+    return seen, None
 
 
 def status_update(seen: Mapping[str, Any] | None, status: Mapping[str, Any], *, namespace: str, name: str,
-                  uid: str, generation) -> dict:
+                  uid: str, generation, requested: str | None = None) -> dict:
     """status.inferenceComponent and the phase it implies: the model serves only when its
     component does. {} when nothing changes (or there is no component yet)."""
     if seen is None:
@@ -67,14 +70,14 @@ def status_update(seen: Mapping[str, Any] | None, status: Mapping[str, Any], *, 
     copies = components.copy_counts(seen)
     if copies is not None:
         ic["copies"] = copies
-    phase, reason, message = _phase(seen, ic, model, had)
-    if phase in ("Degraded", "Failed") and ic["modelName"] != model or ic["status"] == "Failed":
-        ic["failedModel"] = model
-    if had.get("failedModel") == model and "failedModel" not in ic:
+    if requested or had.get("requestedModel"):
+        ic["requestedModel"] = requested or had["requestedModel"]
+    phase, reason, message = _phase(seen, ic, model)
+    if phase in ("Degraded", "Failed"):
         ic["failedModel"] = model
     update: dict[str, Any] = {}
-    if ic != had:
-        update["inferenceComponent"] = ic
+    if ic != had:  # (a merge patch: a field that goes is written as null)
+        update["inferenceComponent"] = {**{k: None for k in had if k not in ic}, **ic}
     if status.get("phase") != phase or _ready_message(status) != message:
         patch = es.local_phase(phase, reason, message, status, generation=generation)
         patch["failureReason"] = message if phase in ("Degraded", "Failed") else None
@@ -84,7 +87,7 @@ def status_update(seen: Mapping[str, Any] | None, status: Mapping[str, Any], *, 
     return update
 
 
-def _phase(seen, ic, model: str, had) -> tuple[str, str, str]:
+def _phase(seen, ic, model: str) -> tuple[str, str, str]:
     name, state = ic["name"], ic["status"]
     copies = ic.get("copies") or {}
     failure = seen.get("FailureReason") or ""
@@ -92,9 +95,9 @@ def _phase(seen, ic, model: str, had) -> tuple[str, str, str]:
         return "Failed", "ComponentFailed", f"inference component {name} failed: {failure}"
     if state == "Creating":
         return "Creating", "CreatingComponent", f"inference component {name} is starting model {model}"
-    if state == "Updating" and ic.get("modelName") != model:
+    if ic.get("modelName") != model and (state != "InService" or ic.get("requestedModel") != model):
         return "Updating", "UpdatingComponent", f"inference component {name} is rolling to model {model}"
-    if ic.get("modelName") != model:
+    if ic.get("modelName") != model:  # asked for, and SageMaker rolled it back
         return ("Degraded", "ComponentUpdateFailed",
                 f"inference component {name} could not move to model {model} and still serves "
                 f"{ic.get('modelName')}: {failure or 'the update was rolled back'}")

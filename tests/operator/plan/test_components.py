@@ -165,7 +165,10 @@ def test_status_follows_the_component_not_just_the_endpoint():
     assert creating["phase"] == "Creating" and creating["inferenceComponent"]["copies"] == {"current": 0, "desired": 1}
     serving = update(_component("InService", want))
     assert serving["phase"] == "InService" and serving["modelName"] == want
-    rolled_back = update(_component("InService", "older-model", failure="new copies failed /ping"))
+    # the old model in service: not asked for the new one yet (about to roll), or asked and rolled back
+    assert update(_component("InService", "older-model"))["phase"] == "Updating"
+    asked = {**status, "inferenceComponent": {"name": "chat-ic", "requestedModel": want}}
+    rolled_back = update(_component("InService", "older-model", failure="new copies failed /ping"), asked)
     assert rolled_back["phase"] == "Degraded" and rolled_back["inferenceComponent"]["failedModel"] == want
     assert "new copies failed /ping" in rolled_back["failureReason"]
     assert "failureReason" in serving and serving["failureReason"] is None
