@@ -31,16 +31,10 @@ class Plan:
     code_files: dict[str, str]
     # (source, destination) S3 objects: adapters copied into the code prefix (vllm)
     adapter_copies: list[tuple[str, str]]
-    # deployment.mode inferenceComponents: the config is named by its own hash, the model is a component
+    # deployment.mode inferenceComponents: the config is named by its own hash, and the model runs as
+    # this component (created or updated by the handlers once the endpoint serves: components.py)
     config_hash: str | None = None
-    component: "ComponentPlan | None" = None
-
-
-@dataclass
-class ComponentPlan:
-    name: str
-    create_request: dict
-    update_request: dict
+    component: str | None = None
 
 
 def code_base_uri(source_s3_uri: str | None, model_s3_uri: str) -> str:
@@ -92,7 +86,6 @@ def _component_plan(spec_model, h: str, code_uri: str, files: dict, resolved: Re
     config = names.endpoint_config_name(namespace, name, uid, ch)
     endpoint = names.endpoint_name(namespace, name, uid)
     model = names.model_name(namespace, name, uid, h)
-    component = names.inference_component_name(namespace, name, uid)
     endpoint_request = plan_ep.create_endpoint_request(spec_model, spec_hash=h, **owner)
     endpoint_request["EndpointConfigName"] = config
     return Plan(
@@ -103,12 +96,7 @@ def _component_plan(spec_model, h: str, code_uri: str, files: dict, resolved: Re
         endpoint_request=endpoint_request, update_request={},
         model_s3_uri=resolved.model_s3_uri, code_s3_uri=code_uri, code_files=files,
         adapter_copies=endpoint_code.adapter_copies(spec_model.serving.engine, code_uri, resolved.adapters),
-        config_hash=ch,
-        component=ComponentPlan(
-            name=component,
-            create_request=components.create_request(spec_model, component=component, endpoint=endpoint,
-                                                     model_name=model, **owner),
-            update_request=components.update_request(spec_model, component=component, model_name=model)),
+        config_hash=ch, component=names.inference_component_name(namespace, name, uid),
     )
 
 

@@ -8,6 +8,8 @@ cooldown 1 s, an alarm's 30 s Period 0.1 s)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -256,7 +258,7 @@ def test_without_managed_instance_scaling_the_instance_count_stays(sm, rt, base)
     sm.delete_endpoint(EndpointName=endpoint)
 
 
-def test_update_replaces_copies_and_rolls_back_a_failing_model(sm, rt, base):
+def test_update_replaces_copies_and_rolls_back_a_failing_model(stack, sm, rt, base):
     endpoint = _ic_endpoint(sm, unique("icup"), hi=3)
     name = unique("icup")
     sm.create_inference_component(**_request(name, endpoint, base["model"]))
@@ -293,6 +295,9 @@ def test_update_replaces_copies_and_rolls_back_a_failing_model(sm, rt, base):
     assert "ping health check" in d["FailureReason"] and "ping refused on purpose" in d["FailureReason"]
     assert d["Specification"]["ModelName"] == v2 and d["RuntimeConfig"]["CurrentCopyCount"] == 2  # rolled back
     assert _invoke(rt, endpoint, name)["version"] == "v3"
+    logs = subprocess.run([sys.executable, "-m", "llama_operator", "logs", name, "--inference-component",
+                           "--state-dir", str(stack.state_dir)], capture_output=True, text=True, check=True).stdout
+    assert "ping refused on purpose" in logs  # the failed copy's log, beside the serving ones
     # all at once, two more copies do not fit below MaxInstanceCount 3: rolled back too
     sm.update_inference_component(InferenceComponentName=name, Specification={"ModelName": base["model"]})
     d = _wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "FailureReason" in d)

@@ -41,31 +41,33 @@ def test_the_endpoint_config_is_an_instance_pool_and_the_model_a_component():
     s = spec(resources={"instanceType": "ml.g5.12xlarge", "instanceCount": 2},
              serving={"engine": "batching"})
     p = the_plan(s)
+    create = components.create_request(s, component=p.component, endpoint=p.endpoint_name, model_name=p.model_name,
+                                       **OWNER)
+    update = components.update_request(s, component=p.component, model_name=p.model_name)
     c = client("sagemaker")
     stub = Stubber(c)
     stub.add_response("create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:1:ec/x"},
                       p.config_request)
     stub.add_response("create_inference_component",
                       {"InferenceComponentArn": "arn:aws:sagemaker:us-east-1:1:inference-component/x"},
-                      p.component.create_request)
+                      create)
     stub.add_response("update_inference_component",
                       {"InferenceComponentArn": "arn:aws:sagemaker:us-east-1:1:inference-component/x"},
-                      p.component.update_request)
+                      update)
     with stub:
         c.create_endpoint_config(**p.config_request)
-        c.create_inference_component(**p.component.create_request)
-        c.update_inference_component(**p.component.update_request)
+        c.create_inference_component(**create)
+        c.update_inference_component(**update)
     stub.assert_no_pending_responses()
     (variant,) = p.config_request["ProductionVariants"]
     assert "ModelName" not in variant and p.config_request["ExecutionRoleArn"] == specdata.ROLE
     assert variant["ManagedInstanceScaling"] == {"Status": "ENABLED", "MinInstanceCount": 0,
                                                  "MaxInstanceCount": components.MAX_INSTANCES}
-    create = p.component.create_request
     assert create["Specification"]["ModelName"] == p.model_name
     # the batching engine runs a copy on one GPU: 4 copies on each of the two 4-GPU instances
     assert create["Specification"]["ComputeResourceRequirements"]["NumberOfAcceleratorDevicesRequired"] == 1
     assert create["RuntimeConfig"] == {"CopyCount": 8}
-    assert p.component.update_request["DeploymentConfig"]["RollingUpdatePolicy"]["MaximumBatchSize"] == {
+    assert update["DeploymentConfig"]["RollingUpdatePolicy"]["MaximumBatchSize"] == {
         "Type": "COPY_COUNT", "Value": 1}
 
 
@@ -185,7 +187,9 @@ def test_a_component_is_created_adopted_or_rolled_through_the_gateway():
     stub.add_response("describe_inference_component", described, {"InferenceComponentName": "chat-ic"})
     stub.add_response("list_tags", {"Tags": [{"Key": "llamaops.dev/uid", "Value": "someone-else"}]},
                       {"ResourceArn": arn})
-    request = the_plan(spec()).component.create_request
+    p = the_plan(spec())
+    request = components.create_request(spec(), component=p.component, endpoint=p.endpoint_name,
+                                         model_name=p.model_name, **OWNER)
     with stub, pytest.raises(Exception) as err:
         EndpointGateway(c).ensure_component({**request, "InferenceComponentName": "chat-ic"}, "0f0e-uid")
     assert "NameCollision" in repr(err.value) or "belongs to another resource" in str(err.value)

@@ -478,7 +478,8 @@ class InferenceComponents(copies.Copies):
             rt.end()
             copies.release(server)
         if status >= 400:
-            raise model_error(status, data, f"the inference component's logs ({self.ctx.store.dir(KIND, component) / 'logs'})",
+            raise model_error(status, data, f"the inference component's logs (llama-operator logs {component} "
+                                            "--inference-component)",
                               names.log_stream_arn(self.ctx.region, endpoint))
         return variant, resp_headers, data
 
