@@ -72,29 +72,15 @@ class EndpointGateway(Gateway):
 
     def ensure_endpoint(self, request: dict, uid: str) -> dict:
         """CreateEndpoint, or adopt the same-named endpoint. Returns DescribeEndpoint's answer."""
-        return self._create_then_describe("endpoint", "create_endpoint", "describe_endpoint", "Endpoint", request, uid)
-
-    def _create_then_describe(self, what: str, create: str, describe: str, shape: str, request: dict,
-                              uid: str) -> dict:
-        """`create`, or on AlreadyExists adopt the one of that name if we own it; then `describe`'s
-        answer. (Method names are written out: the IAM test finds the calls by them.)"""
-        name = request[f"{shape}Name"]
-        try:
-            self._raw(create, **request)
-        except ClientError as exc:
-            if not already_exists(exc):
-                raise classify(exc, operation_name(create)) from exc
-            described = self._call(describe, **{f"{shape}Name": name})
-            self._check_owner(what, name, described[f"{shape}Arn"], uid)
-            log.info("adopted existing %s %s", what, name)
-            return described
-        return self._call(describe, **{f"{shape}Name": name})
+        self._create_or_adopt("endpoint", "create_endpoint", "describe_endpoint", "Endpoint", request, uid)
+        return self._call("describe_endpoint", EndpointName=request["EndpointName"])
 
     # inference components --------------------------------------------------------------------
     def ensure_component(self, request: dict, uid: str) -> dict:
         """CreateInferenceComponent, or adopt ours of that name. Returns its description."""
-        return self._create_then_describe("inference component", "create_inference_component",
-                                          "describe_inference_component", "InferenceComponent", request, uid)
+        self._create_or_adopt("inference component", "create_inference_component", "describe_inference_component",
+                              "InferenceComponent", request, uid)
+        return self._call("describe_inference_component", InferenceComponentName=request["InferenceComponentName"])
 
     def describe_component(self, name: str) -> dict | None:
         return self._unless_missing("describe_inference_component", InferenceComponentName=name)
