@@ -318,13 +318,7 @@ async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
     except Refused:
         return
     try:
-        # the count matters only when scaling goes (back to resources.instanceCount)
-        describe = None
-        if spec_model.scaling is None:
-            describe = await asyncio.to_thread(app.endpoint_gateway.describe_component, ic["name"]) \
-                if status.get("configHash") else \
-                await asyncio.to_thread(app.endpoint_gateway.describe_endpoint, endpoint)
-        update = await asyncio.to_thread(scaling.sync, app, spec_model, status, endpoint, describe)
+        update = await asyncio.to_thread(scaling.sync, app, spec_model, status, endpoint)
     except SageMakerError as exc:
         message = f"could not apply spec.scaling to endpoint {endpoint}: {describe_error(exc)}"
         log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
@@ -338,6 +332,12 @@ async def settle_scaling(app: App, obj: Mapping[str, Any]) -> None:
         await app.kube.post_event(obj, "Normal", "AutoscalingRemoved",
                                   f"autoscaling of {endpoint} removed; back to "
                                   f"{spec_model.resources.instance_count} instance(s)")
+        # back to resources.instanceCount, as any endpoint without scaling is kept at it
+        unscaled = {**obj, "status": {**status, "scaling": None}}
+        if status.get("configHash"):
+            await settle_component(app, unscaled)
+        else:
+            await _settle_count(app, unscaled)
     else:
         sc = spec_model.scaling
         if sc.target.concurrent_requests_per_copy is not None:

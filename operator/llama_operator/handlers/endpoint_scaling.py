@@ -4,8 +4,8 @@ spec.scaling is applied once the endpoint serves its desired configuration (and,
 components, once its component is in service), and again whenever the requests it makes change
 (status.scaling.appliedHash). It is removed before an UpdateEndpoint (AWS refuses updates that
 change a scaled variant's instance type until it is deregistered), before deletion, and when the
-spec drops it; then the count goes back to resources.instanceCount (instances, or that many
-instances' worth of copies)."""
+spec drops it; then the handlers bring the count back to resources.instanceCount as for any
+endpoint without scaling (instances in place, or that many instances' worth of copies)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any, Mapping
 
 from llama_operator.plan import components
 from llama_operator.plan import scaling as plan
-from llama_operator.status.endpoint import instance_counts
 from llama_operator.status.values import iso, to_epoch
 
 log = logging.getLogger(__name__)
@@ -27,11 +26,9 @@ def requests_for(spec_model, status: Mapping[str, Any], endpoint_name: str) -> p
     return plan.variant_requests(sc, endpoint_name)
 
 
-def sync(app, spec_model, status: Mapping[str, Any], endpoint_name: str,
-         describe: Mapping[str, Any] | None) -> dict | None:
+def sync(app, spec_model, status: Mapping[str, Any], endpoint_name: str) -> dict | None:
     """Bring Application Auto Scaling to spec.scaling. Returns the status.scaling to write: a
-    dict, None to remove the field, or {} when nothing changed. `describe`: DescribeEndpoint
-    (variant mode) or DescribeInferenceComponent, read when scaling goes."""
+    dict, None to remove the field, or {} when nothing changed."""
     gw = app.scaling_gateway
     had = status.get("scaling") or {}
     sc = spec_model.scaling
@@ -39,7 +36,7 @@ def sync(app, spec_model, status: Mapping[str, Any], endpoint_name: str,
         if not had:
             return {}
         gw.remove(had.get("resourceId") or plan.resource_id(endpoint_name))
-        _back_to_spec(app, spec_model, status, endpoint_name, describe)
+        log.info("%s: autoscaling removed", endpoint_name)
         return None
     requests = requests_for(spec_model, status, endpoint_name)
     h = requests.digest()
@@ -52,23 +49,6 @@ def sync(app, spec_model, status: Mapping[str, Any], endpoint_name: str,
              requests.register["MinCapacity"], requests.register["MaxCapacity"])
     return {**had, "resourceId": requests.resource_id, "minInstances": sc.min_instances,
             "maxInstances": sc.max_instances, "appliedHash": h}
-
-
-def _back_to_spec(app, spec_model, status, endpoint_name: str, describe) -> None:
-    if components.uses_components(spec_model):
-        want = components.initial_copies(spec_model)
-        now = components.copy_counts(describe)
-        serving = (describe or {}).get("InferenceComponentStatus") == "InService"
-        if now is not None and now["desired"] != want and serving:
-            app.endpoint_gateway.update_component_copies(
-                components.runtime_request(status["inferenceComponent"]["name"], want))
-        log.info("%s: autoscaling removed; back to %d cop(ies)", endpoint_name, want)
-        return
-    want = spec_model.resources.instance_count
-    now = instance_counts(describe or {})
-    if now is not None and now["desired"] != want and (describe or {}).get("EndpointStatus") == "InService":
-        app.endpoint_gateway.update_capacity(plan.capacity_request(endpoint_name, want))
-    log.info("%s: autoscaling removed; back to %d instance(s)", endpoint_name, want)
 
 
 def remove(app, status: Mapping[str, Any], endpoint_name: str) -> bool:
