@@ -52,7 +52,7 @@ def test_schema_is_structural_and_every_field_is_described(kind):
      ["Pending", "WaitingForModel", "Creating", "InService", "Updating", "Degraded", "Failed", "Deleting"],
      {"phase": "string", "endpointName": "string", "endpointArn": "string", "invocationUrl": "string",
       "modelName": "string", "endpointConfigName": "string", "modelS3Uri": "string", "adapters": "array", "specHash": "string",
-      "instances": "object", "scaling": "object", "configHash": "string", "inferenceComponent": "object",
+      "instances": "object", "scaling": "object", "configHash": "string", "inferenceComponent": "object", "adapterArtifacts": "array",
       "failureReason": "string", "lastEventTime": "string", "observedGeneration": "integer",
       "conditions": "array"}),
 ])

@@ -63,7 +63,8 @@ def world(tmp_path_factory):
                 s3.upload_file(str(f), BUCKET, f"models/tiny/{f.name}")
         s3.put_object(Bucket=BUCKET, Key="data/chat/train.jsonl", Body=chat_rows(48).encode())
 
-        fast = {"LLAMA_OPERATOR_MODEL_WAIT_SECONDS": "1", "LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS": "1"}
+        fast = {"LLAMA_OPERATOR_MODEL_WAIT_SECONDS": "1", "LLAMA_OPERATOR_ENDPOINT_RETRY_SECONDS": "1",
+                "LLAMA_OPERATOR_COMPONENT_POLL_SECONDS": "1"}
         with environment({**stack.env, **fast}), EmbeddedKubernetes(crds_dir=crds_dir()) as kube:
             kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
             settings = Settings.from_env(region=stack.env["AWS_DEFAULT_REGION"],
@@ -555,3 +556,97 @@ def test_a_lora_fine_tune_chained_on_a_full_one_by_reference(world):
     assert kube.delete("llamaendpoints", "default", "chained") in (200, 202)
     wait_for(lambda: kube.get("llamaendpoints", "default", "chained") is None, 60, "the LlamaEndpoint to go")
     assert owned(sm, ep["metadata"]["uid"]) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
+
+
+def upload_random_adapter(world, name: str, seed: int) -> str:
+    """A PEFT-format LoRA adapter for the tiny base with random weights (large enough to change
+    greedy answers), uploaded under adapters/<name>/; its s3:// prefix."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from llama_operator.local.demo.tinymodel import build_tiny_llama
+    from llama_operator.paths import workloads_dir
+
+    serve = str(workloads_dir() / "serve")  # (its modules import each other by plain name)
+    if serve not in sys.path:
+        sys.path.append(serve)
+    import lora_adapters as lora
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = AutoModelForCausalLM.from_pretrained(build_tiny_llama(Path(tmp) / "base"))
+        path = lora.write_random_adapter(model, Path(tmp) / "adapter", rank=8, seed=seed, b_std=0.5)
+        for f in sorted(path.iterdir()):
+            world["s3"].upload_file(str(f), BUCKET, f"adapters/{name}/{f.name}")
+    return f"s3://{BUCKET}/adapters/{name}/"
+
+
+def test_adapters_of_a_component_endpoint_are_adapter_components_added_and_removed_beside_the_model(world):
+    """deployment.mode inferenceComponents: each of model.adapters is an adapter inference component
+    on the model's component (requests name it); dropping one deletes its component and leaves
+    the model's copies alone; deleting the resource leaves nothing."""
+    kube, sm, rt = world["kube"], world["sm"], world["rt"]
+    uris = {n: upload_random_adapter(world, n, seed) for n, seed in (("sql", 1), ("support", 2))}
+    body = endpoint("ic-adapters", source={"s3Uri": f"s3://{BUCKET}/models/tiny/",
+                                           "adapters": [{"name": n, "s3Uri": u} for n, u in uris.items()]})
+    body["spec"]["deployment"]["mode"] = "inferenceComponents"
+    uid = kube.apply(body)["metadata"]["uid"]
+
+    last: dict = {}
+
+    def settled(want: set[str]):
+        def check():
+            st = last["status"] = get(world, "llamaendpoints", "ic-adapters").get("status", {})
+            rows = (st.get("inferenceComponent") or {}).get("adapters") or []
+            if st.get("phase") == "Failed":
+                return st
+            ok = st.get("phase") == "InService" and {r["name"] for r in rows} == want and \
+                all(r["status"] == "InService" for r in rows)
+            return st if ok else None
+        return check
+
+    try:
+        st = wait_for(settled({"sql", "support"}), 240, "the model and both adapter components in service")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; status: {last.get('status')}") from None
+    assert st["phase"] == "InService", st.get("failureReason")
+    ep, base = st["endpointName"], st["inferenceComponent"]["name"]
+    rows = {r["name"]: r for r in st["inferenceComponent"]["adapters"]}
+    listed = {c["InferenceComponentName"] for c in sm.list_inference_components(EndpointNameEquals=ep)
+              ["InferenceComponents"]}
+    assert listed == {base, rows["sql"]["component"], rows["support"]["component"]}
+    described = sm.describe_inference_component(InferenceComponentName=rows["sql"]["component"])
+    assert described["Specification"]["BaseInferenceComponentName"] == base
+    assert described["Specification"]["Container"]["ArtifactUrl"].endswith(".tar.gz")
+
+    def ask(component: str) -> str:
+        resp = rt.invoke_endpoint(EndpointName=ep, InferenceComponentName=component, ContentType="application/json",
+                                  Body=json.dumps({"inputs": "Hello, how are you?",
+                                                   "parameters": {"max_new_tokens": 8}}))
+        return json.loads(resp["Body"].read())["generated_text"]
+
+    base_uri = st["modelS3Uri"]
+    for n in ("sql", "support"):  # each adapter component answers as base + that adapter, merged by PEFT
+        assert ask(rows[n]["component"]) == merged_reference(world, base_uri, uris[n], "Hello, how are you?", 8)
+    assert ask(rows["sql"]["component"]) != ask(rows["support"]["component"])
+    base_answer = ask(base)
+
+    # drop one: its component goes; the model is the same (no new copies), the other adapter serves
+    body["spec"]["model"]["adapters"] = [{"name": "sql", "s3Uri": uris["sql"]}]
+    kube.apply(body)
+    wait_for(lambda: rows["support"]["component"] not in {
+        c["InferenceComponentName"] for c in sm.list_inference_components(EndpointNameEquals=ep)["InferenceComponents"]},
+        60, "the dropped adapter's component deleted")
+    after = wait_for(settled({"sql"}), 60, "status without the dropped adapter")
+    assert after["modelName"] == st["modelName"] and after["inferenceComponent"]["modelName"] == st["modelName"]
+    assert ask(rows["sql"]["component"]) == merged_reference(world, base_uri, uris["sql"], "Hello, how are you?", 8)
+    assert ask(base) == base_answer
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError):
+        ask(rows["support"]["component"])
+
+    assert kube.delete("llamaendpoints", "default", "ic-adapters") in (200, 202)
+    wait_for(lambda: kube.get("llamaendpoints", "default", "ic-adapters") is None, 120, "resource gone")
+    assert sm.list_inference_components(EndpointNameEquals=ep)["InferenceComponents"] == []
+    assert owned(sm, uid) == {"Endpoints": [], "EndpointConfigs": [], "Models": []}

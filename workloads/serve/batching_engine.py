@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import torch
 from fused_layers import select_tokens
+from lora_adapters import AdapterError, AdapterExistsError, AdapterNotFoundError
 from model_runner import LENGTH_BUCKET, ModelRunner
 from model_source import adapter_knob_default, knob_default
 from request_params import GenerationParams, RequestError, check_adapter
@@ -58,6 +59,7 @@ class BatchingEngine(ModelRunner):
             ids.add(tokenizer.eos_token_id)
         self.eos_ids = frozenset(ids)
         self._sched = Scheduler(max_batch_size, max_wait_ms)
+        self._retiring: dict[str, Future] = {}  # adapters being removed -> what remove_adapter waits on
         self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
         self._thread.start()
 
@@ -69,7 +71,7 @@ class BatchingEngine(ModelRunner):
         params = params or GenerationParams(max_new_tokens=self.default_max_new_tokens)
         if params.prompt_adapters:
             raise RequestError("adapters", "one prompt per submit: pass params.for_prompt(i)")
-        check_adapter("parameters.adapter", params.adapter, self.adapter_names)
+        check_adapter(params.adapter_field, params.adapter, self.adapter_names)
         if params.adapter is None:
             params = replace(params, adapter=self.default_adapter)
         if input_ids is None:
@@ -106,18 +108,84 @@ class BatchingEngine(ModelRunner):
         return list(self.adapter_ids)
 
     def add_adapter(self, name: str, path) -> int:
-        """Load one more adapter into a free slot (see max_loras), on the worker thread once no
-        request is in flight; raises lora_adapters.AdapterError for one the engine refuses."""
+        """Load one more adapter into a free slot (see max_loras): read and checked on the calling
+        thread, copied in on the worker thread at the next step boundary, requests in flight or not
+        (no running row uses a free slot); returns its index. Raises lora_adapters.AdapterError for
+        one the engine refuses (AdapterExistsError: the name is taken, or still being removed)."""
+        adapter = self.read_adapter(name, path)
+
+        def install():
+            if name in self._retiring:
+                raise AdapterExistsError(name, "name", "is still being removed (requests in flight run with it); "
+                                                       "add it again once its removal completes")
+            return self.install_adapter(adapter)
+
+        return self._on_worker(install)
+
+    def remove_adapter(self, name: str) -> int:
+        """Unload an adapter and free its slot; returns the index it had. At the next step boundary
+        the name stops being accepted (a request naming it is refused, and one still queued fails
+        with a RequestError); requests already running with it finish with its weights, and its
+        slot is zeroed and freed once none is left. Returns only then. Raises AdapterNotFoundError
+        for a name not loaded; the engine's default_adapter cannot be removed."""
+        if name and name == self.default_adapter:
+            raise AdapterError(name, "default_adapter", "is what requests naming no adapter run with "
+                                                        "(option.default_adapter); it cannot be removed")
+        return self._wait(self._on_worker(lambda: self._begin_removal(name)))
+
+    def _begin_removal(self, name: str) -> Future:
+        """On the worker thread: take the name out of adapter_ids (its slot stays reserved in the
+        bank) and note it; `_retire_unused` zeroes the slot once no running row uses it. A removal
+        already under way is joined."""
+        if name in self._retiring:
+            return self._retiring[name]
+        if self.lora_bank is None or name not in self.adapter_ids:
+            loaded = ", ".join(self.adapter_ids) or "none"
+            raise AdapterNotFoundError(name, "name", f"not loaded (loaded: {loaded})")
+        # A new dict: other threads read adapter_ids (adapter_names, submit's check) meanwhile.
+        self.adapter_ids = {n: i for n, i in self.adapter_ids.items() if n != name}
+        self._retiring[name] = Future()
+        future = self._retiring[name]
+        self._retire_unused()
+        return future
+
+    def _retire_unused(self) -> None:
+        """Between steps: zero and free the slot of every adapter being removed that no admitted
+        row runs with any more (rows keep their adapter by name)."""
+        if not self._retiring:
+            return
+        in_use = {r.params.adapter for _, r in self._sched.rows()}
+        for name in [n for n in self._retiring if n not in in_use]:
+            future = self._retiring.pop(name)
+            try:
+                future.set_result(self.unload_adapter(name))
+            except Exception as err:  # noqa: BLE001 -- reaches the remover; must not kill the worker
+                future.set_exception(err)
+
+    def _on_worker(self, fn, urgent: bool = True):
+        """Run fn on the worker thread (it owns the device state) at the next step boundary, or
+        with urgent=False once nothing is in flight; its result or exception comes back here."""
+        if self._sched.stopping:
+            raise RequestError("engine", "the engine is shutting down", status=503)
         done: Future = Future()
 
-        def load():
+        def call():
             try:
-                done.set_result(self.load_adapter(name, path))
+                done.set_result(fn())
             except Exception as err:  # noqa: BLE001 -- reaches the caller; must not kill the worker
                 done.set_exception(err)
 
-        self._sched.put(Call(load))
-        return done.result()
+        self._sched.put(Call(call, urgent=urgent))
+        return self._wait(done)
+
+    def _wait(self, done: Future):
+        """done's result; a call queued behind the engine's stop never runs: do not wait forever."""
+        while True:
+            try:
+                return done.result(timeout=1.0)
+            except TimeoutError:
+                if not self._thread.is_alive() and not done.done():
+                    raise RequestError("engine", "the engine stopped", status=503) from None
 
     def warmup(self, batch_sizes=None, prefill: bool = True) -> int:
         """Capture the decode graphs for these batch sizes at every attention length now, so no
@@ -149,14 +217,30 @@ class BatchingEngine(ModelRunner):
             log.exception("batching engine stopped")
             self._sched.stopping = True
             self._sched.fail_all(exc)
+            for future in self._retiring.values():
+                future.set_exception(exc)
 
     def _admit(self, new: list[Request]) -> None:
         t0 = time.perf_counter()
         try:
-            for group in prefill_groups(self._sched.admit(new)):
+            for group in prefill_groups(self._sched.admit(self._drop_unloaded(new))):
                 self._prefill_group(group)
         finally:
             self.stats["admit_s"] += time.perf_counter() - t0
+
+    def _drop_unloaded(self, new: list[Request]) -> list[Request]:
+        """Fail the requests whose adapter was removed while they waited: a name with no index
+        would otherwise read as index 0 and the request would silently run on the base model."""
+        keep = []
+        for r in new:
+            name = r.params.adapter
+            if not name or name in self.adapter_ids:
+                keep.append(r)
+            elif r.future.set_running_or_notify_cancel():
+                loaded = ", ".join(sorted(self.adapter_ids)) or "none"
+                r.future.set_exception(RequestError(r.params.adapter_field, f"adapter {name!r} was unregistered "
+                                                    f"before this request ran; loaded: {loaded}"))
+        return keep
 
     def _prefill_group(self, reqs: list[Request]) -> None:
         self.stats["prefills"] += 1
@@ -223,6 +307,7 @@ class BatchingEngine(ModelRunner):
             if pending is not None:
                 self._consume(pending)
             pending = current
+            self._retire_unused()  # rows that finished may have been the last on a removed adapter
 
     def _consume(self, pending) -> None:
         buf, event, rows = pending

@@ -43,6 +43,9 @@ _KNOBS = {
 _ADAPTER_SETTINGS = {"max_loras": "maxLoras", "max_lora_rank": "maxLoraRank"}
 # settings key naming the adapter a request without one runs with (batching engine only)
 DEFAULT_ADAPTER = "default_adapter"
+# settings key: adapters may be registered at run time (SageMaker's adapter inference components),
+# into max_loras slots, with or without adapters given at start (both engines)
+ENABLE_LORA = "enable_lora"
 # Knobs for which 0 means something (max_wait_ms 0: a batch does not wait for more requests).
 _ZERO_OK = {"max_wait_ms"}
 
@@ -71,12 +74,12 @@ def _check(engine: str, model_id: str, settings: dict) -> dict:
     if not isinstance(model_id, str) or not model_id or any(c in model_id for c in "\n\r="):
         raise ArtifactError(f"model_id {model_id!r}: give an s3:// prefix or a path")
     merged = {**defaults(engine), **(settings or {})}
-    for key in (*_ADAPTER_SETTINGS, DEFAULT_ADAPTER):
+    for key in (*_ADAPTER_SETTINGS, DEFAULT_ADAPTER, ENABLE_LORA):
         merged.pop(key, None)  # checked by _check_adapters
     unknown = sorted(set(merged) - set(_KNOBS) - {"dtype"})
     if unknown:
         raise ArtifactError(f"settings.{unknown[0]}: unknown; known: dtype, {', '.join(_KNOBS)}, "
-                            f"{', '.join(_ADAPTER_SETTINGS)}")
+                            f"{', '.join(_ADAPTER_SETTINGS)}, {DEFAULT_ADAPTER}, {ENABLE_LORA}")
     if merged["dtype"] not in DTYPES:
         raise ArtifactError(f"settings.dtype {merged['dtype']!r}: use one of {', '.join(DTYPES)}")
     tp = merged["tensor_parallel_degree"]
@@ -100,8 +103,8 @@ def _check(engine: str, model_id: str, settings: dict) -> dict:
     return merged
 
 
-def _check_adapters(engine: str, adapters, settings: dict) -> tuple[dict[str, str], int, int]:
-    """(adapters, max_loras, max_lora_rank), or ArtifactError naming the bad entry."""
+def _check_adapters(engine: str, adapters, settings: dict) -> tuple[dict[str, str], bool, int, int]:
+    """(adapters, enable_lora, max_loras, max_lora_rank), or ArtifactError naming the bad entry."""
     if adapters is None:
         adapters = {}
     if not isinstance(adapters, dict):
@@ -114,20 +117,8 @@ def _check_adapters(engine: str, adapters, settings: dict) -> tuple[dict[str, st
                 or any(c in uri for c in ",= \t\r\n#"):
             raise ArtifactError(f"adapters.{name} {uri!r}: give the adapter's s3:// prefix (no ',', '=', '#' or "
                                 "spaces)")
-    values = {}
-    for key, knob in _ADAPTER_SETTINGS.items():
-        spec = ADAPTER_KNOBS[knob]
-        value = (settings or {}).get(key, spec["default"])
-        if key in (settings or {}) and not adapters:
-            raise ArtifactError(f"settings.{key}: applies only when adapters are given")
-        if not adapters:
-            continue
-        if value is None:
-            value = len(adapters)
-        if isinstance(value, bool) or not isinstance(value, int) or not spec["minimum"] <= value <= spec["maximum"]:
-            raise ArtifactError(f"settings.{key} {value!r}: must be an integer in [{spec['minimum']}, "
-                                f"{spec['maximum']}]")
-        values[key] = value
+    enable = _enable_lora(settings)
+    values = {key: _adapter_knob(key, adapters, enable, settings) for key in _ADAPTER_SETTINGS}
     if engine == "batching" and adapters and values["max_loras"] < len(adapters):
         raise ArtifactError(f"settings.max_loras {values['max_loras']}: the batching engine holds every adapter; "
                             f"give at least {len(adapters)}")
@@ -135,24 +126,53 @@ def _check_adapters(engine: str, adapters, settings: dict) -> tuple[dict[str, st
     if default is not None and (engine != "batching" or default not in adapters):
         raise ArtifactError(f"settings.{DEFAULT_ADAPTER} {default!r}: must name one of the adapters, with the "
                             "batching engine")
-    if engine == "vllm" and adapters and values["max_lora_rank"] not in VLLM_LORA_RANKS:
+    if engine == "vllm" and (adapters or enable) and values["max_lora_rank"] not in VLLM_LORA_RANKS:
         raise ArtifactError(f"settings.max_lora_rank {values['max_lora_rank']}: vLLM takes one of "
                             f"{', '.join(map(str, VLLM_LORA_RANKS))}")
-    return adapters, values.get("max_loras", 0), values.get("max_lora_rank", 0)
+    return adapters, enable, values["max_loras"], values["max_lora_rank"]
 
 
-def _adapter_lines(engine: str, adapters: dict[str, str], max_loras: int, max_rank: int,
+def _enable_lora(settings: dict) -> bool:
+    enable = (settings or {}).get(ENABLE_LORA, False)
+    if not isinstance(enable, bool):
+        raise ArtifactError(f"settings.{ENABLE_LORA} {enable!r}: must be true or false")
+    return enable
+
+
+def _adapter_knob(key: str, adapters: dict, enable: bool, settings: dict) -> int:
+    """max_loras or max_lora_rank: rendered with adapters or enable_lora (0: not rendered)."""
+    spec = ADAPTER_KNOBS[_ADAPTER_SETTINGS[key]]
+    given = key in (settings or {})
+    if not adapters and not enable:
+        if given:
+            raise ArtifactError(f"settings.{key}: applies only when adapters are given or {ENABLE_LORA} is true")
+        return 0
+    value = settings[key] if given else spec["default"]
+    if value is None:  # max_loras' default: as many as the adapters
+        if not adapters:
+            raise ArtifactError(f"settings.{key}: with {ENABLE_LORA} and no adapters, give how many adapters may be "
+                                f"registered at run time ({spec['minimum']} to {spec['maximum']})")
+        value = len(adapters)
+    if isinstance(value, bool) or not isinstance(value, int) or not spec["minimum"] <= value <= spec["maximum"]:
+        raise ArtifactError(f"settings.{key} {value!r}: must be an integer in [{spec['minimum']}, "
+                            f"{spec['maximum']}]")
+    return value
+
+
+def _adapter_lines(engine: str, adapters: dict[str, str], enable: bool, max_loras: int, max_rank: int,
                    default: str | None = None) -> list[str]:
-    if not adapters:
+    if not adapters and not enable:
         return []
+    slots = [f"option.max_loras={max_loras}", f"option.max_lora_rank={max_rank}"]
     if engine == "batching":  # model_source.py pulls each prefix with s5cmd and loads it
-        lines = [f"option.adapters={','.join(f'{n}={u}' for n, u in adapters.items())}",
-                 f"option.max_loras={max_loras}", f"option.max_lora_rank={max_rank}"]
+        # enable_lora: LMI registers adapters at run time through model.py's register_adapter
+        lines = ([f"option.adapters={','.join(f'{n}={u}' for n, u in adapters.items())}"] if adapters else []) \
+            + (["option.enable_lora=true"] if enable else []) + slots
         return lines + ([f"option.default_adapter={default}"] if default else [])
     # LMI loads (with enable_lora) every directory under adapters/ beside this file or under the
     # downloaded option.model_id at start; it reads no adapter location from this file. The
     # comments say where each adapter has to be copied.
-    return ["option.enable_lora=true", f"option.max_loras={max_loras}", f"option.max_lora_rank={max_rank}"] + [
+    return ["option.enable_lora=true", *slots] + [
         f"# adapter {n}: LMI loads it only from adapters/{n}/ beside this file or under option.model_id; "
         f"copy {u} there" for n, u in adapters.items()]
 
@@ -163,7 +183,7 @@ def _render(key: str, kind: type, value) -> str:
 
 def serving_properties(engine: str, model_id: str, settings: dict | None = None, adapters: dict | None = None) -> str:
     merged = _check(engine, model_id, settings or {})
-    adapters, max_loras, max_rank = _check_adapters(engine, adapters, settings or {})
+    adapters, enable, max_loras, max_rank = _check_adapters(engine, adapters, settings or {})
     lines = ["engine=Python", f"option.model_id={model_id}", f"option.dtype={merged['dtype']}"]
     if engine == "vllm":
         lines += ["option.rolling_batch=vllm"]
@@ -176,7 +196,7 @@ def serving_properties(engine: str, model_id: str, settings: dict | None = None,
     for key, (prop, kind, _) in _KNOBS.items():
         if key in merged:
             lines.append(f"{prop}={_render(key, kind, merged[key])}")
-    lines += _adapter_lines(engine, adapters, max_loras, max_rank, (settings or {}).get(DEFAULT_ADAPTER))
+    lines += _adapter_lines(engine, adapters, enable, max_loras, max_rank, (settings or {}).get(DEFAULT_ADAPTER))
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,8 @@ engine does its own per-layer math, so adapters are read with safetensors and th
 so one step applies every adapter with two matmuls per group and a per-row 0/1 selection (see
 fused_layers.project). The engine makes each `a` the last rows of its group's base matrix
 (FusedLayer.fold), so the first of those matmuls is the base projection itself. The buffers never
-change shape or address (adding an adapter copies into them), which keeps captured CUDA graphs
-valid."""
+change shape or address (adding an adapter copies into them, removing one zeroes its block), which
+keeps captured CUDA graphs valid."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from request_params import ADAPTER_NAME
+from request_params import ADAPTER_NAME, REGISTERED_ADAPTER_NAME
 
 # The projections an adapter may target, by the fused group that carries them.
 GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gu": ("gate_proj", "up_proj"),
@@ -43,6 +43,14 @@ class AdapterError(ValueError):
         self.adapter, self.field = adapter, field
 
 
+class AdapterExistsError(AdapterError):
+    """An adapter of that name is already loaded (HTTP 409 at registration)."""
+
+
+class AdapterNotFoundError(AdapterError):
+    """No adapter of that name is loaded (HTTP 404 at unregistration)."""
+
+
 @dataclass
 class LoraAdapter:
     name: str
@@ -56,9 +64,11 @@ class LoraAdapter:
 
 
 def check_name(name) -> str:
-    if not isinstance(name, str) or not ADAPTER_NAME.match(name):
-        raise AdapterError(str(name), "name", "use 1-63 lowercase letters, digits, '-' or '_', starting with a "
-                                              "letter or digit")
+    """A configured adapter's name (the CRD's rule) or one registered at run time (a SageMaker
+    inference component's, which may hold capitals)."""
+    if not isinstance(name, str) or not (ADAPTER_NAME.match(name) or REGISTERED_ADAPTER_NAME.match(name)):
+        raise AdapterError(str(name), "name", "use 1-63 letters, digits, '-' or '_', starting with a letter or "
+                                              "digit")
     return name
 
 
@@ -114,8 +124,12 @@ def read_adapter(name: str, path, *, max_rank: int, shapes: dict[str, tuple[int,
         raise AdapterError(name, WEIGHTS_FILE, f"not found in {path} (save the adapter with safetensors)")
     from safetensors.torch import load_file
 
+    try:
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except Exception as err:  # noqa: BLE001 -- safetensors' error types vary by version; unusable either way
+        raise AdapterError(name, WEIGHTS_FILE, f"cannot be read ({err}); save the adapter again") from None
     parts: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(path / WEIGHTS_FILE)).items():
+    for key, tensor in tensors.items():
         m = KEY.match(key)
         if not m:
             raise AdapterError(name, "target_modules", f"weight {key!r} is not a LoRA A/B of a decoder layer "
@@ -169,30 +183,58 @@ class LoraBank:
                            torch.zeros(rows, fan_out, dtype=dtype, device=device))
             self.layers.append(bufs)
 
+    def free_slots(self) -> list[int]:
+        """The adapter indices no adapter holds, lowest first."""
+        taken = set(self.names.values())
+        return [i for i in range(1, self.max_loras + 1) if i not in taken]
+
     def add(self, adapter: LoraAdapter) -> int:
-        """Copy the adapter into the next free block (in place); returns its index."""
+        """Copy the adapter into the lowest free block (in place); returns its index."""
         if adapter.name in self.names:
-            raise AdapterError(adapter.name, "name", "already loaded")
-        if len(self.names) >= self.max_loras:
+            raise AdapterExistsError(adapter.name, "name", "already loaded; remove it first")
+        free = self.free_slots()
+        if not free:
             raise AdapterError(adapter.name, "max_loras", f"all {self.max_loras} adapter slots are taken "
-                                                          f"({', '.join(self.names)})")
+                                                          f"({', '.join(self.names)}); remove one first")
         outside = sorted(m for m in adapter.targets if GROUP_OF[m][0] not in self.groups)
         if outside:
             raise AdapterError(adapter.name, "target_modules", f"{outside[0]!r}: this engine was built for "
                                f"{', '.join(m for g in self.groups for m in GROUPS[g])} (pass lora_targets)")
         if adapter.rank > self.max_rank:
             raise AdapterError(adapter.name, "r", f"{adapter.rank} is above max_lora_rank ({self.max_rank})")
-        i = len(self.names)
+        index = free[0]
+        # A block an earlier adapter held is zero (remove), but clearing it again costs little and
+        # guarantees nothing of another adapter's rows or projections survives.
+        self._clear(index)
         for (layer, module), (a, b) in adapter.weights.items():
             g, j = GROUP_OF[module]
             members = GROUPS[g]
-            start = (i * len(members) + j) * self.max_rank
+            start = ((index - 1) * len(members) + j) * self.max_rank
             col = sum(self.shapes[m][1] for m in members[:j])
             buf_a, buf_b = self.layers[layer][g]
             buf_a[start:start + adapter.rank].copy_(a)
             buf_b[start:start + adapter.rank, col:col + b.shape[0]].copy_((b.float() * adapter.scale).t())
-        self.names[adapter.name] = i + 1
-        return i + 1
+        self.names[adapter.name] = index
+        return index
+
+    def remove(self, name: str) -> int:
+        """Zero the adapter's A and B blocks (in place) and free its index, which it returns; the
+        other adapters keep theirs (captured graphs and admitted rows read them as they are)."""
+        if name not in self.names:
+            loaded = ", ".join(self.names) or "none"
+            raise AdapterNotFoundError(name, "name", f"not loaded (loaded: {loaded})")
+        index = self.names.pop(name)
+        self._clear(index)
+        return index
+
+    def _clear(self, index: int) -> None:
+        """Zero adapter `index`'s rows of every stacked A and B."""
+        for bufs in self.layers:
+            for g, (buf_a, buf_b) in bufs.items():
+                rows = len(GROUPS[g]) * self.max_rank
+                start = (index - 1) * rows
+                buf_a[start:start + rows].zero_()
+                buf_b[start:start + rows].zero_()
 
 
 def write_random_adapter(model, path, rank: int, seed: int, b_std: float = 0.01) -> Path:

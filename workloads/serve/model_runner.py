@@ -27,6 +27,16 @@ from fused_layers import (
     layer_functions,
     select_tokens,
 )
+from lora_adapters import (
+    GROUP_OF,
+    TARGETS,
+    AdapterError,
+    AdapterExistsError,
+    AdapterNotFoundError,
+    LoraBank,
+    base_shapes,
+    read_adapter,
+)
 from scheduler import PREFILL_BUDGET, round_up
 
 if TYPE_CHECKING:
@@ -158,8 +168,6 @@ class ModelRunner:
         self.adapter_ids: dict[str, int] = {}
         if not adapters and not max_loras:
             return
-        from lora_adapters import GROUP_OF, TARGETS, LoraBank, base_shapes, read_adapter
-
         shapes, n_layers = base_shapes(model), len(self._layers)
         read = [read_adapter(name, path, max_rank=max_rank, shapes=shapes, n_layers=n_layers)
                 for name, path in adapters.items()]
@@ -186,17 +194,41 @@ class ModelRunner:
         # sel = (index == these) per row: 1 in its adapter's column, none for index 0.
         self._lora_cols = torch.arange(1, max_loras + 1, device=self.device)
 
-    def load_adapter(self, name: str, path) -> int:
-        """Add one adapter into a free slot (in place, so captured graphs stay valid). Call on
-        the thread that runs the steps, between steps."""
+    def read_adapter(self, name: str, path):
+        """Read and check one adapter directory against this engine (lora_adapters.LoraAdapter, on
+        the host). Touches no engine state, so it runs on any thread: reading a big adapter does not
+        hold up the steps."""
         if self.lora_bank is None:
-            raise ValueError("this engine has no adapter slots: create it with adapters or max_loras")
-        from lora_adapters import base_shapes, read_adapter
+            raise AdapterError(name, "max_loras", "this engine has no adapter slots; start it with adapters or "
+                                                  "max_loras (serving.properties option.enable_lora=true and "
+                                                  "option.max_loras=N)")
+        if name in self.adapter_ids:
+            raise AdapterExistsError(name, "name", "already loaded; remove it first")
+        return read_adapter(name, path, max_rank=self.lora_bank.max_rank, shapes=base_shapes(self.model),
+                            n_layers=len(self._layers))
 
-        adapter = read_adapter(name, path, max_rank=self.lora_bank.max_rank, shapes=base_shapes(self.model),
-                               n_layers=len(self._layers))
-        self.adapter_ids[name] = self.lora_bank.add(adapter)
-        return self.adapter_ids[name]
+    def install_adapter(self, adapter) -> int:
+        """Copy a read adapter into the lowest free slot (in place, so captured graphs stay valid);
+        returns its index. Call on the thread that runs the steps, between steps."""
+        index = self.lora_bank.add(adapter)
+        # A new dict, not an update: other threads read adapter_ids (adapter_names) meanwhile.
+        self.adapter_ids = {**self.adapter_ids, adapter.name: index}
+        return index
+
+    def load_adapter(self, name: str, path) -> int:
+        """read_adapter then install_adapter, on the thread that runs the steps."""
+        return self.install_adapter(self.read_adapter(name, path))
+
+    def unload_adapter(self, name: str) -> int:
+        """Zero the adapter's slot and free it for the next adapter; returns the index it had. Call
+        on the thread that runs the steps once no admitted row uses the adapter. The name may
+        already be out of adapter_ids (the engine takes it out first, so that no new request
+        names it, and keeps the slot reserved in the bank until its running rows finish)."""
+        if self.lora_bank is None or name not in self.lora_bank.names:
+            loaded = ", ".join(self.adapter_ids) or "none"
+            raise AdapterNotFoundError(name, "name", f"not loaded (loaded: {loaded})")
+        self.adapter_ids = {n: i for n, i in self.adapter_ids.items() if n != name}
+        return self.lora_bank.remove(name)
 
     def _selection(self, index):
         """[N, max_loras] 0/1 in the model's dtype from adapter indices [N] (0: none)."""

@@ -6,7 +6,8 @@ The directory (`SM_MODEL_DIR`, default /opt/ml/model) holds either a plain Huggi
 pulled with s5cmd (endpoint from `AWS_ENDPOINT_URL_S3`, as boto3 reads it). LoRA adapters come
 from `option.adapters=name=s3://...,name2=path` (pulled the same way), or, as LMI does with
 `option.enable_lora=true`, from the subdirectories of `adapters/` beside serving.properties or in the
-model directory."""
+model directory. `option.enable_lora=true` with `option.max_loras=N` also leaves free slots for
+adapters registered at run time (POST /adapters, `registered_adapter_dir`)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class ServeSettings:
     max_loras: int | None = adapter_knob_default("maxLoras")  # None: as many as adapters
     max_lora_rank: int = adapter_knob_default("maxLoraRank")
     default_adapter: str | None = None  # what a request naming no adapter runs with (None: the base)
+    enable_lora: bool = False           # adapters may be registered at run time (slots: max_loras)
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -153,7 +155,14 @@ def settings_from_properties(props: dict[str, str], base_dir: Path) -> ServeSett
         properties=props, adapters=parse_adapters(props.get("option.adapters", ""), base_dir),
         max_loras=_int(props, "option.max_loras", adapter_knob_default("maxLoras")),
         max_lora_rank=_int(props, "option.max_lora_rank", adapter_knob_default("maxLoraRank")),
-        default_adapter=_default_adapter(props))
+        default_adapter=_default_adapter(props), enable_lora=_flag(props, "option.enable_lora"))
+
+
+def _flag(props: dict[str, str], key: str) -> bool:
+    raw = props.get(key, "false")
+    if raw.lower() not in ("true", "false"):
+        raise ConfigError(f"serving.properties {key}={raw!r}: use true or false")
+    return raw.lower() == "true"
 
 
 def _default_adapter(props: dict[str, str]) -> str | None:
@@ -209,7 +218,7 @@ def resolve_model(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
         settings.model_dir = path
     if not (settings.model_dir / "config.json").is_file():
         raise ConfigError(f"option.model_id={model_id}: no config.json under the pulled prefix")
-    if props.get("option.enable_lora", "").lower() == "true" and not settings.adapters:
+    if settings.enable_lora and not settings.adapters:
         settings.adapters = lmi_adapter_dirs(base, settings.model_dir)
     return settings
 
@@ -232,6 +241,23 @@ def local_adapters(settings: ServeSettings, cache_dir: str | os.PathLike | None 
     return out
 
 
+def registered_adapter_dir(src: str, cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+    """The local directory of an adapter registered at run time, and what to delete once it is
+    loaded: `src` itself (nothing to delete), or an s3:// prefix pulled with s5cmd into a fresh
+    directory under the cache. Fresh, not cached by prefix as at start: an adapter registered again
+    from the same prefix may have new weights, and the engine keeps its own copy once loaded."""
+    if not src.startswith("s3://"):
+        return Path(src), None
+    cache = Path(cache_dir or os.environ.get("SM_SERVE_CACHE") or tempfile.gettempdir())
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix="registered-adapter-", dir=cache))
+    try:
+        return pull_s3(src, dest, key="src"), dest
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
 def _dtype_kwargs(dtype) -> dict:
     """from_pretrained's dtype argument: `dtype=` from transformers 4.56, `torch_dtype=` before (LMI
     0.33 has transformers 4.51.3)."""
@@ -250,6 +276,9 @@ def load_engine(settings: ServeSettings, device: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapters = local_adapters(settings)  # before the model: a bad adapter source fails fast
+    if settings.enable_lora and not adapters and not settings.max_loras:
+        raise ConfigError("serving.properties option.enable_lora=true with no adapters: give option.max_loras, how "
+                          "many adapters may be registered at run time")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = settings.dtype or ("bfloat16" if device == "cuda" else "float32")
     model = AutoModelForCausalLM.from_pretrained(settings.model_dir, **_dtype_kwargs(getattr(torch, dtype))).to(device)
@@ -267,6 +296,9 @@ def load_engine(settings: ServeSettings, device: str | None = None):
         raise ConfigError(f"serving.properties option.adapters: {err}") from None
     if adapters:
         log.info("LoRA adapters loaded: %s (max rank %d)", ", ".join(adapters), settings.max_lora_rank)
+    if engine.lora_bank is not None and len(adapters) < engine.lora_bank.max_loras:
+        log.info("%d adapter slots free for adapters registered at run time (POST /adapters, max rank %d)",
+                 engine.lora_bank.max_loras - len(adapters), settings.max_lora_rank)
     if engine.use_graphs:  # capture every graph before /ping says ready, not on a client's time
         log.info("%s attention; captured %d CUDA graphs", engine.attention,
                  engine.warmup(range(1, settings.max_batch_size + 1)))

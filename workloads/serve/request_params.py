@@ -13,6 +13,11 @@ from typing import Any
 
 # an adapter's name, as the CRD's model.adapters[].name (lmi.py, which loads alone, keeps a copy)
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# an adapter registered at run time (POST /adapters): SageMaker names it after its adapter inference
+# component, whose name may hold capitals and ends with a letter or digit
+REGISTERED_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+# SageMaker routes an invocation of an adapter inference component with this header (its name)
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 
 # LMI and TGI clients send these; we honour them all (see README for the meaning of each).
 SUPPORTED_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "do_sample", "stop",
@@ -45,6 +50,9 @@ class GenerationParams:
     adapter: str | None = None      # a loaded LoRA adapter's name; "": the base model; None: the default
     # LMI's top-level "adapters" list: one adapter per prompt (None: the base model)
     prompt_adapters: tuple[str | None, ...] = ()
+    # where the request named its adapter, so an error found later (it was unregistered while the
+    # request waited) names what the client sent
+    adapter_field: str = field(default="parameters.adapter", compare=False)
 
     @property
     def greedy(self) -> bool:
@@ -54,7 +62,7 @@ class GenerationParams:
         """The parameters of the request's i-th prompt (its own adapter when the list gave one)."""
         if not self.prompt_adapters:
             return self
-        return replace(self, adapter=self.prompt_adapters[i], prompt_adapters=())
+        return replace(self, adapter=self.prompt_adapters[i], prompt_adapters=(), adapter_field=f"adapters[{i}]")
 
 
 def check_adapter(field_name: str, name: Any, loaded: Collection[str] | None) -> str | None:
@@ -154,17 +162,18 @@ def _top_level_adapters(raw: Any, prompts: list[str], params: GenerationParams,
     if params.adapter is not None:
         raise RequestError("adapters", "name the adapter once: parameters.adapter or adapters, not both")
     if not isinstance(raw, list):
-        return replace(params, adapter=check_adapter("adapters", raw, loaded))
+        return replace(params, adapter=check_adapter("adapters", raw, loaded), adapter_field="adapters")
     if len(raw) != len(prompts):
         raise RequestError("adapters", f"has {len(raw)} entries for {len(prompts)} inputs; give one per input")
     names = tuple(check_adapter(f"adapters[{i}]", a, loaded) for i, a in enumerate(raw))
     return replace(params, prompt_adapters=names)
 
 
-def parse_request(body: Any, *, adapters: Collection[str] | None = None,
+def parse_request(body: Any, *, adapters: Collection[str] | None = None, adapter_header: str | None = None,
                   **limits) -> tuple[list[str], GenerationParams, bool]:
     """Validate an /invocations body: returns (prompts, params, whether inputs was a list); prompt
-    i runs with `params.for_prompt(i)`. `adapters`: the loaded adapter names, checked when given."""
+    i runs with `params.for_prompt(i)`. `adapters`: the loaded adapter names, checked when given;
+    `adapter_header`: the X-Amzn-SageMaker-Adapter-Identifier header, the adapter every prompt runs with."""
     if not isinstance(body, dict):
         raise RequestError("body", 'must be a JSON object like {"inputs": "...", "parameters": {...}}')
     if "inputs" not in body:
@@ -176,4 +185,60 @@ def parse_request(body: Any, *, adapters: Collection[str] | None = None,
     params = parse_parameters(body.get("parameters"), adapters=adapters, **limits)
     if "adapters" in body:
         params = _top_level_adapters(body["adapters"], prompts, params, adapters)
+    if adapter_header:
+        params = _header_adapter(adapter_header, len(prompts), params, adapters)
     return prompts, params, isinstance(body["inputs"], list)
+
+
+def _header_adapter(name: str, n_prompts: int, params: GenerationParams,
+                    loaded: Collection[str] | None) -> GenerationParams:
+    """SageMaker's adapter header picks the adapter of every prompt; a body that names another one
+    is refused rather than one of them silently winning."""
+    check_adapter(ADAPTER_HEADER, name, loaded)
+    named = [(params.for_prompt(i).adapter_field, params.for_prompt(i).adapter) for i in range(n_prompts)]
+    for where, adapter in named:
+        if adapter is not None and adapter != name:
+            raise RequestError(where, f"names adapter {adapter!r} but the {ADAPTER_HEADER} header names {name!r}; "
+                                      "name it in one place, or the same in both")
+    return replace(params, adapter=name, prompt_adapters=(), adapter_field=ADAPTER_HEADER)
+
+
+@dataclass(frozen=True)
+class AdapterRegistration:
+    """A POST /adapters body (SageMaker's adapter inference component contract)."""
+    name: str
+    src: str
+    preload: bool = True     # accepted as sent; this engine always loads an adapter at registration
+    pin: bool = False        # accepted as sent; a loaded adapter stays on the GPU until unregistered
+    alias: str | None = None
+
+
+def parse_adapter_registration(body: Any) -> AdapterRegistration:
+    """Validate a registration body `{"name", "src", "preload"?, "pin"?, "alias"?}`. Other keys are
+    ignored: the platform may send options meant for other engines, and refusing them would fail
+    the inference component's creation over nothing."""
+    if not isinstance(body, dict):
+        raise RequestError("body", 'must be a JSON object like {"name": "my-adapter", "src": "/path/or/s3://..."}')
+    name = body.get("name")
+    if not isinstance(name, str) or not REGISTERED_ADAPTER_NAME.match(name):
+        raise RequestError("name", f"{name!r}: give the adapter's name, 1-63 letters, digits, '-' or '_', starting "
+                                   "and ending with a letter or digit")
+    src = body.get("src")
+    if not isinstance(src, str) or not src.strip():
+        raise RequestError("src", f"{src!r}: give the adapter's directory (adapter_config.json + "
+                                  "adapter_model.safetensors) or its s3:// prefix")
+    alias = body.get("alias")
+    if alias is not None and not isinstance(alias, str):
+        raise RequestError("alias", f"must be a string, got {alias!r}")
+    return AdapterRegistration(name, src.strip(), _option_flag(body, "preload", True),
+                               _option_flag(body, "pin", False), alias)
+
+
+def _option_flag(body: dict, key: str, default: bool) -> bool:
+    """true/false, also as the strings djl-serving passes ("true", "false")."""
+    value = body.get(key, default)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise RequestError(key, f"must be true or false, got {value!r}")
+    return value

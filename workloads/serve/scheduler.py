@@ -47,8 +47,18 @@ class Request:
 
 @dataclass
 class Call:
-    """Work to run on the engine's thread (which owns the GPU state) when it is idle."""
+    """Work to run on the engine's thread (which owns the GPU state): when it is idle, or with
+    `urgent` at the next step boundary, busy or not (for work that is safe with requests in flight,
+    such as copying an adapter into a free slot)."""
     fn: Callable[[], Any]
+    urgent: bool = False
+    ran: bool = False
+
+    def run(self) -> None:
+        """Run fn once (an urgent call reaches the worker by two ways; see Scheduler.put)."""
+        if not self.ran:
+            self.ran = True
+            self.fn()
 
 
 @dataclass
@@ -125,9 +135,23 @@ class Scheduler:
         self.slots: list[Request | None] = [None] * self.n_slots
         self.stopping = False
         self.calls: list[Call] = []  # arrived while requests were in flight; they run once idle
+        # Urgent calls also come this way, so none waits behind queued requests (a full batch
+        # leaves them in the queue); the queue's copy wakes an idle engine.
+        self.urgent: queue.SimpleQueue[Call] = queue.SimpleQueue()
 
     def put(self, item: Request | Call | None) -> None:
+        if isinstance(item, Call) and item.urgent:
+            self.urgent.put(item)
         self.queue.put(item)
+
+    def run_urgent(self) -> None:
+        """Run the urgent calls put so far (between steps, on the engine's thread)."""
+        while True:
+            try:
+                call = self.urgent.get_nowait()
+            except queue.Empty:
+                return
+            call.run()
 
     def stop(self) -> None:
         self.stopping = True
@@ -147,20 +171,24 @@ class Scheduler:
         return bucket(n, self.n_slots)
 
     def admissions(self, idle: bool) -> list[Request] | None:
-        """Requests to admit before the next step, or None when the engine is to stop. Idle
-        (nothing in flight): deferred calls run first, then this waits for work."""
+        """Requests to admit before the next step, or None when the engine is to stop. Urgent
+        calls run first, busy or not. Idle (nothing in flight): deferred calls run next, then this
+        waits for work."""
+        self.run_urgent()
         if not idle:
             return [] if self.stopping else self.take_new(block=False)
         while self.calls:
-            self.calls.pop(0).fn()
+            self.calls.pop(0).run()
         if self.stopping:
             return None
         return self.take_new(block=True)
 
     def take_new(self, block: bool) -> list[Request] | None:
-        """Requests to admit now, up to the free slots. Blocking (idle): wait for one, then up to
-        max_wait for the batch to fill; a `Call` that arrives first runs at once, and None first
-        means stop (returns None). Not blocking (busy): whatever is already queued."""
+        """Requests to admit now, up to the free slots. Urgent calls run first, even with no free
+        slot. Blocking (idle): wait for one, then up to max_wait for the batch to fill; a `Call`
+        that arrives first runs at once, and None first means stop (returns None). Not blocking
+        (busy): whatever is already queued; a non-urgent `Call` among it waits until idle."""
+        self.run_urgent()
         free = len(self.free_slots())
         new: list[Request] = []
         if free == 0:
@@ -171,7 +199,7 @@ class Scheduler:
             if first is None:
                 return None
             if isinstance(first, Call):
-                first.fn()  # idle: nothing is in flight
+                first.run()  # idle: nothing is in flight (an urgent one that already ran is skipped)
                 return new
             new.append(first)
             deadline = self.clock() + self.max_wait_s
@@ -190,7 +218,10 @@ class Scheduler:
                 self.stopping = True
                 break
             if isinstance(item, Call):
-                self.calls.append(item)
+                if item.urgent:
+                    item.run()  # between steps
+                else:
+                    self.calls.append(item)
                 continue
             new.append(item)
         return new

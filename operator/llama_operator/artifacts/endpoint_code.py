@@ -43,7 +43,10 @@ def lmi_settings(engine: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("max_rolling_batch_size", "max_model_len"):
             if settings.get(key) is not None:
                 out[key] = settings[key]
-    rank = settings.get("max_lora_rank")  # given only with adapters
+    if settings.get("enable_lora"):  # free adapter slots, filled at run time (adapter components)
+        out["enable_lora"] = True
+        out["max_loras"] = settings["max_loras"]
+    rank = settings.get("max_lora_rank")  # given only with adapters (or free slots)
     if rank is not None:
         # vLLM sizes its adapter slots from a fixed list of ranks: the next one up
         out["max_lora_rank"] = rank if engine != "vllm" else next(

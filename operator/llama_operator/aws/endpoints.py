@@ -96,13 +96,18 @@ class EndpointGateway(Gateway):
 
     def components_on(self, endpoint: str) -> list[str]:
         """The inference components SageMaker lists on `endpoint` (a deleted endpoint has none)."""
-        out: list[str] = []
+        return sorted(self.component_states(endpoint))
+
+    def component_states(self, endpoint: str) -> dict[str, str]:
+        """{name: InferenceComponentStatus} of the components SageMaker lists on `endpoint`."""
+        out: dict[str, str] = {}
         kwargs: dict[str, Any] = {"EndpointNameEquals": endpoint, "MaxResults": 100}
         while True:
             resp = self._call("list_inference_components", **kwargs)
-            out += [c["InferenceComponentName"] for c in resp.get("InferenceComponents", [])]
+            out.update({c["InferenceComponentName"]: c.get("InferenceComponentStatus", "")
+                        for c in resp.get("InferenceComponents", [])})
             if not resp.get("NextToken"):
-                return sorted(out)
+                return out
             kwargs["NextToken"] = resp["NextToken"]
 
     # endpoint ------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
                                                           retry=retry)
     except TerminalError as exc:
         code = exc.code
-        message = (exc.message if exc.operation == "CopyObject"  # an adapter the endpoint cannot have
+        message = (exc.message if exc.code == rollout.ADAPTER_NOT_FOUND  # an adapter the endpoint cannot have
                    else f"SageMaker rejected {exc.operation}: {exc.code}: {exc.message}")
 
         def rejected(current, _):
@@ -153,7 +153,10 @@ async def reconcile(app: App, spec, status, meta, namespace, name, uid, body, re
         raise kopf.TemporaryError(message, delay=delay) from exc
 
     desired = {"specHash": plan.spec_hash, "modelS3Uri": plan.model_s3_uri, "adapters": sorted(resolved.adapters),
-               "endpointName": plan.endpoint_name, "observedGeneration": generation, "configHash": plan.config_hash}
+               "endpointName": plan.endpoint_name, "observedGeneration": generation, "configHash": plan.config_hash,
+               # mode inferenceComponents: model.adapters' packs, made into adapter components by settle_component
+               "adapterArtifacts": [{"name": n, "artifactUrl": u} for n, u in sorted(plan.adapter_artifacts.items())]
+               or None}
 
     def sent(current, _):
         # The Describe after our requests is dropped by es.observe if an event has recorded
@@ -217,6 +220,8 @@ async def settle_component(app: App, obj: Mapping[str, Any], *, collect: bool = 
     try:
         seen, requested = await asyncio.to_thread(components.sync, app, spec_model, status, namespace=namespace,
                                                   name=name, uid=uid, config=config)
+        adapters = await asyncio.to_thread(components.sync_adapters, app, spec_model, status, seen,
+                                           namespace=namespace, name=name, uid=uid)
     except SageMakerError as exc:
         message = f"inference component of {status['endpointName']}: {describe_error(exc)}"
         log.warning("%s/%s: %s", namespace, name, message)
@@ -226,7 +231,7 @@ async def settle_component(app: App, obj: Mapping[str, Any], *, collect: bool = 
     # (not `record`: this runs from the events queue and timers too, outside kopf's handler context)
     new, written = await write_status(app.kube, PLURAL, namespace, name, uid, lambda current, fresh: (
         components.status_update(seen, current, namespace=namespace, name=name, uid=uid,
-                                 generation=fresh.get("generation"), requested=requested)))
+                                 generation=fresh.get("generation"), requested=requested, adapters=adapters)))
     if new is None:
         return obj
     ev = transition(new, written)

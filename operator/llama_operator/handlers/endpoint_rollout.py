@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import kopf
 
-from llama_operator.artifacts import endpoint_code
+from llama_operator.artifacts import adapter_pack, endpoint_code
 from llama_operator.artifacts.upload import copy_missing
 from llama_operator.aws.endpoints import EndpointGateway, Owned, SageMakerError, TerminalError
 from llama_operator.handlers import endpoint_scaling
@@ -19,6 +19,8 @@ from llama_operator.plan.model_source import Resolved
 from llama_operator.status.endpoint_changes import desired_names
 
 log = logging.getLogger(__name__)
+
+ADAPTER_NOT_FOUND = "AdapterNotFound"
 
 
 def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: str, uid: str,
@@ -33,8 +35,10 @@ def send_requests(app, spec_model, resolved: Resolved, *, namespace: str, name: 
     endpoint_code.upload(app.s3, plan.code_s3_uri, plan.code_files)
     try:
         copy_missing(app.s3, plan.adapter_copies)
+        plan.adapter_artifacts = {n: adapter_pack.ensure_pack(app.s3, uri, plan.packs_base_uri)
+                                  for n, uri in sorted(plan.adapter_sources.items())}
     except FileNotFoundError as exc:
-        raise TerminalError("AdapterNotFound", f"{exc.args[0]} does not exist: a LoRA adapter directory holds "
+        raise TerminalError(ADAPTER_NOT_FOUND, f"{exc.args[0]} does not exist: a LoRA adapter directory holds "
                             f"{' and '.join(endpoint_code.ADAPTER_FILES)} (as PEFT saves it); fix model.adapters",
                             "CopyObject") from None
     gw.ensure_model(plan.model_request, uid)
@@ -106,13 +110,17 @@ def collect_if_serving(gw: EndpointGateway, describe: Mapping[str, Any] | None, 
 
 def delete_components(gw: EndpointGateway, namespace: str, name: str, uid: str, status: Mapping[str, Any]
                       ) -> list[str]:
-    """DeleteInferenceComponent for every component on the resource's endpoint; those still there."""
+    """DeleteInferenceComponent for every component on the resource's endpoint, adapter components
+    before the base they are loaded on; those still there."""
     endpoint = status.get("endpointName") or names.endpoint_name(namespace, name, uid)
     if not status.get("configHash") and not status.get("inferenceComponent"):
         return []
-    on = gw.components_on(endpoint)
-    for component in on:
-        gw.delete_component(component)
+    on = gw.component_states(endpoint)
+    base = names.inference_component_name(namespace, name, uid)
+    adapters = [c for c in on if c != base]
+    for component in (adapters or list(on)):
+        if on[component] != "Deleting":
+            gw.delete_component(component)
     return [c for c in on if gw.describe_component(c) is not None]
 
 

@@ -118,3 +118,44 @@ def copy_counts(describe: dict | None) -> dict | None:
     if "DesiredCopyCount" not in rc and "CurrentCopyCount" not in rc:
         return None
     return {"current": rc.get("CurrentCopyCount", 0), "desired": rc.get("DesiredCopyCount", 0)}
+
+
+# Adapter inference components -------------------------------------------------------------
+# Each of model.adapters is an adapter component on the resource's component: it has no copies or
+# compute of its own (the base's copies load it), and adding, changing or removing one touches
+# neither the base model nor the other adapters. A LoRA fine-tune the model comes from
+# (model.fromFinetune) is the model itself: its adapter stays in the base, as the default.
+
+def split_adapters(resolved) -> tuple[dict[str, str], dict[str, str]]:
+    """(adapters the base model carries, adapters that become adapter components) of a
+    plan.model_source.Resolved."""
+    base = {n: u for n, u in resolved.adapters.items() if n == resolved.default_adapter}
+    return base, {n: u for n, u in resolved.adapters.items() if n not in base}
+
+
+def adapter_slots(base_adapters: dict[str, str]) -> int:
+    """Adapter slots the base's engine keeps: its own adapters and room for every adapter the
+    spec may list, so adding one later needs no new model."""
+    from llama_operator.spec.endpoint import MAX_ADAPTERS
+
+    return len(base_adapters) + MAX_ADAPTERS
+
+
+def adapter_create_request(*, component: str, endpoint: str, base: str, artifact_url: str, tags: list) -> dict:
+    return {
+        "InferenceComponentName": component,
+        "EndpointName": endpoint,
+        "VariantName": VARIANT,
+        # no ModelName, compute or copy count: the base's copies load the adapter
+        "Specification": {"BaseInferenceComponentName": base, "Container": {"ArtifactUrl": artifact_url}},
+        "Tags": tags,
+    }
+
+
+def adapter_update_request(*, component: str, base: str, artifact_url: str) -> dict:
+    return {"InferenceComponentName": component,
+            "Specification": {"BaseInferenceComponentName": base, "Container": {"ArtifactUrl": artifact_url}}}
+
+
+def adapter_artifact(describe: dict | None) -> str | None:
+    return (((describe or {}).get("Specification") or {}).get("Container") or {}).get("ArtifactUrl")

@@ -35,6 +35,9 @@ def spec_hash(spec: LlamaEndpointSpec, *, model_s3_uri: str | None = None,
     # The instance count is not what is served: it changes in place (UpdateEndpointWeightsAndCapacities,
     # autoscaling, or a component's copies), never by a new fleet.
     doc["resources"] = {k: v for k, v in doc["resources"].items() if k != "instanceCount"}
+    if body.get("deployment", {}).get("mode") == "inferenceComponents":
+        # model.adapters are adapter components there, added and removed beside the model
+        doc["model"] = {k: v for k, v in doc["model"].items() if k != "adapters"}
     if model_s3_uri is not None:
         doc["resolvedModel"] = model_s3_uri
     if adapters:

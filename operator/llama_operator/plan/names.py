@@ -49,3 +49,13 @@ def inference_component_name(namespace: str, name: str, uid: str) -> str:
     (UpdateInferenceComponent rolls it to each new model)."""
     return _name(namespace, name, "ic" + _digest("component", namespace, name, uid, length=8))
 
+
+
+def adapter_component_name(namespace: str, name: str, uid: str, adapter: str) -> str:
+    """A LoRA adapter of model.adapters as an adapter inference component on the resource's
+    component: requests name it (InferenceComponentName) to run with the adapter. The adapter's
+    name stays readable however long the resource's is."""
+    suffix = "a" + _digest("adapter", namespace, name, uid, adapter, length=8)
+    tail = _readable(adapter, 24)
+    owner = _readable(f"{namespace}-{name}", MAX_LEN - len(suffix) - len(tail) - 2)
+    return f"{owner}-{tail}-{suffix}"

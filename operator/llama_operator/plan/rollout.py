@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from llama_operator.artifacts import endpoint_code, s3uri
 from llama_operator.plan import components
@@ -35,6 +35,12 @@ class Plan:
     # this component (created or updated by the handlers once the endpoint serves: components.py)
     config_hash: str | None = None
     component: str | None = None
+    # ... and each of model.adapters an adapter component: {adapter: source s3 prefix}, packed
+    # (artifacts/adapter_pack.py) under packs_base_uri by the handler, which fills adapter_artifacts
+    # {adapter: pack s3 URI} before it records them in status
+    adapter_sources: dict[str, str] = field(default_factory=dict)
+    packs_base_uri: str = ""
+    adapter_artifacts: dict[str, str] = field(default_factory=dict)
 
 
 def code_base_uri(source_s3_uri: str | None, model_s3_uri: str) -> str:
@@ -56,13 +62,24 @@ def plan(spec_model, *, namespace: str, name: str, uid: str, resolved: Resolved,
          source_s3_uri: str | None) -> Plan:
     """`resolved`: what `model` resolved to (plan.model_source), adapters included."""
     model_s3_uri = resolved.model_s3_uri
-    files = endpoint_code.render(spec_model.serving.engine, model_s3_uri,
-                                 plan_ep.serving_settings(spec_model, resolved), resolved.adapters)
-    code_uri = endpoint_code.code_prefix(code_base_uri(source_s3_uri, model_s3_uri), files)
-    h = combined_hash(plan_ep.spec_hash(spec_model, model_s3_uri=model_s3_uri, adapters=resolved.adapters), code_uri)
+    served, sources = resolved, {}
+    settings = plan_ep.serving_settings(spec_model, resolved)
+    if components.uses_components(spec_model):
+        base, sources = components.split_adapters(resolved)
+        served = replace(resolved, adapters=base)
+        settings = plan_ep.serving_settings(spec_model, served)
+        if sources:  # free slots the adapter components are loaded into at run time
+            settings.update(enable_lora=True, max_loras=components.adapter_slots(base),
+                            max_lora_rank=resolved.max_adapter_rank)
+    files = endpoint_code.render(spec_model.serving.engine, model_s3_uri, settings, served.adapters)
+    code_base = code_base_uri(source_s3_uri, model_s3_uri)
+    code_uri = endpoint_code.code_prefix(code_base, files)
+    h = combined_hash(plan_ep.spec_hash(spec_model, model_s3_uri=model_s3_uri, adapters=served.adapters), code_uri)
     common = dict(namespace=namespace, name=name, uid=uid, spec_hash=h)
     if components.uses_components(spec_model):
-        return _component_plan(spec_model, h, code_uri, files, resolved, region, namespace, name, uid)
+        p = _component_plan(spec_model, h, code_uri, files, served, region, namespace, name, uid)
+        p.adapter_sources, p.packs_base_uri = sources, code_base
+        return p
     return Plan(
         endpoint_name=names.endpoint_name(namespace, name, uid),
         model_name=names.model_name(namespace, name, uid, h),

@@ -193,3 +193,99 @@ def test_a_component_is_created_adopted_or_rolled_through_the_gateway():
     with stub, pytest.raises(Exception) as err:
         EndpointGateway(c).ensure_component({**request, "InferenceComponentName": "chat-ic"}, "0f0e-uid")
     assert "NameCollision" in repr(err.value) or "belongs to another resource" in str(err.value)
+
+
+ADAPTERS = [{"name": "support", "s3Uri": "s3://bkt/adapters/support/"},
+            {"name": "sql", "s3Uri": "s3://bkt/adapters/sql/"}]
+
+
+def adapter_plan(s, adapters=None, default=None):
+    found = {a["name"]: a["s3Uri"] for a in (adapters if adapters is not None else ADAPTERS)}
+    if default:
+        found = {default: "s3://bkt/out/lora/adapter/", **found}
+    resolved = Resolved(model_s3_uri="s3://bkt/out/job/model/", adapters=found, default_adapter=default,
+                        max_adapter_rank=16)
+    return rollout.plan(s, resolved=resolved, region="us-east-1", source_s3_uri="s3://bkt/op", **OWNER)
+
+
+def test_adapters_become_components_and_the_model_keeps_free_slots_for_them():
+    s = spec(model={"s3Uri": "s3://bkt/out/job/model/", "adapters": ADAPTERS}, serving={"engine": "batching"})
+    p = adapter_plan(s)
+    assert p.adapter_sources == {"support": "s3://bkt/adapters/support/", "sql": "s3://bkt/adapters/sql/"}
+    props = p.code_files["serving.properties"]
+    # the model names no adapter: they are loaded into its free slots at run time
+    assert "option.adapters" not in props and "option.enable_lora=true" in props
+    assert f"option.max_loras={components.adapter_slots({})}" in props
+    # adding, changing or dropping an adapter is not a new model
+    fewer = spec(model={"s3Uri": "s3://bkt/out/job/model/", "adapters": ADAPTERS[:1]}, serving={"engine": "batching"})
+    assert adapter_plan(fewer, ADAPTERS[:1]).model_name == p.model_name
+    # a LoRA fine-tune's own adapter is the model: it stays in it, as the default
+    with_default = adapter_plan(s, default="chat-lora")
+    assert "option.default_adapter=chat-lora" in with_default.code_files["serving.properties"]
+    assert "chat-lora" not in with_default.adapter_sources
+    # the same spec in variant mode serves them from the model itself
+    variant = LlamaEndpointSpec.model_validate({**specdata.ENDPOINT_MIN, "serving": {"engine": "batching"},
+                                                "model": {"s3Uri": "s3://bkt/out/job/model/", "adapters": ADAPTERS}})
+    vp = adapter_plan(variant)
+    assert "option.adapters=" in vp.code_files["serving.properties"] and not vp.adapter_sources
+
+
+def test_adapter_component_requests_pass_botocore():
+    from llama_operator.plan import names
+    from llama_operator.plan.tags import owner_tags
+
+    s = spec(model={"s3Uri": "s3://bkt/out/job/model/", "adapters": ADAPTERS})
+    p = adapter_plan(s)
+    name = names.adapter_component_name(OWNER["namespace"], OWNER["name"], OWNER["uid"], "support")
+    assert names.NAME_PATTERN.match(name) and "support" in name
+    create = components.adapter_create_request(component=name, endpoint=p.endpoint_name, base=p.component,
+                                               artifact_url="s3://bkt/op/adapter-packs/x/adapter.tar.gz",
+                                               tags=owner_tags("LlamaEndpoint", OWNER["namespace"], OWNER["name"],
+                                                               OWNER["uid"], {}))
+    update = components.adapter_update_request(component=name, base=p.component,
+                                               artifact_url="s3://bkt/op/adapter-packs/y/adapter.tar.gz")
+    assert "RuntimeConfig" not in create and "ComputeResourceRequirements" not in create["Specification"]
+    c = client("sagemaker")
+    stub = Stubber(c)
+    arn = {"InferenceComponentArn": "arn:aws:sagemaker:us-east-1:1:inference-component/x"}
+    stub.add_response("create_inference_component", arn, create)
+    stub.add_response("update_inference_component", arn, update)
+    with stub:
+        c.create_inference_component(**create)
+        c.update_inference_component(**update)
+
+
+def test_adapters_in_status_and_a_failed_one_degrades_without_blaming_the_model():
+    from llama_operator.plan import names
+
+    status = {"phase": "InService", "specHash": "a" * 16, "endpointName": "ep"}
+    want = names.model_name(OWNER["namespace"], OWNER["name"], OWNER["uid"], "a" * 16)
+
+    def update(adapters):
+        return endpoint_components.status_update(_component("InService", want), status, generation=1,
+                                                 adapters=adapters, **OWNER)
+
+    row = {"name": "support", "component": "chat-support-a1", "artifactUrl": "s3://p"}
+    on_the_way = update([{**row, "status": "Creating"}])
+    assert on_the_way["phase"] == "Updating"
+    assert any("support" in (c.get("message") or "") for c in on_the_way["conditions"])
+    ready = update([{**row, "status": "InService"}])
+    assert ready["phase"] == "InService" and ready["inferenceComponent"]["adapters"][0]["component"] == row["component"]
+    failed = update([{**row, "status": "Failed", "failureReason": "adapter_config.json: r is 512"}])
+    assert failed["phase"] == "Degraded" and "r is 512" in failed["failureReason"]
+    assert "failedModel" not in failed["inferenceComponent"]
+
+
+def test_an_adapter_pack_is_a_tar_gz_of_the_adapter_files_named_by_their_content():
+    import io
+    import tarfile
+
+    from llama_operator.artifacts import adapter_pack
+
+    data = adapter_pack.tar_gz({"adapter_config.json": b"{}", "adapter_model.safetensors": b"w" * 10})
+    assert data == adapter_pack.tar_gz({"adapter_model.safetensors": b"w" * 10, "adapter_config.json": b"{}"})
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
+    a = adapter_pack.pack_uri("s3://b/op", "s3://b/ad/x/", {"adapter_config.json": '"1"'})
+    assert a.endswith("/adapter.tar.gz") and a.startswith("s3://b/op/adapter-packs/")
+    assert a != adapter_pack.pack_uri("s3://b/op", "s3://b/ad/x/", {"adapter_config.json": '"2"'})

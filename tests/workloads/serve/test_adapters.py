@@ -230,3 +230,143 @@ def test_sm_server_invoke_with_adapter(lora_engine):
     assert status == 200 and [o["generated_text"] for o in out] == [alone.text, base.text]
     status, out = sm_server.invoke(lora_engine, {"inputs": "hi", "parameters": {"adapter": "nope"}})
     assert status == 400 and out["field"] == "parameters.adapter" and "alpha, beta" in out["error"]
+
+
+@pytest.fixture(scope="module")
+def gamma(tiny_model_dir, tmp_path_factory):
+    """A third adapter on fewer projections than alpha: what alpha leaves behind in a reused slot
+    would show in its answers."""
+    g_dir, g_model = make_adapter(tiny_model_dir, tmp_path_factory.mktemp("gamma") / "gamma", r=2, seed=5,
+                                  targets=["q_proj", "v_proj"])
+    return g_dir, g_model.merge_and_unload()
+
+
+@pytest.fixture(scope="module")
+def dynamic_engine(tiny_model_dir):
+    """enable_lora with free slots and no adapters at start, as an adapter inference component's
+    base endpoint starts."""
+    eng = load_engine(ServeSettings(model_dir=tiny_model_dir, max_batch_size=4, max_wait_ms=20, enable_lora=True,
+                                    max_loras=2, max_lora_rank=8), device="cpu")
+    yield eng
+    eng.close()
+
+
+def greedy(eng, prompt, adapter=None):
+    return eng.generate(prompt, GenerationParams(max_new_tokens=NEW, adapter=adapter), timeout=120).token_ids
+
+
+def test_slots_are_filled_emptied_and_reused_at_run_time(dynamic_engine, adapters, gamma):
+    eng, tok, prompt = dynamic_engine, dynamic_engine.tokenizer, PROMPTS[1]
+    base = greedy(eng, prompt)
+    assert eng.adapter_names == [] and base == hf_greedy(eng.model, tok, prompt, eng.eos_ids)
+    assert eng.add_adapter("Alpha", adapters["alpha"][0]) == 1  # a SageMaker component's name may hold capitals
+    assert eng.add_adapter("beta", adapters["beta"][0]) == 2
+    assert greedy(eng, prompt, "Alpha") == hf_greedy(adapters["alpha"][1], tok, prompt, eng.eos_ids) != base
+    beta = greedy(eng, prompt, "beta")
+    assert beta == hf_greedy(adapters["beta"][1], tok, prompt, eng.eos_ids) != base
+
+    assert eng.remove_adapter("Alpha") == 1
+    assert eng.adapter_names == ["beta"]
+    with pytest.raises(RequestError) as err:
+        eng.submit(prompt, GenerationParams(adapter="Alpha"))
+    assert err.value.field == "parameters.adapter" and "loaded: beta" in err.value.message
+    assert greedy(eng, prompt, "beta") == beta  # the adapter left in place keeps its slot and weights
+    # gamma takes alpha's slot; nothing of alpha (o, gate/up, down too) is left in it.
+    assert eng.add_adapter("gamma", gamma[0]) == 1
+    assert greedy(eng, prompt, "gamma") == hf_greedy(gamma[1], tok, prompt, eng.eos_ids) != base
+    assert greedy(eng, prompt) == base
+    with pytest.raises(AdapterError, match="max_loras: all 2 adapter slots are taken"):
+        eng.add_adapter("delta", adapters["alpha"][0])
+    for name in ("gamma", "beta"):
+        eng.remove_adapter(name)
+    assert eng.adapter_names == [] and greedy(eng, prompt) == base
+
+
+def test_removing_an_unknown_or_default_adapter_is_refused(dynamic_engine, lora_engine, tiny_model_dir, adapters):
+    from lora_adapters import AdapterExistsError, AdapterNotFoundError
+
+    with pytest.raises(AdapterNotFoundError, match="adapter 'nope': name: not loaded"):
+        dynamic_engine.remove_adapter("nope")
+    with pytest.raises(AdapterExistsError):
+        lora_engine.add_adapter("alpha", adapters["alpha"][0])
+    settings = ServeSettings(model_dir=tiny_model_dir, max_batch_size=2, default_adapter="alpha",
+                             adapters={"alpha": str(adapters["alpha"][0])})
+    eng = load_engine(settings, device="cpu")
+    try:
+        with pytest.raises(AdapterError, match="default_adapter"):
+            eng.remove_adapter("alpha")
+        assert eng.adapter_names == ["alpha"]
+    finally:
+        eng.close()
+
+
+def test_a_request_queued_for_an_adapter_removed_before_it_runs_fails_naming_it(dynamic_engine, adapters):
+    """A request that passed submit's check, then waited while its adapter was removed, fails at
+    admission; it must not run on the base model (its adapter index would read as 0)."""
+    import threading
+
+    from scheduler import Call
+
+    eng = dynamic_engine
+    eng.add_adapter("alpha", adapters["alpha"][0])
+    hold, held = threading.Event(), threading.Event()
+    # Keep the worker busy in a call so the removal and the request queue up behind it, in that order.
+    eng._sched.put(Call(lambda: (held.set(), hold.wait(60))))
+    assert held.wait(60)
+    remover = threading.Thread(target=eng.remove_adapter, args=("alpha",))
+    remover.start()
+    while eng._sched.queue.qsize() < 1:  # the removal is queued
+        threading.Event().wait(0.01)
+    queued = eng.submit(PROMPTS[0], GenerationParams(max_new_tokens=NEW, adapter="alpha"))
+    hold.set()
+    remover.join(60)
+    with pytest.raises(RequestError) as err:
+        queued.result(60)
+    assert err.value.field == "parameters.adapter" and "'alpha' was unregistered before this request ran" in str(
+        err.value)
+    assert eng.adapter_names == []
+
+
+def test_lmi_renders_free_slots_without_adapters_for_both_engines(tmp_path):
+    from model_source import settings_from_properties
+
+    settings = {"enable_lora": True, "max_loras": 3, "max_lora_rank": 32}
+    for engine in ("batching", "vllm"):
+        props = parse_properties(render_artifacts(engine, "s3://b/m/", settings)["serving.properties"])
+        assert (props["option.enable_lora"], props["option.max_loras"], props["option.max_lora_rank"]) == (
+            "true", "3", "32"), engine
+        assert "option.adapters" not in props
+        served = settings_from_properties(props, tmp_path)
+        assert (served.enable_lora, served.adapters, served.max_loras, served.max_lora_rank) == (True, {}, 3, 32)
+    assert lmi_environment("batching", "s3://b/m/", settings)["OPTION_MAX_LORAS"] == "3"
+    # With adapters too: they load at start, and run-time registrations take the slots left.
+    props = parse_properties(render_artifacts("batching", "s3://b/m/", settings, {"sql": "s3://b/a/sql/"})[
+        "serving.properties"])
+    assert (props["option.adapters"], props["option.enable_lora"], props["option.max_loras"]) == (
+        "sql=s3://b/a/sql/", "true", "3")
+
+
+@pytest.mark.parametrize("engine, settings, message", [
+    ("batching", {"enable_lora": True}, "settings.max_loras: with enable_lora and no adapters, give how many"),
+    ("vllm", {"enable_lora": True, "max_loras": 2, "max_lora_rank": 12}, "settings.max_lora_rank 12: vLLM takes"),
+    ("batching", {"enable_lora": "yes", "max_loras": 2}, "settings.enable_lora 'yes': must be true or false"),
+    ("batching", {"enable_lora": True, "max_loras": 65}, "settings.max_loras 65: must be an integer in [1, 64]"),
+    ("batching", {"enable_lora": False, "max_loras": 2},
+     "settings.max_loras: applies only when adapters are given or enable_lora is true"),
+    ("batching", {"enable_lora": True, "max_loras": 2, "default_adapter": "x"}, "settings.default_adapter 'x'"),
+])
+def test_lmi_refuses_bad_dynamic_slot_settings(engine, settings, message):
+    with pytest.raises(ArtifactError) as err:
+        render_artifacts(engine, "s3://b/m/", settings)
+    assert str(err.value).startswith(message)
+
+
+def test_model_source_needs_max_loras_for_enable_lora_without_adapters(tiny_model_dir, tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "serving.properties").write_text(f"option.model_id={tiny_model_dir}\noption.enable_lora=true\n")
+    with pytest.raises(ConfigError, match="option.enable_lora=true with no adapters: give option.max_loras"):
+        load_engine(resolve_model(code), device="cpu")
+    (code / "serving.properties").write_text(f"option.model_id={tiny_model_dir}\noption.enable_lora=maybe\n")
+    with pytest.raises(ConfigError, match="option.enable_lora='maybe': use true or false"):
+        resolve_model(code)

@@ -131,6 +131,11 @@ def _teacher_forced(model, attention, prompts, forced, adapters=None, rows=None,
     engine = BatchingEngine(model, None, max_batch_size=len(prompts), max_len=512, attention=attention,
                             adapters=adapters, compile_step=compile_step)
     engine.close()  # driven by hand on this thread from here on
+    return _drive(engine, prompts, forced, rows)
+
+
+def _drive(engine, prompts, forced, rows=None):
+    """_teacher_forced's prefill and decode steps on an engine already built (and closed)."""
     rows = rows or [None] * len(prompts)
     reqs = [Request(p, GenerationParams(max_new_tokens=forced.shape[1], adapter=a), Future(), slot=i)
             for i, (p, a) in enumerate(zip(prompts, rows))]
@@ -217,6 +222,38 @@ def test_lora_rows_of_one_batch_match_each_merged_model(attention, compile_step,
     logits, cache = _teacher_forced(_model(), attention, prompts, forced, dirs, rows, compile_step)
     base_logits, _ = _teacher_forced(_model(), "sdpa", prompts, forced)
     for name in ("a0", "a1", None):
+        idx = [i for i, r in enumerate(rows) if r == name]
+        ref_logits, ref_cache = _teacher_forced(_merged(dirs[name]) if name else _model(), "sdpa",
+                                                [prompts[i] for i in idx], forced[idx])
+        assert rel_err(logits[idx], ref_logits) < 3e-2, name
+        assert rel_err(cache[:, :, idx], ref_cache) < 3e-2, name
+        if name:
+            assert rel_err(base_logits[idx], ref_logits) > 0.2, name
+
+
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_an_adapter_loaded_where_another_was_removed_runs_in_the_graphs_captured_before(compile_step, tmp_path):
+    """Graphs captured while the slots were empty; a0 (rank 16) loaded, removed, a1 (rank 8) loaded
+    into its slot: a1's rows agree with a1's merged model (nothing of a0 is left, and the captured
+    graphs read the stacked weights in place), base rows with the base model."""
+    from lora_adapters import write_random_adapter
+
+    dirs = {name: write_random_adapter(_model(), tmp_path / name, rank, seed=i + 5, b_std=0.05)
+            for i, (name, rank) in enumerate([("a0", 16), ("a1", 8)])}
+    prompts = _prompts(4, seed=4)
+    forced = torch.randint(3, 1024, (len(prompts), 12), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    engine = BatchingEngine(_model(), None, max_batch_size=len(prompts), max_len=512, attention="triton",
+                            max_loras=2, max_lora_rank=16, compile_step=compile_step)
+    engine.close()
+    base_logits, _ = _drive(engine, prompts, forced)
+    graphs = engine.stats["graphs"]
+    assert engine.load_adapter("a0", dirs["a0"]) == 1
+    assert engine.unload_adapter("a0") == 1
+    assert engine.load_adapter("a1", dirs["a1"]) == 1
+    rows = ["a1", None, "a1", None]
+    logits, cache = _drive(engine, prompts, forced, rows)
+    assert engine.stats["graphs"] == graphs, "the steps replayed the graphs captured before the adapters came"
+    for name in ("a1", None):
         idx = [i for i, r in enumerate(rows) if r == name]
         ref_logits, ref_cache = _teacher_forced(_merged(dirs[name]) if name else _model(), "sdpa",
                                                 [prompts[i] for i in idx], forced[idx])

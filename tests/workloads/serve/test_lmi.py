@@ -97,8 +97,9 @@ class DjlStandIn:
 
     It models what decides each client's response (djl-serving's engines/python sources):
     - the Java side (PyPredictor.batchPredict) sends one request as it is, and several as one
-      Input with a `batch_size` property and each request's content under `batch_<iii>.data`,
-      which djl_python's Input.get_batches() splits again;
+      Input with a `batch_size` property and each request's content under `batch_<iii>.data` (and
+      its properties, the HTTP headers among them, under `batch_<iii>.<name>`), which djl_python's
+      Input.get_batches() splits again;
     - djl_python's Output: code, message, properties and content, where `add(..., batch_index=i)`
       keys the content `batch_<i>.<key>`;
     - PyPredictor.batchPredict splitting the batch's Output: a request sent alone gets the Output
@@ -117,12 +118,18 @@ class DjlStandIn:
         def get_properties(self):
             return self.properties
 
+        def get_property(self, key):
+            return self.properties.get(key)
+
         def get_batches(self):
             if "batch_size" not in self.properties:
                 return [self]
             batch = [DjlStandIn.Input({}, []) for _ in range(int(self.properties["batch_size"]))]
             for key, value in self.content:
                 batch[int(key[6:9])].content.append((key[10:], value))
+            for key, value in self.properties.items():
+                if re.fullmatch(r"batch_\d{3}\..+", key):
+                    batch[int(key[6:9])].properties[key[10:]] = value
             return batch
 
         def get_as_json(self):
@@ -156,15 +163,18 @@ class DjlStandIn:
     def __init__(self, properties):
         self.properties = properties
 
-    def call(self, entry, bodies):
+    def call(self, entry, bodies, headers=None):
         """(HTTP status, Content-Type, JSON body) each client gets for these request bodies
-        (bytes or JSON values), sent to `entry.handle` as DJL would send them together."""
+        (bytes or JSON values) and their HTTP headers, sent to `entry.handle` as DJL would send
+        them together."""
         raw = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
+        headers = headers or [{} for _ in raw]
         if len(raw) == 1:
-            out = entry.handle(self.Input({}, [("data", raw[0])]))
+            out = entry.handle(self.Input(dict(headers[0]), [("data", raw[0])]))
             responses = [(out.code, out.properties, out.content)]
         else:
-            out = entry.handle(self.Input({"batch_size": str(len(raw))},
+            batch_props = {f"batch_{i:03d}.{k}": v for i, h in enumerate(headers) for k, v in h.items()}
+            out = entry.handle(self.Input({"batch_size": str(len(raw)), **batch_props},
                                           [(f"batch_{i:03d}.data", b) for i, b in enumerate(raw)]))
             if out.code >= 300:
                 responses = [(out.code, out.properties, out.content)] * len(raw)
@@ -175,18 +185,27 @@ class DjlStandIn:
                     m = re.fullmatch(r"batch_(\d+)\.(.*)", key or "")
                     assert m, f"djl: Unexpected batch output key: {key}"
                     responses[int(m.group(1))][2].append((m.group(2), value))
-        answers = []
-        for code, properties, content in responses:
-            data = dict(content).get("data", content[0][1])
-            answers.append((code, properties.get("Content-Type"), json.loads(data.decode())))
-        return answers
+        return [self.answer(code, properties, content) for code, properties, content in responses]
+
+    @staticmethod
+    def answer(code, properties, content):
+        data = dict(content).get("data", content[0][1])
+        return code, properties.get("Content-Type"), json.loads(data.decode())
+
+    def adapter_call(self, fn, properties):
+        """What djl-serving's adapter management gets from model.py's register_adapter or
+        unregister_adapter (called with the adapter's properties, no content)."""
+        out = fn(self.Input(properties, []))
+        return self.answer(out.code, out.properties, out.content)
 
 
 @pytest.fixture(scope="module")
 def lmi_entry(tiny_model_dir, tmp_path_factory):
-    """model.py as LMI loads it from the rendered code prefix, behind the djl stand-in."""
+    """model.py as LMI loads it from the rendered code prefix, behind the djl stand-in; with
+    enable_lora and two free adapter slots of rank 8."""
     code = tmp_path_factory.mktemp("code")
-    for name, text in render_artifacts("batching", str(tiny_model_dir), {"max_wait_ms": 20}).items():
+    settings = {"max_wait_ms": 20, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8}
+    for name, text in render_artifacts("batching", str(tiny_model_dir), settings).items():
         (code / name).write_text(text)
     props = parse_properties((code / "serving.properties").read_text())
     djl = DjlStandIn({k.removeprefix("option."): v for k, v in props.items()})
@@ -231,3 +250,41 @@ def test_model_py_error_status_reaches_the_client_when_djl_allows(lmi_entry):
     temp, top_p = djl.call(entry, [BAD_TEMPERATURE, BAD_TOP_P])
     assert (temp[0], top_p[0]) == (200, 200)
     assert (temp[2]["field"], top_p[2]) == ("parameters.temperature", payload)
+
+
+HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
+
+
+def test_model_py_registers_adapters_and_serves_them_by_the_header_property(lmi_entry, tiny_model_dir, tmp_path):
+    from lora_adapters import write_random_adapter
+    from transformers import AutoModelForCausalLM
+
+    djl, entry = lmi_entry
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    sql = write_random_adapter(model, tmp_path / "sql", rank=4, seed=7, b_std=0.3)
+    big = write_random_adapter(model, tmp_path / "big", rank=16, seed=8)
+    ((_, _, base),) = djl.call(entry, [GOOD])
+    assert djl.adapter_call(entry.register_adapter, {"name": "Sql-IC", "src": str(sql)}) == (
+        200, "application/json", {"message": "Adapter Sql-IC registered"})
+    try:
+        ((status, _, tuned),) = djl.call(entry, [GOOD], headers=[{HEADER: "Sql-IC"}])
+        assert status == 200 and tuned["generated_text"] != base["generated_text"]
+        # In a DJL batch each request has its own headers: the adapter's and the base model's rows.
+        answers = djl.call(entry, [GOOD, GOOD], headers=[{HEADER: "Sql-IC"}, {}])
+        assert [a[2] for a in answers] == [tuned, base]
+        conflict = {**GOOD, "parameters": {**GOOD["parameters"], "adapter": ""}}
+        ((status, _, out),) = djl.call(entry, [conflict], headers=[{HEADER: "Sql-IC"}])
+        assert (status, out["field"]) == (400, "parameters.adapter") and HEADER in out["error"]
+        status, _, out = djl.adapter_call(entry.register_adapter, {"name": "Sql-IC", "src": str(sql)})
+        assert (status, out["field"]) == (409, "name")
+        status, _, out = djl.adapter_call(entry.register_adapter, {"name": "big", "src": str(big), "preload": "true"})
+        assert (status, out["field"]) == (424, "r") and "max_lora_rank (8)" in out["error"]
+        status, _, out = djl.adapter_call(entry.register_adapter, {"src": str(sql)})
+        assert (status, out["field"]) == (400, "name")
+    finally:
+        assert djl.adapter_call(entry.unregister_adapter, {"name": "Sql-IC"}) == (
+            200, "application/json", {"message": "Adapter Sql-IC unregistered"})
+    ((status, _, out),) = djl.call(entry, [GOOD], headers=[{HEADER: "Sql-IC"}])
+    assert (status, out["field"]) == (400, HEADER)
+    status, _, out = djl.adapter_call(entry.unregister_adapter, {"name": "Sql-IC"})
+    assert (status, out["error"]) == (404, "The adapter Sql-IC was not found")

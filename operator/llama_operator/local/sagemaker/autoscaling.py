@@ -14,13 +14,14 @@ What is emulated
   ValidationException saying so, rather than accepted and ignored.
 * Rules as AWS applies them: registration needs the endpoint and its variant (a variant that hosts
   a model: the instances of a variant for inference components follow managed instance scaling), or
-  the inference component, InService; a first registration needs MinCapacity and MaxCapacity,
-  MinCapacity <= MaxCapacity, MinCapacity >= 1 for an instance variant and >= 0 for a component;
-  registering again is an upsert of min/max/suspension (policies kept); PutScalingPolicy is an
-  upsert by PolicyName and needs a registered target (ObjectNotFoundException); Deregister removes
-  the target's policies; unknown targets and policies are ObjectNotFoundException; DeleteEndpoint
-  deregisters the endpoint's targets and DeleteInferenceComponent the component's; UpdateEndpoint
-  refuses to change a scaled variant's instance type or drop it (api.py).
+  the inference component (not an adapter inference component: it has no copies), InService; a
+  first registration needs MinCapacity and MaxCapacity, MinCapacity <= MaxCapacity, MinCapacity >= 1
+  for an instance variant and >= 0 for a component; registering again is an upsert of
+  min/max/suspension (policies kept); PutScalingPolicy is an upsert by PolicyName and needs a
+  registered target (ObjectNotFoundException); Deregister removes the target's policies; unknown
+  targets and policies are ObjectNotFoundException; DeleteEndpoint deregisters the endpoint's
+  targets and DeleteInferenceComponent the component's; UpdateEndpoint refuses to change a scaled
+  variant's instance type or drop it (api.py).
 * Policies: TargetTrackingScaling with a predefined metric of the dimension:
   SageMakerVariantInvocationsPerInstance for variants; SageMakerInferenceComponentInvocationsPerCopy
   and SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution for components.
@@ -296,6 +297,11 @@ class AutoScaling:
                 raise ValidationError(f"Could not find inference component "
                                       f"\"{names.arn('inference-component', t.component, self.ctx.region)}\" for "
                                       f"scalable target {t.rid}.")
+            base = (d.get("Specification") or {}).get("BaseInferenceComponentName")
+            if base:  # an adapter inference component (adapters.py)
+                raise ValidationError(f"Inference component {t.component} is an adapter inference component: it has "
+                                      f"no copies of its own ({t.dimension}) and runs on the copies of its base "
+                                      f"inference component {base}. Register inference-component/{base} instead.")
             if status != "InService":
                 raise ValidationError(f"Inference component {t.component} is {status}: a scalable target can be "
                                       "registered once the inference component is InService.")

@@ -55,6 +55,8 @@ What is emulated
   autoscaling.py, step_alarms.py). Otherwise the request goes to a copy (LEAST_OUTSTANDING_REQUESTS,
   or RANDOM when the variant's RoutingConfig says so) and is counted: invocations, and in-flight
   requests integrated over time (ConcurrentRequestsPerCopy's mean, exactly rather than sampled).
+* Adapter inference components (Specification.BaseInferenceComponentName: a LoRA adapter on the
+  copies of a base component) are adapters.py's; its docstring says what is emulated of them.
 * State is kept in the Store (with a snapshot of the container each copy runs, so a deleted model
   does not stop scaling); after a restart each component restarts its copies (Updating, or Creating
   if it was) and its endpoint's instance counts come back as they were.
@@ -68,7 +70,7 @@ Where it differs from AWS
   type's instances take any number of copies. The whole instance is available to copies (AWS keeps
   a little memory and CPU for its own agents).
 * Not emulated (refused with ValidationException saying so): Specifications (several instance
-  types), BaseInferenceComponentName (adapters), components in the service's scheduled mode,
+  types), components in the service's scheduled mode,
   UpdateEndpointWeightsAndCapacities and variant autoscaling on IC variants, and UpdateEndpoint that
   switches an endpoint between models and components or changes an IC variant's instance type (or
   drops it) while components are on it. Of DeploymentConfig, AutoRollbackConfiguration's alarms
@@ -90,7 +92,7 @@ from __future__ import annotations
 import copy
 import time
 
-from llama_operator.local.sagemaker import copies, names, placement
+from llama_operator.local.sagemaker import adapters, copies, names, placement
 from llama_operator.local.sagemaker.context import Context
 from llama_operator.local.sagemaker.copies import KIND, Runtime, truncate
 from llama_operator.local.sagemaker.endpoints import _post, model_error
@@ -118,7 +120,7 @@ def is_component_variant(pv: dict) -> bool:
     return not pv.get("ModelName")
 
 
-class InferenceComponents(copies.Copies):
+class InferenceComponents(adapters.Adapters, copies.Copies):
     def __init__(self, ctx: Context, endpoints, api, *, scheduled: bool = False, time_scale: float = 1.0):
         """`time_scale`: compressed seconds per AWS second (--autoscaling-period / 60), for
         WaitIntervalInSeconds."""
@@ -128,6 +130,7 @@ class InferenceComponents(copies.Copies):
         self.autoscaling = None      # set by the server: DeleteInferenceComponent deregisters its target
         self._pools: dict[tuple[str, str], Pool] = {}
         self._rt: dict[str, Runtime] = {}
+        self._adapters: dict[str, adapters.AdapterRuntime] = {}   # adapter inference components (adapters.py)
         self._closing = False
 
     # records -------------------------------------------------------------------------------
@@ -203,11 +206,13 @@ class InferenceComponents(copies.Copies):
         return Need.of(req)
 
     def _check_spec(self, spec: dict, pv: dict) -> tuple[dict, Need]:
-        for field, what in (("BaseInferenceComponentName", "adapter inference components"),
-                            ("AcceleratorPartitionType", "accelerator partitions (MIG)")):
-            if spec.get(field) or (field in (spec.get("ComputeResourceRequirements") or {})):
-                raise ValidationError(f"Specification.{field} is not supported by the local SageMaker service "
-                                      f"({what} are not emulated).")
+        if spec.get("BaseInferenceComponentName"):  # only an update gets here with it (creation branches off)
+            raise ValidationError("Specification.BaseInferenceComponentName can be set only when an adapter inference "
+                                  "component is created: an inference component that hosts a model cannot become an "
+                                  "adapter.")
+        if "AcceleratorPartitionType" in (spec.get("ComputeResourceRequirements") or {}):
+            raise ValidationError("Specification.AcceleratorPartitionType is not supported by the local SageMaker "
+                                  "service (accelerator partitions (MIG) are not emulated).")
         if spec.get("InstanceType") and spec["InstanceType"] != pv.get("InstanceType"):
             raise ValidationError(f"Specification.InstanceType {spec['InstanceType']} does not match the instance "
                                   f"type of variant {pv['VariantName']} ({pv.get('InstanceType')}).")
@@ -245,10 +250,11 @@ class InferenceComponents(copies.Copies):
             raise ValidationError("Specifications (several instance types) is not supported by the local SageMaker "
                                   "service: use Specification.")
         spec = copy.deepcopy(p.get("Specification") or {})
+        adapter = bool(spec.get("BaseInferenceComponentName"))  # an adapter inference component (adapters.py)
         count = (p.get("RuntimeConfig") or {}).get("CopyCount")
-        if count is None:
+        if not adapter and count is None:
             raise ValidationError("RuntimeConfig.CopyCount is required: the number of copies of the model to start.")
-        if int(count) < 1:
+        if not adapter and int(count) < 1:
             raise ValidationError(f"Invalid RuntimeConfig.CopyCount {count}: an inference component is created with "
                                   "at least 1 copy (scale it to 0 with UpdateInferenceComponentRuntimeConfig).")
         endpoint = p.get("EndpointName", "")
@@ -263,6 +269,8 @@ class InferenceComponents(copies.Copies):
                 raise ValidationError(f"Cannot create inference component on endpoint "
                                       f"\"{record['describe']['EndpointArn']}\" in status {status}: the endpoint "
                                       "must be InService.")
+            if adapter:
+                return self._create_adapter(name, p, spec, record)
             config = self.ctx.store.get("endpoint-config", record["describe"]["EndpointConfigName"])
             pvs = (config or {}).get("describe", {}).get("ProductionVariants", [])
             variant = p.get("VariantName") or (pvs[0]["VariantName"] if len(pvs) == 1 else None)
@@ -329,6 +337,7 @@ class InferenceComponents(copies.Copies):
         if count < 0:
             raise ValidationError(f"Invalid CopyCount {count}: it must not be negative.")
         with self.lock:
+            self._refuse_copies(self._record(name))
             record = self._updatable(name)
             record["describe"]["RuntimeConfig"]["DesiredCopyCount"] = count
             self._put(record, InferenceComponentStatus="Updating", FailureReason=None)
@@ -344,6 +353,9 @@ class InferenceComponents(copies.Copies):
         if p.get("Specifications"):
             raise ValidationError("Specifications (several instance types) is not supported by the local SageMaker "
                                   "service: use Specification.")
+        with self.lock:
+            if adapters.is_adapter(self._record(name)):
+                return self._update_adapter(self._record(name), p)
         spec, runtime = p.get("Specification"), p.get("RuntimeConfig")
         if not spec and not runtime:
             raise ValidationError("Specify Specification, RuntimeConfig or both to update an inference component.")
@@ -378,6 +390,10 @@ class InferenceComponents(copies.Copies):
             record = self._record(name)
             if record["describe"]["InferenceComponentStatus"] == "Deleting":
                 return {}
+            if adapters.is_adapter(record):
+                self._delete_adapter(record)
+                return {}
+            self._refuse_base_deletion(name)
             self._put(record, InferenceComponentStatus="Deleting")
             rt = self._rt.get(name)
             if rt is None:   # nothing runs (a Failed component after a restart)
@@ -457,31 +473,46 @@ class InferenceComponents(copies.Copies):
         if not on_components:
             raise RuntimeValidationError(HEADER_NOT_ALLOWED)
         ic = self.ctx.store.get(KIND, component)
-        rt = self._rt.get(component)
-        if ic is None or rt is None or ic["describe"]["EndpointName"] != endpoint or \
+        if ic is None or ic["describe"]["EndpointName"] != endpoint or \
                 ic["describe"]["InferenceComponentStatus"] == "Deleting":
-            raise RuntimeValidationError(f"Inference Component {component} not found for endpoint {endpoint} of "
-                                         f"account {names.ACCOUNT}.")
+            raise self._unknown_component(component, endpoint)
+        adapter = component if adapters.is_adapter(ic) else None
+        base = adapters.base_of(ic) if adapter else component   # an adapter runs on its base's copies
+        rt = self._rt.get(base)
+        if rt is None:
+            raise self._unknown_component(component, endpoint)
         variant = ic["describe"]["VariantName"]
         pv = self._endpoint_pv(endpoint, variant) or {}
         copies = rt.copies
         server = copies.acquire_least_outstanding(
-            randomly=(pv.get("RoutingConfig") or {}).get("RoutingStrategy") == "RANDOM")
+            randomly=(pv.get("RoutingConfig") or {}).get("RoutingStrategy") == "RANDOM",
+            where=(lambda s: adapter in s.adapters) if adapter else None)
         if server is None:
-            with rt.count_lock:
-                rt.failures.append(time.monotonic())
+            # An adapter has no copies of its own: a request that finds none of its base's running
+            # counts against the base (whose scaling can wake it); one that finds copies without
+            # the adapter (Creating, Updating, Failed) lacks no capacity and is not counted.
+            if not adapter or copies.count() == 0:
+                with rt.count_lock:
+                    rt.failures.append(time.monotonic())
             raise RuntimeValidationError(NO_CAPACITY)
-        rt.begin()
+        if adapter:
+            headers = {**headers, adapters.HEADER: adapter}
+        rt.begin()   # an adapter's requests load its base's copies: the base's metrics count them
         try:
             status, resp_headers, data = _post(server.port, body, headers)
         finally:
             rt.end()
             copies.release(server)
         if status >= 400:
-            raise model_error(status, data, f"the inference component's logs (llama-operator logs {component} "
+            raise model_error(status, data, f"the inference component's logs (llama-operator logs {base} "
                                             "--inference-component)",
                               names.log_stream_arn(self.ctx.region, endpoint))
         return variant, resp_headers, data
+
+    @staticmethod
+    def _unknown_component(component: str, endpoint: str) -> RuntimeValidationError:
+        return RuntimeValidationError(f"Inference Component {component} not found for endpoint {endpoint} of "
+                                      f"account {names.ACCOUNT}.")
 
     # pools ---------------------------------------------------------------------------------
     def _pool(self, endpoint: str, variant: str) -> Pool:
@@ -521,9 +552,13 @@ class InferenceComponents(copies.Copies):
         if changed:
             self.ctx.store.put("endpoint", record)
 
-    def _kick_pool(self, endpoint: str, variant: str) -> None:
-        """Room freed on the variant: components with unplaced copies try again."""
+    def _kick_pool(self, endpoint: str, variant: str, freed_by: Runtime | None = None) -> None:
+        """Room freed on the variant: components with unplaced copies try again. Not `freed_by`,
+        the component whose step freed it: that step settles its copy count itself (a copy that failed
+        to start sets DesiredCopyCount back), and a step kicked now would clear its FailureReason."""
         for rt in self._rt.values():
+            if rt is freed_by:
+                continue
             if (rt.endpoint, rt.variant) == (endpoint, variant) and not rt.deleting and \
                     rt.desired > rt.copies.count() + len(rt.starting):
                 rt.kick.set()

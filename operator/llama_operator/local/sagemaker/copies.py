@@ -53,6 +53,13 @@ class Runtime:
         self.busy = 0.0                           # seconds of in-flight requests, integrated
         self.since = time.monotonic()
         self.failures: collections.deque = collections.deque(maxlen=10000)  # NoCapacity, monotonic times
+        # adapter inference components on this one (adapters.py): `adapter_lock` serialises every
+        # registration on its copies; under it, `adapters` (name -> (adapter directory, version,
+        # ArtifactUrl)) is what each new copy gets before it takes traffic, and `hosts` the copies that
+        # got them (serving, about to serve, or draining).
+        self.adapter_lock = threading.Lock()
+        self.adapters: dict[str, tuple[str, int, str]] = {}
+        self.hosts: list[Server] = []
 
     def begin(self) -> None:
         with self.count_lock:
@@ -74,7 +81,7 @@ class Runtime:
 class Copies:
     """The lifecycle half of InferenceComponents (which provides ctx, lock, endpoints, autoscaling,
     _rt, _closing, time_scale, and the pool helpers _pool, _scaling, _may_add, _publish, _tidy,
-    _kick_pool, and _need, _summary, _put)."""
+    _kick_pool, and _need, _summary, _put; adapters.Adapters provides _join and _recover_adapters)."""
 
     def _runtime(self, name: str, endpoint: str, variant: str, need: Need) -> Runtime:
         rt = self._rt[name] = Runtime(name, endpoint, variant, need)
@@ -152,7 +159,7 @@ class Copies:
             pool.release(slot)
         self._tidy(pool)
         if slots:
-            self._kick_pool(rt.endpoint, rt.variant)
+            self._kick_pool(rt.endpoint, rt.variant, freed_by=rt)
 
     def _start(self, rt: Runtime, variant: Variant, slots: list[Slot]) -> tuple[list[tuple[Server, Slot]], str | None]:
         """One server per slot; those that pass /ping (their slots), and the first failure."""
@@ -170,6 +177,8 @@ class Copies:
         for server, slot in new:
             try:
                 wait_healthy(server, timeout, "", subject=f"inference component {rt.name}")
+                # the component's adapters before any traffic; a refusal fails the copy as /ping does
+                self._join(rt, server)
                 healthy.append((server, slot))
             except DeployFailed as exc:
                 kill_group(server.proc)
@@ -368,6 +377,8 @@ class Copies:
         """After a restart: copies start again; a deletion in progress finishes."""
         with self.lock:
             for record in self.ctx.store.all(KIND):
+                if (record.get("spec") or {}).get("BaseInferenceComponentName"):
+                    continue  # an adapter: _recover_adapters, once every base has its runtime
                 d = record["describe"]
                 status = d["InferenceComponentStatus"]
                 try:
@@ -385,6 +396,7 @@ class Copies:
                     d["RuntimeConfig"]["CurrentCopyCount"] = 0
                     self._put(record, InferenceComponentStatus="Creating" if status == "Creating" else "Updating")
                 rt.kick.set()
+            self._recover_adapters()
 
     def shutdown(self) -> None:
         self._closing = True
@@ -392,3 +404,5 @@ class Copies:
             for server in list(rt.starting) + rt.copies.snapshot():
                 kill_group(server.proc)
             rt.kick.set()
+        for art in list(self._adapters.values()):
+            art.kick.set()

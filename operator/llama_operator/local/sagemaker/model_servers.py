@@ -87,6 +87,10 @@ class Server:
     proc: subprocess.Popen
     log_path: Path
     inflight: int = 0  # invocations on it now (guarded by its Variant's lock)
+    # an inference component's copy: the adapter inference components registered on it, name ->
+    # version (adapters.py; guarded by its component's adapter lock)
+    adapters: dict[str, int] = field(default_factory=dict)
+    retired: bool = False  # taken out of rotation: draining, then stopped
 
 
 @dataclass
@@ -113,17 +117,20 @@ class Variant:
             server.inflight += 1
             return server
 
-    def acquire_least_outstanding(self, randomly: bool = False) -> Server | None:
-        """The server with the fewest invocations in flight (ties round-robin), or a random one;
-        counted in flight until `release`. None when no server takes traffic."""
+    def acquire_least_outstanding(self, randomly: bool = False,
+                                  where: Callable[[Server], bool] | None = None) -> Server | None:
+        """The server with the fewest invocations in flight (ties round-robin), or a random one,
+        among those `where` accepts (default all); counted in flight until `release`. None when no
+        such server takes traffic."""
         with self.lock:
-            if not self.servers:
+            servers = [s for s in self.servers if where(s)] if where is not None else self.servers
+            if not servers:
                 return None
             if randomly:
-                server = random.choice(self.servers)
+                server = random.choice(servers)
             else:
-                start = next(self._rr) % len(self.servers)
-                ring = self.servers[start:] + self.servers[:start]
+                start = next(self._rr) % len(servers)
+                ring = servers[start:] + servers[:start]
                 server = min(ring, key=lambda s: s.inflight)
             server.inflight += 1
             return server
@@ -159,6 +166,8 @@ class Variant:
         drain = DRAIN_SECONDS if drain_seconds is None else drain_seconds
         gone = list(servers)
         with self.lock:
+            for s in gone:
+                s.retired = True
             self.servers = [s for s in self.servers if all(s is not g for g in gone)]
             self.lock.wait_for(lambda: all(s.inflight == 0 for s in gone), timeout=drain)
         for s in gone:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -72,3 +73,43 @@ def read_tar_member(s3, uri: str, member: str) -> str | None:
             if info.isfile() and info.name.lstrip("./") == member:
                 return tar.extractfile(info).read().decode()
     return None
+
+
+class ArchiveError(ValueError):
+    """An archive that cannot be extracted safely (its message says which member and why)."""
+
+
+def download_file(s3, uri: str, dest: Path) -> Path:
+    """One S3 object into the file dest (botocore's errors as they come: NoSuchKey, NoSuchBucket)."""
+    bucket, key = s3uri.split(uri)
+    if not key or key.endswith("/"):
+        raise ArchiveError(f"{uri} names no object (an S3 key ending in a file name, e.g. adapter.tar.gz)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]  # GetObject's own errors (NoSuchKey), not HEAD's 404
+    with open(dest, "wb") as out:
+        shutil.copyfileobj(body, out, 1 << 20)
+    return dest
+
+
+def extract_tar_gz_strictly(archive: Path, dest: Path) -> list[str]:
+    """Extract a gzip-compressed tar into dest, refusing (ArchiveError, before anything is written)
+    absolute names, names that climb out of dest, and every member that is not a regular file or a
+    folder (symbolic and hard links, devices, FIFOs). Returns the members' normalised names.
+    tarfile's own errors (not gzip, not a tar) come as they are."""
+    names = []
+    with tarfile.open(archive, mode="r:gz") as tar:
+        members = tar.getmembers()
+        for info in members:
+            name = info.name
+            parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+            if name.startswith(("/", "\\")) or ".." in parts:
+                raise ArchiveError(f"member {name!r} points outside the archive's folder")
+            if not (info.isfile() or info.isdir()):
+                kind = ("a symbolic link" if info.issym() else "a hard link" if info.islnk()
+                        else "not a regular file or folder")
+                raise ArchiveError(f"member {name!r} is {kind}; only regular files and folders are accepted")
+            if parts:
+                names.append("/".join(parts))
+        dest.mkdir(parents=True, exist_ok=True)
+        tar.extractall(dest, members=members, filter="data")
+    return names

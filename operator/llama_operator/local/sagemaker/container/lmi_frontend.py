@@ -12,7 +12,11 @@ What it does of DJL Serving's contract, in order:
 - POST /invocations requests are gathered for up to `max_batch_delay` ms, at most `batch_size`
   at a time, and handed to `handle()` as one batch; each request gets the output at its
   `batch_index`, with the status code of the whole batch's Output (DJL applies one code to a
-  batch).
+  batch); a request's X-Amzn-SageMaker-Adapter-Identifier header reaches it as an Input property
+  of that name, as DJL hands request headers to the Python engine;
+- SageMaker's adapter registration (adapter inference components): POST /adapters `{"name",
+  "src", ...}` calls the entry point's `register_adapter(inputs)`, DELETE /adapters/{name} its
+  `unregister_adapter(inputs)`, the fields as Input properties; the Output's code is the answer's.
 Not modelled: DJL's worker pools, model archives, streaming, and its own request routes."""
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from pathlib import Path
 
 log = logging.getLogger("lmi_frontend")
 RESPONSE_TIMEOUT_S = 600
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
+ADAPTER_FIELDS = ("name", "src", "alias", "preload", "pin")
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -105,9 +111,9 @@ class Batcher:
         self.requests: queue.Queue = queue.Queue()
         threading.Thread(target=self._loop, name="batcher", daemon=True).start()
 
-    def submit(self, body: bytes, content_type: str) -> Future:
+    def submit(self, body: bytes, content_type: str, adapter: str | None = None) -> Future:
         future: Future = Future()
-        self.requests.put((body, content_type, future))
+        self.requests.put((body, content_type, adapter, future))
         return future
 
     def _loop(self) -> None:
@@ -127,7 +133,8 @@ class Batcher:
     def _run(self, batch) -> None:
         from djl_python import Input
 
-        items = [Input(self.properties, body, headers={"Content-Type": ctype}) for body, ctype, _ in batch]
+        items = [Input({**self.properties, **({ADAPTER_HEADER: adapter} if adapter else {})}, body,
+                       headers={"Content-Type": ctype}) for body, ctype, adapter, _ in batch]
         try:
             out = self.handle(Input(self.properties, batch=items))
         except Exception as exc:  # DJL answers every request of a failed batch with the error
@@ -142,9 +149,27 @@ class Batcher:
             future.set_result((code, ctype, body))
 
 
+def call_adapter_hook(module, hook: str, properties: dict) -> tuple[int, str, bytes]:
+    """The entry point's register_adapter / unregister_adapter with `properties` as its Input's:
+    (status, content type, body) from its Output."""
+    from djl_python import Input
+
+    fn = getattr(module, hook, None)
+    if fn is None:
+        return 404, "application/json", json.dumps({"code": 404, "error": f"the entry point has no {hook}()"}).encode()
+    try:
+        out = fn(Input({k: str(v).lower() if isinstance(v, bool) else v for k, v in properties.items()}))
+    except Exception as exc:  # DJL answers a failed registration with the error
+        log.exception("%s() raised", hook)
+        return 424, "application/json", json.dumps({"code": 424, "error": str(exc)}).encode()
+    body = out.items.get(None, next(iter(out.items.values()), b"")) if out is not None else b""
+    return getattr(out, "code", 200), getattr(out, "properties", {}).get("Content-Type", "application/json"), body
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     batcher: Batcher | None = None
+    module = None  # the entry point, once imported
 
     def handle_error(self, request, client_address):
         # health probes that connect and hang up are not errors
@@ -174,13 +199,33 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path != "/invocations":
+        if self.path not in ("/invocations", "/adapters"):
             return self._send(404, "application/json", b'{"error": "not found"}')
         if self.server.batcher is None:
             return self._send(503, "application/json", b'{"error": "the model is still loading"}')
-        code, ctype, payload = self.server.batcher.submit(body, self.headers.get("Content-Type", "")).result(
-            RESPONSE_TIMEOUT_S)
+        if self.path == "/adapters":
+            try:
+                fields = json.loads(body or b"{}")
+            except ValueError:
+                fields = None
+            if not isinstance(fields, dict):
+                return self._send(400, "application/json", b'{"code": 400, "error": "body: a JSON object"}')
+            return self._send(*call_adapter_hook(self.server.module, "register_adapter",
+                                                 {k: fields[k] for k in ADAPTER_FIELDS if k in fields}))
+        code, ctype, payload = self.server.batcher.submit(body, self.headers.get("Content-Type", ""),
+                                                          self.headers.get(ADAPTER_HEADER)).result(RESPONSE_TIMEOUT_S)
         self._send(code, ctype, payload)
+
+    def do_DELETE(self):
+        prefix = "/adapters/"
+        if not self.path.startswith(prefix) or len(self.path) == len(prefix):
+            return self._send(404, "application/json", b'{"error": "not found"}')
+        if self.server.batcher is None:
+            return self._send(503, "application/json", b'{"error": "the model is still loading"}')
+        from urllib.parse import unquote
+
+        self._send(*call_adapter_hook(self.server.module, "unregister_adapter",
+                                      {"name": unquote(self.path[len(prefix):])}))
 
 
 def main() -> int:
@@ -203,6 +248,7 @@ def main() -> int:
     log.info("listening on port %d", server.server_address[1])
     module = load_entry_point(model_dir, entry)
     module.handle(Input(properties))  # DJL's warm-up call at model load
+    server.module = module
     server.batcher = Batcher(module.handle, properties, int(props.get("batch_size", 1)),
                              float(props.get("max_batch_delay", 100)))
     import torch
