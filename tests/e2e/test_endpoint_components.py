@@ -186,3 +186,29 @@ def test_a_model_that_fails_is_rolled_back_and_a_fixed_spec_rolls_on(world):
     assert "failedModel" not in fixed["inferenceComponent"] and "failureReason" not in fixed
     kube.delete("llamaendpoints", "default", name)
     wait_for(lambda: kube.get("llamaendpoints", "default", name) is None, 90, "resource gone")
+
+
+def test_removing_scaling_deregisters_it_and_brings_the_copies_to_the_instance_count(world):
+    kube, aas, cw = world["kube"], world["aas"], world["cw"]
+    name = unique("unscale")
+    body = component_endpoint(name, scaling={"minInstances": 1, "maxInstances": 2,
+                                             "target": {"concurrentRequestsPerCopy": 4}})
+    kube.apply(body)
+    st = wait_for(lambda: (s := serving(kube, name, {"current": 1, "desired": 1})()) and
+                  (s.get("scaling") or {}).get("appliedHash") and s, 120, "component in service, scaling applied")
+    ic = st["inferenceComponent"]["name"]
+    rid = f"inference-component/{ic}"
+
+    body["spec"]["scaling"] = None  # (apply merge-patches: null removes)
+    body["spec"]["resources"]["instanceCount"] = 2
+    kube.apply(body)
+    # the count is the spec's again: two instances' worth of copies (one each on ml.g5.xlarge)
+    after = wait_for(serving(kube, name, {"current": 2, "desired": 2}), 90, "two copies once scaling is gone")
+    assert "scaling" not in after
+    assert aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"] == []
+    assert aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"] == []
+    assert cw.describe_alarms(AlarmNamePrefix=f"llama-operator-{ic}")["MetricAlarms"] == []
+    wait_for(lambda: any(r == "AutoscalingRemoved" for _, r, _m in events_for(kube, name)), 10,
+             "an AutoscalingRemoved Event")
+    kube.delete("llamaendpoints", "default", name)
+    wait_for(lambda: kube.get("llamaendpoints", "default", name) is None, 90, "resource gone")

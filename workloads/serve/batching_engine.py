@@ -144,9 +144,8 @@ class BatchingEngine(ModelRunner):
             raise AdapterNotFoundError(name, "name", f"not loaded (loaded: {loaded})")
         # A new dict: other threads read adapter_ids (adapter_names, submit's check) meanwhile.
         self.adapter_ids = {n: i for n, i in self.adapter_ids.items() if n != name}
-        self._retiring[name] = Future()
-        future = self._retiring[name]
-        self._retire_unused()
+        future = self._retiring[name] = Future()
+        self._retire_unused()  # nothing running with it: zeroed and freed now
         return future
 
     def _retire_unused(self) -> None:

@@ -163,7 +163,7 @@ class ModelRunner:
     # ---------------------------------------------------------------- adapters
     def _init_adapters(self, model, adapters: dict, max_loras: int | None, max_rank: int, targets) -> None:
         """Stack the LoRA adapters {name: directory} per layer (lora_adapters.LoraBank); none and no
-        max_loras: no adapter math at all. Slots past the given adapters stay free for load_adapter."""
+        max_loras: no adapter math at all. Slots past the given adapters stay free for install_adapter."""
         self.lora_bank = None
         self.adapter_ids: dict[str, int] = {}
         if not adapters and not max_loras:
@@ -209,7 +209,9 @@ class ModelRunner:
 
     def install_adapter(self, adapter) -> int:
         """Copy a read adapter into the lowest free slot (in place, so captured graphs stay valid);
-        returns its index. Call on the thread that runs the steps, between steps."""
+        returns its index. Call on the thread that runs the steps, between steps; requests may be
+        in flight (no running row's index is a free slot, and the copies queue behind the step
+        already launched on the device)."""
         index = self.lora_bank.add(adapter)
         # A new dict, not an update: other threads read adapter_ids (adapter_names) meanwhile.
         self.adapter_ids = {**self.adapter_ids, adapter.name: index}

@@ -370,3 +370,106 @@ def test_model_source_needs_max_loras_for_enable_lora_without_adapters(tiny_mode
     (code / "serving.properties").write_text(f"option.model_id={tiny_model_dir}\noption.enable_lora=maybe\n")
     with pytest.raises(ConfigError, match="option.enable_lora='maybe': use true or false"):
         resolve_model(code)
+
+
+# ---------------------------------------------------------------- adding and removing under traffic
+LONG = 1200  # new tokens of a request that stays in flight over many step boundaries
+
+
+@pytest.fixture
+def slot_engine(tiny_model_dir):
+    """A fresh engine with two free adapter slots (rank 8) and no adapters."""
+    eng = load_engine(ServeSettings(model_dir=tiny_model_dir, max_batch_size=4, max_wait_ms=0, enable_lora=True,
+                                    max_loras=2, max_lora_rank=8), device="cpu")
+    yield eng
+    eng.close()
+
+
+def until(condition):
+    """Wait for a condition another thread makes true (an ordering point, not a timing check)."""
+    import threading
+
+    while not condition():
+        threading.Event().wait(0.002)
+
+
+def long_params(adapter=None):
+    return GenerationParams(max_new_tokens=LONG, ignore_eos=True, adapter=adapter)
+
+
+def test_an_adapter_is_added_while_a_long_request_is_in_flight(slot_engine, gamma):
+    eng, tok = slot_engine, slot_engine.tokenizer
+    running = eng.submit(PROMPTS[0], long_params())
+    until(running.running)
+    assert eng.add_adapter("gamma", gamma[0]) == 1
+    assert not running.done(), "the install waited for the engine to go idle"
+    # The new adapter answers right away, beside the running request.
+    assert greedy(eng, PROMPTS[1], "gamma") == hf_greedy(gamma[1], tok, PROMPTS[1], eng.eos_ids)
+    assert running.result(300).token_ids == eng.generate(PROMPTS[0], long_params(), timeout=300).token_ids
+
+
+def test_a_removal_lets_the_requests_running_with_the_adapter_finish_first(slot_engine, adapters, gamma):
+    from concurrent.futures import ThreadPoolExecutor
+
+    eng, tok = slot_engine, slot_engine.tokenizer
+    assert (eng.add_adapter("alpha", adapters["alpha"][0]), eng.add_adapter("beta", adapters["beta"][0])) == (1, 2)
+    alone = eng.generate(PROMPTS[0], long_params("alpha"), timeout=300).token_ids
+    running = eng.submit(PROMPTS[0], long_params("alpha"))
+    until(running.running)
+    with ThreadPoolExecutor(1) as pool:
+        removal = pool.submit(lambda: (eng.remove_adapter("alpha"), running.done()))
+        until(lambda: "alpha" not in eng.adapter_names)  # the removal began
+        assert not running.done() and not removal.done()
+        with pytest.raises(RequestError) as err:
+            eng.submit(PROMPTS[1], GenerationParams(max_new_tokens=NEW, adapter="alpha"))
+        assert err.value.field == "parameters.adapter" and "loaded: beta" in err.value.message
+        with pytest.raises(AdapterError, match="still being removed"):
+            eng.add_adapter("alpha", adapters["alpha"][0])  # its slot is still reserved
+        index, finished_first = removal.result(300)
+    assert index == 1 and finished_first, "remove_adapter returned before the request on it finished"
+    assert running.result().token_ids == alone  # it ran to the end with alpha's weights
+    assert eng.adapter_names == ["beta"]
+    assert eng.add_adapter("gamma", gamma[0]) == 1  # the freed slot, with nothing of alpha left in it
+    assert greedy(eng, PROMPTS[1], "gamma") == hf_greedy(gamma[1], tok, PROMPTS[1], eng.eos_ids)
+    assert greedy(eng, PROMPTS[1], "beta") == hf_greedy(adapters["beta"][1], tok, PROMPTS[1], eng.eos_ids)
+
+
+def test_a_removal_completes_while_requests_on_other_adapters_keep_arriving(slot_engine, adapters):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    eng = slot_engine
+    eng.add_adapter("alpha", adapters["alpha"][0])
+    eng.add_adapter("beta", adapters["beta"][0])
+    expected = greedy(eng, PROMPTS[2], "beta")
+    stop, ended, futures = threading.Event(), threading.Semaphore(0), []
+
+    def chain(_=None):
+        """Submit the next beta request from the last one's completion (on the worker thread,
+        before that row frees its slot), so the engine is never idle until stop."""
+        if stop.is_set():
+            ended.release()
+            return
+        future = eng.submit(PROMPTS[2], GenerationParams(max_new_tokens=NEW, adapter="beta"))
+        futures.append(future)
+        future.add_done_callback(chain)
+
+    chain()
+    chain()
+    on_alpha = eng.submit(PROMPTS[0], GenerationParams(max_new_tokens=NEW, adapter="alpha"))
+    until(lambda: len(futures) > 6)  # beta traffic has been flowing
+    with ThreadPoolExecutor(1) as pool:
+        removal = pool.submit(eng.remove_adapter, "alpha")
+        try:
+            assert removal.result(300) == 1  # (never returned while removals waited for an idle engine)
+        finally:
+            stop.set()
+    for _ in range(2):
+        assert ended.acquire(timeout=300)
+    assert on_alpha.result().token_ids == greedy_with(adapters["alpha"][1], eng, PROMPTS[0])
+    assert all(f.result().token_ids == expected for f in futures)
+    assert eng.adapter_names == ["beta"] and eng.lora_bank.free_slots() == [1]
+
+
+def greedy_with(model, eng, prompt):
+    return hf_greedy(model, eng.tokenizer, prompt, eng.eos_ids)

@@ -124,6 +124,36 @@ def test_calls_run_when_idle_and_none_stops():
     assert s2.take_new(block=True) is None
 
 
+def test_an_urgent_call_runs_at_the_next_step_boundary_even_with_the_batch_full():
+    s = Scheduler(2, 0)
+    ran = []
+    first, second, queued = req(), req(), req()
+    s.put(first)
+    s.put(second)
+    for block in (True, False):
+        for r in s.admit(s.take_new(block=block)):
+            s.occupy(r)
+    assert s.free_slots() == []
+    s.put(queued)
+    s.put(Call(lambda: ran.append("deferred")))
+    s.put(Call(lambda: ran.append("urgent"), urgent=True))
+    assert s.admissions(idle=False) == [] and ran == ["urgent"]  # behind a queued request, no free slot
+    s.release(first)
+    assert s.take_new(block=False) == [queued] and ran == ["urgent"]  # once, though it was queued too
+    s.release(second)
+    s.release(queued)
+    assert s.admissions(idle=True) == [] and ran == ["urgent", "deferred"]  # the other waited until idle
+    # Idle: an urgent call wakes the waiting engine and runs once.
+    s2 = Scheduler(2, 0)
+    s2.put(Call(lambda: ran.append("woke"), urgent=True))
+    assert s2.take_new(block=True) == [] and ran[-1] == "woke"
+    s2.put(Call(lambda: ran.append("again"), urgent=True))
+    r = req()
+    s2.put(r)
+    assert s2.take_new(block=True) == [] and ran[-1] == "again"  # its queue copy is skipped
+    assert s2.take_new(block=True) == [r] and ran.count("again") == 1
+
+
 def test_a_cancelled_request_takes_no_slot():
     s = Scheduler(4, 0)
     gone, kept = req(), req()

@@ -3,7 +3,9 @@ that scales to zero (`manifests/examples/endpoint-components-local.yaml`, model.
 the fine-tune's status.modelS3Uri). It answers a question; idle, its copy and then its instance go
 away; the next request fails for want of capacity, and a retry a few seconds later is answered by
 the copy that failure brought back. The endpoint is deleted again before it returns, and nothing of
-it may be left: no component, scalable target or alarm."""
+it may be left: no component, scalable target or alarm. After `--lora`, the LoRA fine-tunes'
+adapters ride along as adapter inference components (model.adapters), each answering by its own
+component name, and coming back with the copy that wakes."""
 
 from __future__ import annotations
 
@@ -21,12 +23,14 @@ WAKE_SECONDS = 120           # retry the first request after that for at most th
 
 
 def run(kube, stack, namespace: str, model_uri: str, prompt: str, max_new_tokens: int, timeout: float, say,
-        operator=None) -> tuple[bool, dict]:
+        operator=None, adapters: dict[str, str] | None = None) -> tuple[bool, dict]:
     """(whether the component served, went to zero, woke on a request and was deleted leaving
-    nothing; its last status)."""
+    nothing; its last status). `adapters`: {name: s3:// prefix} of LoRA adapters of model_uri."""
     started = time.monotonic()
     doc = yaml.safe_load((paths.manifests_dir() / "examples" / EXAMPLE).read_text())
     doc["spec"]["model"] = {"s3Uri": model_uri}
+    if adapters:
+        doc["spec"]["model"]["adapters"] = [{"name": n, "s3Uri": u} for n, u in sorted(adapters.items())]
     name = doc["metadata"]["name"]
     watch = Watch(kube, namespace, name, say)
     kube.apply(doc)
@@ -61,6 +65,13 @@ def _exercise(watch: Watch, stack, doc: dict, prompt: str, max_new_tokens: int, 
     runtime, sm = stack.client("sagemaker-runtime"), stack.client("sagemaker")
     answer = sampled_answer(runtime, endpoint, prompt, max_new_tokens, component=component)
     print(f"  Q: {prompt.strip()[-90:]}\n  A: {answer.strip()[:120] or '<empty>'}", flush=True)
+    rows = (st.get("inferenceComponent") or {}).get("adapters") or []
+    for row in rows:  # each adapter by its own component: the model's copy runs it
+        said = sampled_answer(runtime, endpoint, prompt, max_new_tokens, component=row["component"])
+        print(f"  A [adapter component {row['component']}]: {said.strip()[:100] or '<empty>'}", flush=True)
+        answer = answer if said.strip() else ""
+    if rows:
+        say(f"adapter components answered: {', '.join(r['name'] for r in rows)} (on the model's one copy)")
 
     quiet = time.monotonic()
     say("idle now: waiting for the copy, then the instance, to go")
@@ -88,11 +99,15 @@ def _exercise(watch: Watch, stack, doc: dict, prompt: str, max_new_tokens: int, 
     say(f"the first request found no capacity: {error[:160]}")
     say(f"woke from zero: answered {time.monotonic() - first:.0f}s after the first request ({tries} tries)")
     print(f"  A: {woken.strip()[:120] or '<empty>'}", flush=True)
+    if rows:  # the woken copy loaded the adapters before it took traffic
+        said = sampled_answer(runtime, endpoint, prompt, max_new_tokens, component=rows[0]["component"])
+        say(f"adapter {rows[0]['name']} answered on the woken copy: {said.strip()[:80] or '<empty>'}")
+        woken = woken if said.strip() else ""
     watch.until(lambda s: watch.messages.get("ScaledOut"), 15)
     missing = [r for r in ("ScaledIn", "ScaledOut") if not watch.messages.get(r)]
     if missing:
         say("no Event posted for: " + ", ".join(missing))
-    return bool(answer.strip()) and not missing
+    return bool(answer.strip()) and bool(woken.strip()) and not missing
 
 
 def _delete(kube, stack, namespace: str, name: str, status: dict, say) -> bool:

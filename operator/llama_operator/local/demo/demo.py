@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     finetune, endpoint = _examples()
     namespace = finetune["metadata"].get("namespace", "default")
-    ok, lora_status, scaling_status, components_status = False, {}, {}, {}
+    ok, lora_status, scaling_status, components_status, lora_adapters = False, {}, {}, {}, {}
     with contextlib.ExitStack() as cleanup:
         _image_environments()
         say("starting the embedded default: local SageMaker service, S3 and SQS (moto), Kubernetes API")
@@ -322,8 +322,9 @@ def run(args: argparse.Namespace) -> int:
             if ok and args.lora:
                 from llama_operator.local.demo import lora
 
-                ok, lora_status = lora.run(kube, stack, namespace, ft["status"]["modelS3Uri"], questions[0],
-                                           chat_prompt(questions[0]), args.max_new_tokens, args.timeout, say)
+                ok, lora_status, lora_adapters = lora.run(kube, stack, namespace, ft["status"]["modelS3Uri"],
+                                                          questions[0], chat_prompt(questions[0]),
+                                                          args.max_new_tokens, args.timeout, say)
             if served and args.scaling:
                 scaled, scaling_status = scaling.run(kube, stack, namespace, ft["status"]["modelS3Uri"],
                                                      [chat_prompt(q) for q in questions], args.timeout, say, operator)
@@ -332,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
 
                 woke, components_status = components.run(kube, stack, namespace, ft["status"]["modelS3Uri"],
                                                          chat_prompt(questions[0]), args.max_new_tokens,
-                                                         args.timeout, say, operator)
+                                                         args.timeout, say, operator, adapters=lora_adapters)
                 ok = ok and woke
         print()
         print(table(kube, namespace))

@@ -30,9 +30,10 @@ def _phase(kube, namespace: str, doc: dict) -> str | None:
 
 
 def run(kube, stack, namespace: str, base_uri: str, question: str, prompt: str, max_new_tokens: int,
-        timeout: float, say) -> tuple[bool, dict]:
+        timeout: float, say) -> tuple[bool, dict, dict[str, str]]:
     """(whether both adapters trained and the endpoint answered through each, the endpoint's last
-    status, for the caller's check that nothing of it is left in SageMaker)."""
+    status, for the caller's check that nothing of it is left in SageMaker, and the adapters the
+    fine-tunes wrote: {fine-tune name: adapter s3:// prefix}, which outlive the resources)."""
     docs = _docs()
     for doc in docs:
         if doc["kind"] == "LlamaFinetune":
@@ -66,9 +67,14 @@ def run(kube, stack, namespace: str, base_uri: str, question: str, prompt: str, 
     else:
         say("the LoRA fine-tunes or the adapter endpoint did not get ready: "
             + ", ".join(f"{n} {p}" for n, p in seen.items()))
+    adapters = {}
+    for doc in finetunes:
+        st = (kube.get("llamafinetunes", namespace, doc["metadata"]["name"]) or {}).get("status") or {}
+        if st.get("adapterS3Uri"):
+            adapters[doc["metadata"]["name"]] = st["adapterS3Uri"]
     for doc in [endpoint, *finetunes]:
         kube.delete(_plural(doc), namespace, doc["metadata"]["name"])
     gone_by = time.monotonic() + 120
     while time.monotonic() < gone_by and any(kube.get(_plural(d), namespace, d["metadata"]["name"]) for d in docs):
         time.sleep(1)
-    return ok, ep_status
+    return ok, ep_status, adapters
