@@ -128,6 +128,24 @@ def wait_endpoint(sm, name: str, timeout: float = 60, until=("InService", "Faile
         time.sleep(0.2)
 
 
+def wait_ic(sm, name: str, until=lambda d: d["InferenceComponentStatus"] in ("InService", "Failed"),
+            timeout: float = 30) -> dict:
+    """DescribeInferenceComponent until `until` holds (InService or Failed by default)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        d = sm.describe_inference_component(InferenceComponentName=name)
+        if until(d):
+            return d
+        assert time.monotonic() < deadline, (f"{name}: {d['InferenceComponentStatus']} {d.get('FailureReason')} "
+                                             f"{d.get('RuntimeConfig')}")
+        time.sleep(0.1)
+
+
+def copies(n: int):
+    """`wait_ic`'s condition for n copies in service."""
+    return lambda d: d["InferenceComponentStatus"] == "InService" and d["RuntimeConfig"]["CurrentCopyCount"] == n
+
+
 @contextlib.contextmanager
 def compressed_stack(state_dir, period: float):
     """A service of the test module's own, one autoscaling metric period lasting `period` seconds,

@@ -13,10 +13,13 @@ import tarfile
 import time
 from pathlib import Path
 
+import functools
+
 import pytest
+import sagemaker_helpers
 from botocore.exceptions import ClientError
 from llama_operator.paths import workloads_dir
-from sagemaker_helpers import BUCKET, CONTAINERS, ROLE, unique, validated, wait_endpoint
+from sagemaker_helpers import BUCKET, CONTAINERS, ROLE, copies, unique, validated, wait_endpoint
 
 LLAMA_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/local-llama:1"
 PROMPT = "Hello, how are you today?"
@@ -25,6 +28,9 @@ NO_CAPACITY = ("Inference Component has no capacity to process this request. App
                "UpdateInferenceComponentRuntimeConfig API.")
 DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
 PERIOD = 0.2  # seconds per Application Auto Scaling minute: a CloudWatch alarm's 30 s Period lasts 0.1 s
+
+# copies load a real model: give them longer than the stub tests do
+wait_ic = functools.partial(sagemaker_helpers.wait_ic, timeout=180)
 
 
 @pytest.fixture(scope="module")
@@ -126,21 +132,6 @@ def _error(call, *args, **kwargs) -> tuple[str, str]:
     return err.value.response["Error"]["Code"], err.value.response["Error"]["Message"]
 
 
-def _wait_ic(sm, name: str, until=lambda d: d["InferenceComponentStatus"] in ("InService", "Failed"),
-             timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        d = sm.describe_inference_component(InferenceComponentName=name)
-        if until(d):
-            return d
-        assert time.monotonic() < deadline, f"{name}: {d['InferenceComponentStatus']} {d.get('FailureReason')}"
-        time.sleep(0.2)
-
-
-def _copies(n: int):
-    return lambda d: d["InferenceComponentStatus"] == "InService" and d["RuntimeConfig"]["CurrentCopyCount"] == n
-
-
 def _wait_gone(sm, name: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -196,11 +187,11 @@ def base(sm, rt, artifacts):
         Specification={"ModelName": model, "StartupParameters": {"ContainerStartupHealthCheckTimeoutInSeconds": 300},
                        "ComputeResourceRequirements": {"NumberOfAcceleratorDevicesRequired": 1,
                                                        "MinMemoryRequiredInMb": 1024}})
-    d = _wait_ic(sm, name)
+    d = wait_ic(sm, name)
     assert d["InferenceComponentStatus"] == "InService", d.get("FailureReason")
     alpha = unique("alpha")
     sm.create_inference_component(**_adapter(alpha, endpoint, name, artifacts["alpha"]))
-    d = _wait_ic(sm, alpha)
+    d = wait_ic(sm, alpha)
     assert d["InferenceComponentStatus"] == "InService", d.get("FailureReason")
     return {"model": model, "endpoint": endpoint, "other": other, "name": name, "alpha": alpha,
             "answer": _ask(rt, endpoint, name), "alpha_answer": _ask(rt, endpoint, alpha)}
@@ -301,7 +292,7 @@ def test_what_has_copies_is_refused_on_an_adapter(sm, aas, base, artifacts):
 def test_a_second_adapter_updated_to_another_artifact_then_deleted(sm, rt, base, artifacts):
     endpoint, beta = base["endpoint"], unique("beta")
     sm.create_inference_component(**_adapter(beta, endpoint, base["name"], artifacts["beta"], VariantName="AllTraffic"))
-    d = _wait_ic(sm, beta)
+    d = wait_ic(sm, beta)
     assert d["InferenceComponentStatus"] == "InService", d.get("FailureReason")
     answer = _ask(rt, endpoint, beta)  # its files were in one folder of the archive
     assert answer not in (base["answer"], base["alpha_answer"])
@@ -310,7 +301,7 @@ def test_a_second_adapter_updated_to_another_artifact_then_deleted(sm, rt, base,
     # updated to alpha's artifact: unregistered and registered again on the copy, then alpha's answer
     sm.update_inference_component(InferenceComponentName=beta, Specification={
         "Container": {"ArtifactUrl": artifacts["alpha"]}})
-    d = _wait_ic(sm, beta, lambda d: d["Specification"]["Container"]["ArtifactUrl"] == artifacts["alpha"] and
+    d = wait_ic(sm, beta, lambda d: d["Specification"]["Container"]["ArtifactUrl"] == artifacts["alpha"] and
                  d["InferenceComponentStatus"] in ("InService", "Failed"))
     assert d["InferenceComponentStatus"] == "InService", d.get("FailureReason")
     assert d["Specification"]["Container"] == {"ArtifactUrl": artifacts["alpha"]}
@@ -319,7 +310,7 @@ def test_a_second_adapter_updated_to_another_artifact_then_deleted(sm, rt, base,
     # an update to an artifact the container refuses: Failed (an adapter has no rollback), serving nowhere
     sm.update_inference_component(InferenceComponentName=beta, Specification={
         "Container": {"ArtifactUrl": artifacts["wide"]}})
-    d = _wait_ic(sm, beta)
+    d = wait_ic(sm, beta)
     assert d["InferenceComponentStatus"] == "Failed" and artifacts["wide"] in d["FailureReason"], d
     assert _error(_ask, rt, endpoint, beta) == ("ValidationError", NO_CAPACITY)
 
@@ -345,7 +336,7 @@ _FAILURES = {
 def test_a_bad_artifact_fails_the_adapter_with_a_reason(sm, rt, base, artifacts, case):
     name = unique("adbad")
     sm.create_inference_component(**_adapter(name, base["endpoint"], base["name"], artifacts[case]))
-    d = _wait_ic(sm, name)
+    d = wait_ic(sm, name)
     assert d["InferenceComponentStatus"] == "Failed", d
     assert artifacts[case] in d["FailureReason"] and _FAILURES[case] in d["FailureReason"], d["FailureReason"]
     assert _error(_ask, rt, base["endpoint"], name) == ("ValidationError", NO_CAPACITY)
@@ -361,25 +352,25 @@ def test_copies_that_start_later_get_every_adapter_first(stack, sm, rt, aas, bas
     endpoint, name, alpha = base["endpoint"], base["name"], base["alpha"]
     # scale out: the second copy (a second instance) registers alpha before it takes traffic
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 2})
-    _wait_ic(sm, name, _copies(2))
+    wait_ic(sm, name, copies(2))
     assert _logs(stack, name).count(f"adapter {alpha} registered") >= 2
     assert {_ask(rt, endpoint, alpha) for _ in range(4)} == {base["alpha_answer"]}
 
     # scaled to zero: the adapter's invocations find no capacity; an adapter created now is InService at once
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 0})
-    _wait_ic(sm, name, _copies(0))
+    wait_ic(sm, name, copies(0))
     assert _error(_ask, rt, endpoint, alpha) == ("ValidationError", NO_CAPACITY)
     gamma = unique("gamma")
     sm.create_inference_component(**_adapter(gamma, endpoint, name, artifacts["beta"]))
-    assert _wait_ic(sm, gamma, timeout=30)["InferenceComponentStatus"] == "InService"
+    assert wait_ic(sm, gamma, timeout=30)["InferenceComponentStatus"] == "InService"
 
     # one that the copies refuse (rank 16 above their max_lora_rank 8) can only be found out when a copy
     # starts: that copy fails as one that fails /ping, and the base says why
     wide = unique("wide")
     sm.create_inference_component(**_adapter(wide, endpoint, name, artifacts["wide"]))
-    assert _wait_ic(sm, wide, timeout=30)["InferenceComponentStatus"] == "InService"
+    assert wait_ic(sm, wide, timeout=30)["InferenceComponentStatus"] == "InService"
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 1})
-    d = _wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "FailureReason" in d)
+    d = wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "FailureReason" in d)
     assert d["RuntimeConfig"] == {"DesiredCopyCount": 0, "CurrentCopyCount": 0}
     assert wide in d["FailureReason"] and artifacts["wide"] in d["FailureReason"], d["FailureReason"]
     assert "the container answered HTTP 424" in d["FailureReason"], d["FailureReason"]
@@ -418,7 +409,7 @@ def test_copies_that_start_later_get_every_adapter_first(stack, sm, rt, aas, bas
     # a rolling update of the base's container: the new copy gets the adapters before traffic moves to it
     sm.update_inference_component(InferenceComponentName=name, Specification={
         "Container": {"Image": LLAMA_IMAGE, "Environment": {"SM_SERVER_LOG_LEVEL": "INFO"}}})
-    d = _wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "Container" in d["Specification"])
+    d = wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "Container" in d["Specification"])
     assert "FailureReason" not in d and d["RuntimeConfig"]["CurrentCopyCount"] == 1
     assert _ask(rt, endpoint, alpha) == base["alpha_answer"] and _ask(rt, endpoint, gamma) == gamma_answer
     assert _ask(rt, endpoint, name) == base["answer"]
@@ -430,8 +421,8 @@ def test_adapters_come_back_after_a_restart_then_go_before_their_base(stack, bas
     stack.restart()
     sm, rt = validated(stack.client("sagemaker")), validated(stack.client("sagemaker-runtime"))
     endpoint, name, alpha = base["endpoint"], base["name"], base["alpha"]
-    _wait_ic(sm, name, _copies(1))
-    assert _wait_ic(sm, alpha)["InferenceComponentStatus"] == "InService"
+    wait_ic(sm, name, copies(1))
+    assert wait_ic(sm, alpha)["InferenceComponentStatus"] == "InService"
     assert _ask(rt, endpoint, alpha) == base["alpha_answer"]
 
     sm.delete_inference_component(InferenceComponentName=alpha)

@@ -18,9 +18,11 @@ from sagemaker_helpers import (
     ECHO_IMAGE,
     ROLE,
     compressed_stack,
+    copies,
     unique,
     validated,
     wait_endpoint,
+    wait_ic,
 )
 
 PERIOD = 0.2
@@ -63,21 +65,6 @@ def _request(name: str, endpoint: str, model: str, copies: int = 1, **spec) -> d
             "RuntimeConfig": {"CopyCount": copies}}
 
 
-def _wait_ic(sm, name: str, until=lambda d: d["InferenceComponentStatus"] in ("InService", "Failed"),
-             timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        d = sm.describe_inference_component(InferenceComponentName=name)
-        if until(d):
-            return d
-        assert time.monotonic() < deadline, f"{name}: {d['InferenceComponentStatus']} {d['RuntimeConfig']}"
-        time.sleep(0.1)
-
-
-def _copies(n: int):
-    return lambda d: d["InferenceComponentStatus"] == "InService" and d["RuntimeConfig"]["CurrentCopyCount"] == n
-
-
 def _instances(sm, endpoint: str) -> tuple[int, int]:
     v = sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]
     return v["CurrentInstanceCount"], v["DesiredInstanceCount"]
@@ -112,7 +99,7 @@ def base(sm):
         "InitialInstanceCount": 1}])
     sm.create_endpoint(EndpointName=f"{endpoint}-classic", EndpointConfigName=f"{endpoint}-classic")
     assert wait_endpoint(sm, f"{endpoint}-classic")["EndpointStatus"] == "InService"
-    assert _wait_ic(sm, serving)["InferenceComponentStatus"] == "InService"
+    assert wait_ic(sm, serving)["InferenceComponentStatus"] == "InService"
     return {"model": model, "endpoint": endpoint, "classic": f"{endpoint}-classic", "serving": serving}
 
 
@@ -183,7 +170,7 @@ def test_endpoint_and_runtime_refusals(sm, rt, base):
     assert code == "ValidationException" and "UpdateInferenceComponentRuntimeConfig" in message
 
 
-def test_copies_follow_runtime_config_and_instances_follow_copies(sm, rt, base, events):
+def test_copies_follow_runtime_config_and_instances_followcopies(sm, rt, base, events):
     endpoint = _ic_endpoint(sm, unique("icrt"))
     got = events.for_arn(sm.describe_endpoint(EndpointName=endpoint)["EndpointArn"],
                          until=lambda e: e["detail"]["EndpointStatus"] == "IN_SERVICE")
@@ -196,7 +183,7 @@ def test_copies_follow_runtime_config_and_instances_follow_copies(sm, rt, base, 
     assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "owner", "Value": "tests"}]
     d = sm.describe_inference_component(InferenceComponentName=name)
     assert d["InferenceComponentStatus"] == "Creating" or d["RuntimeConfig"]["CurrentCopyCount"] == 1
-    d = _wait_ic(sm, name, _copies(1))
+    d = wait_ic(sm, name, copies(1))
     assert d["RuntimeConfig"] == {"DesiredCopyCount": 1, "CurrentCopyCount": 1}
     assert d["Specification"]["ModelName"] == base["model"] and d["EndpointName"] == endpoint
     assert d["Specification"]["ComputeResourceRequirements"]["MinMemoryRequiredInMb"] == 1024
@@ -213,24 +200,24 @@ def test_copies_follow_runtime_config_and_instances_follow_copies(sm, rt, base, 
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 2})
     assert sm.describe_inference_component(InferenceComponentName=name)["InferenceComponentStatus"] in (
         "Updating", "InService")
-    _wait_ic(sm, name, _copies(2))
+    wait_ic(sm, name, copies(2))
     assert _instances(sm, endpoint) == (2, 2)
     pids = {_invoke(rt, endpoint, name)["pid"] for _ in range(12)}
     assert len(pids) == 2  # both copies take traffic
     # a third copy fits nowhere below MaxInstanceCount 2: it stays unplaced
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 3})
-    d = _wait_ic(sm, name)
+    d = wait_ic(sm, name)
     assert d["RuntimeConfig"] == {"DesiredCopyCount": 3, "CurrentCopyCount": 2} and "FailureReason" not in d
     assert _instances(sm, endpoint) == (2, 2)
 
     # zero copies: the instances go (MinInstanceCount 0) and invocations find no capacity
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 0})
-    _wait_ic(sm, name, _copies(0))
+    wait_ic(sm, name, copies(0))
     assert _instances(sm, endpoint) == (0, 0)
     assert sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "InService"
     assert _error(_invoke, rt, endpoint, name) == ("ValidationError", NO_CAPACITY, 400)
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 1})
-    _wait_ic(sm, name, _copies(1))
+    wait_ic(sm, name, copies(1))
     assert _instances(sm, endpoint) == (1, 1)
     assert _invoke(rt, endpoint, name)["echo"] == {}
     sm.delete_inference_component(InferenceComponentName=name)
@@ -246,12 +233,12 @@ def test_without_managed_instance_scaling_the_instance_count_stays(sm, rt, base)
     assert wait_endpoint(sm, endpoint)["EndpointStatus"] == "InService"
     name = unique("icfixed")
     sm.create_inference_component(**_request(name, endpoint, base["model"]))
-    _wait_ic(sm, name, _copies(1))
+    wait_ic(sm, name, copies(1))
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 2})
-    d = _wait_ic(sm, name)
+    d = wait_ic(sm, name)
     assert d["RuntimeConfig"] == {"DesiredCopyCount": 2, "CurrentCopyCount": 1}  # no room for a second copy
     sm.update_inference_component_runtime_config(InferenceComponentName=name, DesiredRuntimeConfig={"CopyCount": 0})
-    _wait_ic(sm, name, _copies(0))
+    wait_ic(sm, name, copies(0))
     assert _instances(sm, endpoint) == (1, 1)
     sm.delete_inference_component(InferenceComponentName=name)
     _wait_gone(sm, name)
@@ -262,14 +249,14 @@ def test_update_replaces_copies_and_rolls_back_a_failing_model(stack, sm, rt, ba
     endpoint = _ic_endpoint(sm, unique("icup"), hi=3)
     name = unique("icup")
     sm.create_inference_component(**_request(name, endpoint, base["model"]))
-    _wait_ic(sm, name, _copies(1))
+    wait_ic(sm, name, copies(1))
     assert _invoke(rt, endpoint, name)["version"] == "v1"
 
     # all at once (no DeploymentConfig): two new copies beside the old one, on three instances
     v2 = _model(sm, unique("icm2"), ECHO_VERSION="v2")
     sm.update_inference_component(InferenceComponentName=name, Specification={"ModelName": v2},
                                   RuntimeConfig={"CopyCount": 2})
-    d = _wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and
+    d = wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and
                  d["Specification"]["ModelName"] == v2)
     assert d["RuntimeConfig"]["CurrentCopyCount"] == 2 and "FailureReason" not in d
     assert {_invoke(rt, endpoint, name)["version"] for _ in range(6)} == {"v2"}
@@ -280,7 +267,7 @@ def test_update_replaces_copies_and_rolls_back_a_failing_model(stack, sm, rt, ba
                                        "WaitIntervalInSeconds": 0}}
     sm.update_inference_component(InferenceComponentName=name, DeploymentConfig=rolling, Specification={
         "Container": {"Image": ECHO_IMAGE, "Environment": {"ECHO_VERSION": "v3"}}})
-    d = _wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "Container" in d["Specification"])
+    d = wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "Container" in d["Specification"])
     assert d["Specification"]["Container"]["DeployedImage"]["SpecifiedImage"] == ECHO_IMAGE
     assert d["Specification"]["ModelName"] == v2 and "FailureReason" not in d
     assert d["LastDeploymentConfig"] == rolling
@@ -291,7 +278,7 @@ def test_update_replaces_copies_and_rolls_back_a_failing_model(stack, sm, rt, ba
     bad = _model(sm, unique("icbad"), ECHO_FAIL_PING="1")
     sm.update_inference_component(InferenceComponentName=name, Specification={"ModelName": bad},
                                   DeploymentConfig=rolling)
-    d = _wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "FailureReason" in d)
+    d = wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "FailureReason" in d)
     assert "ping health check" in d["FailureReason"] and "ping refused on purpose" in d["FailureReason"]
     assert d["Specification"]["ModelName"] == v2 and d["RuntimeConfig"]["CurrentCopyCount"] == 2  # rolled back
     assert _invoke(rt, endpoint, name)["version"] == "v3"
@@ -300,7 +287,7 @@ def test_update_replaces_copies_and_rolls_back_a_failing_model(stack, sm, rt, ba
     assert "ping refused on purpose" in logs  # the failed copy's log, beside the serving ones
     # all at once, two more copies do not fit below MaxInstanceCount 3: rolled back too
     sm.update_inference_component(InferenceComponentName=name, Specification={"ModelName": base["model"]})
-    d = _wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "FailureReason" in d)
+    d = wait_ic(sm, name, lambda d: d["InferenceComponentStatus"] == "InService" and "FailureReason" in d)
     assert "insufficient capacity" in d["FailureReason"] and d["Specification"]["ModelName"] == v2
     assert _instances(sm, endpoint) == (2, 2)
     assert _invoke(rt, endpoint, name)["version"] == "v3"
@@ -327,7 +314,7 @@ def test_scale_to_zero_when_idle_and_wake_up_on_a_failed_invocation(stack, sm, r
     endpoint = _ic_endpoint(sm, unique("iczero"))
     name = unique("iczero")
     sm.create_inference_component(**_request(name, endpoint, base["model"]))
-    _wait_ic(sm, name, _copies(1))
+    wait_ic(sm, name, copies(1))
     rid = f"inference-component/{name}"
     target = {"ServiceNamespace": "sagemaker", "ResourceId": rid, "ScalableDimension": DIMENSION}
     aas.register_scalable_target(**target, MinCapacity=0, MaxCapacity=2)
@@ -362,7 +349,7 @@ def test_scale_to_zero_when_idle_and_wake_up_on_a_failed_invocation(stack, sm, r
     assert code == "ValidationException" and "gap" in message
 
     # idle: 90 ten-second datapoints below target (15 periods), then MinCapacity 0; the instances follow
-    _wait_ic(sm, name, _copies(0), timeout=20)
+    wait_ic(sm, name, copies(0), timeout=20)
     deadline = time.monotonic() + 5
     while _instances(sm, endpoint) != (0, 0):
         assert time.monotonic() < deadline
@@ -412,7 +399,7 @@ def test_concurrent_requests_scale_a_component_out(sm, rt, aas, base):
     endpoint = _ic_endpoint(sm, unique("icload"))
     name = unique("icload")
     sm.create_inference_component(**_request(name, endpoint, base["model"]))
-    _wait_ic(sm, name, _copies(1))
+    wait_ic(sm, name, copies(1))
     target = {"ServiceNamespace": "sagemaker", "ResourceId": f"inference-component/{name}",
               "ScalableDimension": DIMENSION}
     aas.register_scalable_target(**target, MinCapacity=1, MaxCapacity=2)
@@ -434,7 +421,7 @@ def test_concurrent_requests_scale_a_component_out(sm, rt, aas, base):
     for w in workers:
         w.start()
     try:
-        _wait_ic(sm, name, _copies(2), timeout=20)
+        wait_ic(sm, name, copies(2), timeout=20)
     finally:
         stop.set()
         for w in workers:
@@ -452,7 +439,7 @@ def test_restart_keeps_a_component_serving(stack, base):
     endpoint = base["endpoint"]
     stack.restart()
     sm, rt = validated(stack.client("sagemaker")), validated(stack.client("sagemaker-runtime"))
-    d = _wait_ic(sm, base["serving"], _copies(1))
+    d = wait_ic(sm, base["serving"], copies(1))
     assert d["RuntimeConfig"] == {"DesiredCopyCount": 1, "CurrentCopyCount": 1}
     assert wait_endpoint(sm, endpoint)["EndpointStatus"] == "InService"
     assert _instances(sm, endpoint) == (1, 1)

@@ -336,19 +336,8 @@ class Adapters:
         return art
 
     def _adapter_work(self, art: AdapterRuntime) -> None:
-        while True:
-            art.kick.wait()
-            art.kick.clear()
-            if self._closing:
-                return
-            try:
-                if art.deleting:
-                    self._adapter_teardown(art)
-                    return
-                self._adapter_step(art)
-            except Exception as exc:  # one bad step must not end the adapter's worker
-                log.exception("adapter inference component %s: step failed", art.name)
-                self._adapter_settle(art, f"{type(exc).__name__}: {exc}")
+        self._work_loop(art, "adapter inference component", self._adapter_step, self._adapter_teardown,
+                        self._adapter_settle)
 
     def _adapter_step(self, art: AdapterRuntime) -> None:
         with self.lock:

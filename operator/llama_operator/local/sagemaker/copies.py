@@ -89,19 +89,24 @@ class Copies:
         return rt
 
     def _work(self, rt: Runtime) -> None:
+        self._work_loop(rt, "inference component", self._step, self._teardown, self._settle)
+
+    def _work_loop(self, unit, what: str, step, teardown, settle) -> None:
+        """A worker thread: each kick runs one step (the teardown once `unit.deleting`); a step that
+        raises is settled with its error and the thread goes on."""
         while True:
-            rt.kick.wait()
-            rt.kick.clear()
+            unit.kick.wait()
+            unit.kick.clear()
             if self._closing:
                 return
             try:
-                if rt.deleting:
-                    self._teardown(rt)
+                if unit.deleting:
+                    teardown(unit)
                     return
-                self._step(rt)
-            except Exception as exc:  # one bad step must not end the component's worker
-                log.exception("inference component %s: step failed", rt.name)
-                self._settle(rt, f"{type(exc).__name__}: {exc}")
+                step(unit)
+            except Exception as exc:  # one bad step must not end the worker
+                log.exception("%s %s: step failed", what, unit.name)
+                settle(unit, f"{type(exc).__name__}: {exc}")
 
     def _step(self, rt: Runtime) -> None:
         with self.lock:
