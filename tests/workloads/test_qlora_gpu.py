@@ -115,7 +115,7 @@ def test_qlora_job_under_deepspeed_zero2_trains_and_writes_the_adapter(base, tmp
     hps = short_run_hps(base, tmp_path, method="deepspeed", zero_stage=2, peft="qlora", data_format="chat_jsonl",
                         max_steps=30, max_seq_length=64, precision="bf16")
     job = run_job(tmp_path, hps, {"train": train}, nproc=1, timeout=400)
-    assert job.returncode == 0, job.output[-4000:]
+    assert job.rc == 0, job.output[-4000:]
     assert job.losses and job.losses[-1] < job.losses[0], job.losses
     adapter = job.model_dir / "adapter"
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
