@@ -112,7 +112,7 @@ def test_create_invoke_update_delete(sm, s3, rt, events):
     assert err.value.response["Error"]["Code"] == "ValidationException"
     with pytest.raises(sm.exceptions.ClientError) as err:
         _invoke(rt, base, {"x": 1})
-    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert err.value.response["Error"]["Code"] == "ValidationError"  # (the runtime's code)
 
     # Events spell EndpointStatus as SageMaker's documented example does (upper snake case), while
     # DescribeEndpoint keeps the API's spelling (asserted above).
@@ -188,3 +188,13 @@ def _wait_gone(sm, name: str) -> list[dict]:
         if not listed or time.monotonic() > deadline:
             return listed
         time.sleep(0.1)
+
+
+def test_invoking_an_endpoint_that_does_not_exist_is_the_runtime_validation_error(rt):
+    """SageMaker Runtime says ValidationError (its own model's code), not the control plane's
+    ValidationException: a client catching rt.exceptions.ValidationError must catch it here too."""
+    with pytest.raises(rt.exceptions.ValidationError) as err:
+        rt.invoke_endpoint(EndpointName="no-such-endpoint", ContentType="application/json", Body=b"{}")
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+    assert "Endpoint no-such-endpoint of account" in err.value.response["Error"]["Message"]
+    assert err.value.response["Error"]["Message"].endswith("not found.")

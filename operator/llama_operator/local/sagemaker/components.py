@@ -464,7 +464,7 @@ class InferenceComponents(adapters.Adapters, copies.Copies):
         endpoint; None when it is an ordinary endpoint's (Endpoints.invoke answers it)."""
         record = self.ctx.store.get("endpoint", endpoint)
         if record is None or record["describe"]["EndpointStatus"] == "Deleting":
-            raise ValidationError(f"Endpoint {endpoint} of account {names.ACCOUNT} not found.")
+            raise RuntimeValidationError(f"Endpoint {endpoint} of account {names.ACCOUNT} not found.")
         on_components = self.is_component_endpoint(endpoint)
         if not component:
             if on_components:

@@ -20,7 +20,7 @@ import time
 
 from llama_operator.local.sagemaker import imageenv, names
 from llama_operator.local.sagemaker.context import Context
-from llama_operator.local.sagemaker.errors import ModelError, ValidationError
+from llama_operator.local.sagemaker.errors import ModelError, RuntimeValidationError, ValidationError
 from llama_operator.local.sagemaker.model_servers import (
     DEFAULT_HEALTH_TIMEOUT,
     DeployFailed,
@@ -328,13 +328,13 @@ class Endpoints:
                 with dep.cond:
                     dep.inflight += 1
         if dep is None:
-            raise ValidationError(f"Endpoint {name} of account {names.ACCOUNT} not found.")
+            raise RuntimeValidationError(f"Endpoint {name} of account {names.ACCOUNT} not found.")
         try:
             variants = [v for v in dep.variants if v.count()]
             if target_variant:
                 variants = [v for v in variants if v.name == target_variant]
                 if not variants:
-                    raise ValidationError(f"Variant {target_variant} not found for endpoint {name}.")
+                    raise RuntimeValidationError(f"Variant {target_variant} not found for endpoint {name}.")
             variant = _pick(variants)
             with self._count_lock:
                 self._invocations[(name, variant.name)] += 1
