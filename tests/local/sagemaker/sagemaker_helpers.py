@@ -141,6 +141,21 @@ def wait_ic(sm, name: str, until=lambda d: d["InferenceComponentStatus"] in ("In
         time.sleep(0.1)
 
 
+def wait_ic_gone(sm, name: str, timeout: float = 60) -> None:
+    """Until DescribeInferenceComponent no longer finds it (Deleting meanwhile, nothing else)."""
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            d = sm.describe_inference_component(InferenceComponentName=name)
+        except ClientError as exc:
+            assert "Could not find inference component" in exc.response["Error"]["Message"]
+            return
+        assert d["InferenceComponentStatus"] == "Deleting" and time.monotonic() < deadline, d
+        time.sleep(0.1)
+
+
 def copies(n: int):
     """`wait_ic`'s condition for n copies in service."""
     return lambda d: d["InferenceComponentStatus"] == "InService" and d["RuntimeConfig"]["CurrentCopyCount"] == n

@@ -19,7 +19,7 @@ import pytest
 import sagemaker_helpers
 from botocore.exceptions import ClientError
 from llama_operator.paths import workloads_dir
-from sagemaker_helpers import BUCKET, CONTAINERS, ROLE, copies, unique, validated, wait_endpoint
+from sagemaker_helpers import BUCKET, CONTAINERS, ROLE, copies, unique, validated, wait_endpoint, wait_ic_gone
 
 LLAMA_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/local-llama:1"
 PROMPT = "Hello, how are you today?"
@@ -130,18 +130,6 @@ def _error(call, *args, **kwargs) -> tuple[str, str]:
     with pytest.raises(ClientError) as err:
         call(*args, **kwargs)
     return err.value.response["Error"]["Code"], err.value.response["Error"]["Message"]
-
-
-def _wait_gone(sm, name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            d = sm.describe_inference_component(InferenceComponentName=name)
-        except ClientError as exc:
-            assert "Could not find inference component" in exc.response["Error"]["Message"]
-            return
-        assert d["InferenceComponentStatus"] == "Deleting" and time.monotonic() < deadline, d
-        time.sleep(0.2)
 
 
 def _ask(rt, endpoint: str, component: str) -> str:
@@ -315,7 +303,7 @@ def test_a_second_adapter_updated_to_another_artifact_then_deleted(sm, rt, base,
     assert _error(_ask, rt, endpoint, beta) == ("ValidationError", NO_CAPACITY)
 
     sm.delete_inference_component(InferenceComponentName=beta)
-    _wait_gone(sm, beta)
+    wait_ic_gone(sm, beta)
     assert _error(_ask, rt, endpoint, beta) == (
         "ValidationError", f"Inference Component {beta} not found for endpoint {endpoint} of account 123456789012.")
     assert _ask(rt, endpoint, base["alpha"]) == base["alpha_answer"]
@@ -344,7 +332,7 @@ def test_a_bad_artifact_fails_the_adapter_with_a_reason(sm, rt, base, artifacts,
                            Specification={"Container": {"ArtifactUrl": artifacts["alpha"]}})
     assert code == "ValidationException" and "in status Failed" in message
     sm.delete_inference_component(InferenceComponentName=name)
-    _wait_gone(sm, name)
+    wait_ic_gone(sm, name)
     assert _ask(rt, base["endpoint"], base["alpha"]) == base["alpha_answer"]  # the others serve on
 
 
@@ -375,7 +363,7 @@ def test_copies_that_start_later_get_every_adapter_first(stack, sm, rt, aas, bas
     assert wide in d["FailureReason"] and artifacts["wide"] in d["FailureReason"], d["FailureReason"]
     assert "the container answered HTTP 424" in d["FailureReason"], d["FailureReason"]
     sm.delete_inference_component(InferenceComponentName=wide)
-    _wait_gone(sm, wide)
+    wait_ic_gone(sm, wide)
 
     # woken by the base's step scaling policy: an adapter's invocation that finds no copy counts a
     # NoCapacityInvocationFailures datapoint for the base, whose alarm wakes it; the new copy has both
@@ -414,7 +402,7 @@ def test_copies_that_start_later_get_every_adapter_first(stack, sm, rt, aas, bas
     assert _ask(rt, endpoint, alpha) == base["alpha_answer"] and _ask(rt, endpoint, gamma) == gamma_answer
     assert _ask(rt, endpoint, name) == base["answer"]
     sm.delete_inference_component(InferenceComponentName=gamma)
-    _wait_gone(sm, gamma)
+    wait_ic_gone(sm, gamma)
 
 
 def test_adapters_come_back_after_a_restart_then_go_before_their_base(stack, base):
@@ -427,8 +415,8 @@ def test_adapters_come_back_after_a_restart_then_go_before_their_base(stack, bas
 
     sm.delete_inference_component(InferenceComponentName=alpha)
     sm.delete_inference_component(InferenceComponentName=name)  # its last adapter is going (or gone): allowed
-    _wait_gone(sm, alpha)
-    _wait_gone(sm, name)
+    wait_ic_gone(sm, alpha)
+    wait_ic_gone(sm, name)
     assert sm.list_inference_components(EndpointNameEquals=endpoint)["InferenceComponents"] == []
     sm.delete_endpoint(EndpointName=endpoint)
     sm.delete_endpoint(EndpointName=base["other"])

@@ -23,6 +23,7 @@ from sagemaker_helpers import (
     validated,
     wait_endpoint,
     wait_ic,
+    wait_ic_gone,
 )
 
 PERIOD = 0.2
@@ -221,7 +222,7 @@ def test_copies_follow_runtime_config_and_instances_followcopies(sm, rt, base, e
     assert _instances(sm, endpoint) == (1, 1)
     assert _invoke(rt, endpoint, name)["echo"] == {}
     sm.delete_inference_component(InferenceComponentName=name)
-    _wait_gone(sm, name)
+    wait_ic_gone(sm, name)
     sm.delete_endpoint(EndpointName=endpoint)
 
 
@@ -241,7 +242,7 @@ def test_without_managed_instance_scaling_the_instance_count_stays(sm, rt, base)
     wait_ic(sm, name, copies(0))
     assert _instances(sm, endpoint) == (1, 1)
     sm.delete_inference_component(InferenceComponentName=name)
-    _wait_gone(sm, name)
+    wait_ic_gone(sm, name)
     sm.delete_endpoint(EndpointName=endpoint)
 
 
@@ -292,22 +293,8 @@ def test_update_replaces_copies_and_rolls_back_a_failing_model(stack, sm, rt, ba
     assert _instances(sm, endpoint) == (2, 2)
     assert _invoke(rt, endpoint, name)["version"] == "v3"
     sm.delete_inference_component(InferenceComponentName=name)
-    _wait_gone(sm, name)
+    wait_ic_gone(sm, name)
     sm.delete_endpoint(EndpointName=endpoint)
-
-
-def _wait_gone(sm, name: str, timeout: float = 30) -> None:
-    from botocore.exceptions import ClientError
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            d = sm.describe_inference_component(InferenceComponentName=name)
-        except ClientError as exc:
-            assert "Could not find inference component" in exc.response["Error"]["Message"]
-            return
-        assert d["InferenceComponentStatus"] == "Deleting" and time.monotonic() < deadline, d
-        time.sleep(0.1)
 
 
 def test_scale_to_zero_when_idle_and_wake_up_on_a_failed_invocation(stack, sm, rt, aas, base):
@@ -378,7 +365,7 @@ def test_scale_to_zero_when_idle_and_wake_up_on_a_failed_invocation(stack, sm, r
 
     # deleting the component deregisters its target; then the endpoint goes, and nothing is left
     sm.delete_inference_component(InferenceComponentName=name)
-    _wait_gone(sm, name)
+    wait_ic_gone(sm, name)
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"] == []
     assert aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"] == []
     assert sm.list_inference_components(EndpointNameEquals=endpoint)["InferenceComponents"] == []
@@ -431,7 +418,7 @@ def test_concurrent_requests_scale_a_component_out(sm, rt, aas, base):
     acts = aas.describe_scaling_activities(ServiceNamespace="sagemaker", ResourceId=target["ResourceId"])
     assert "AlarmHigh" in acts["ScalingActivities"][0]["Cause"]
     sm.delete_inference_component(InferenceComponentName=name)
-    _wait_gone(sm, name)
+    wait_ic_gone(sm, name)
     sm.delete_endpoint(EndpointName=endpoint)
 
 
@@ -445,7 +432,7 @@ def test_restart_keeps_a_component_serving(stack, base):
     assert _instances(sm, endpoint) == (1, 1)
     assert _invoke(rt, endpoint, base["serving"], {"after": "restart"})["echo"] == {"after": "restart"}
     sm.delete_inference_component(InferenceComponentName=base["serving"])
-    _wait_gone(sm, base["serving"])
+    wait_ic_gone(sm, base["serving"])
     sm.delete_endpoint(EndpointName=endpoint)
 
 
