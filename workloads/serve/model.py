@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_source import ServeSettings, load_engine, settings_from_properties  # noqa: E402
-from request_params import ADAPTER_HEADER, RequestError, parse_request  # noqa: E402
+from request_params import ADAPTER_HEADER, REGISTRATION_FIELDS, RequestError, parse_request  # noqa: E402
 from sm_server import register, render_result, unregister  # noqa: E402
 
 log = logging.getLogger("lmi_batching")
@@ -140,7 +140,7 @@ def _adapter_body(inputs) -> dict:
     """The registration as sm_server's POST /adapters body. djl-serving passes name, src and alias
     as properties; preload and pin as properties or (LMI's handlers read them so) as content."""
     properties = inputs.get_properties() or {}
-    body = {k: properties[k] for k in ("name", "src", "alias", "preload", "pin") if properties.get(k) is not None}
+    body = {k: properties[k] for k in REGISTRATION_FIELDS if properties.get(k) is not None}
     for key in ("preload", "pin"):
         if key not in body and hasattr(inputs, "contains_key") and inputs.contains_key(key):
             body[key] = inputs.get_as_string(key)

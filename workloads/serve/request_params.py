@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 # an adapter's name, as the CRD's model.adapters[].name (lmi.py, which loads alone, keeps a copy)
@@ -195,10 +195,10 @@ def _header_adapter(name: str, n_prompts: int, params: GenerationParams,
     """SageMaker's adapter header picks the adapter of every prompt; a body that names another one
     is refused rather than one of them silently winning."""
     check_adapter(ADAPTER_HEADER, name, loaded)
-    named = [(params.for_prompt(i).adapter_field, params.for_prompt(i).adapter) for i in range(n_prompts)]
-    for where, adapter in named:
+    for prompt in (params.for_prompt(i) for i in range(n_prompts)):
+        adapter = prompt.adapter
         if adapter is not None and adapter != name:
-            raise RequestError(where, f"names adapter {adapter!r} but the {ADAPTER_HEADER} header names {name!r}; "
+            raise RequestError(prompt.adapter_field, f"names adapter {adapter!r} but the {ADAPTER_HEADER} header names {name!r}; "
                                       "name it in one place, or the same in both")
     return replace(params, adapter=name, prompt_adapters=(), adapter_field=ADAPTER_HEADER)
 
@@ -211,6 +211,9 @@ class AdapterRegistration:
     preload: bool = True     # accepted as sent; this engine always loads an adapter at registration
     pin: bool = False        # accepted as sent; a loaded adapter stays on the GPU until unregistered
     alias: str | None = None
+
+
+REGISTRATION_FIELDS = tuple(f.name for f in fields(AdapterRegistration))
 
 
 def parse_adapter_registration(body: Any) -> AdapterRegistration:

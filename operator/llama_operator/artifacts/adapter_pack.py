@@ -15,25 +15,22 @@ import tarfile
 
 from llama_operator.artifacts import s3uri
 from llama_operator.artifacts.endpoint_code import ADAPTER_FILES
+from llama_operator.artifacts.upload import is_missing
 
 PACK_NAME = "adapter.tar.gz"
 
 
-def _missing(exc) -> bool:
-    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
-
-
-def _etags(s3, source_uri: str) -> dict[str, str]:
-    """{file: ETag} of the adapter's files; FileNotFoundError naming the first one missing."""
+def _etags(s3, bucket: str, prefix: str) -> dict[str, str]:
+    """{file: ETag} of the adapter's files under s3://bucket/prefix; FileNotFoundError naming the
+    first one missing."""
     from botocore.exceptions import ClientError
 
-    bucket, prefix = s3uri.split(source_uri.rstrip("/") + "/")
     out = {}
     for f in ADAPTER_FILES:
         try:
             out[f] = s3.head_object(Bucket=bucket, Key=prefix + f)["ETag"]
         except ClientError as exc:
-            if _missing(exc):
+            if is_missing(exc):
                 raise FileNotFoundError(f"s3://{bucket}/{prefix}{f}") from None
             raise
     return out
@@ -59,12 +56,11 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
 def ensure_pack(s3, source_uri: str, packs_base_uri: str) -> str:
     """The pack of the adapter under `source_uri` (made now unless already there): its s3:// URI.
     FileNotFoundError names an adapter file that is not there."""
-    etags = _etags(s3, source_uri)
-    uri = pack_uri(packs_base_uri, source_uri, etags)
+    src_bucket, prefix = s3uri.split(source_uri.rstrip("/") + "/")
+    uri = pack_uri(packs_base_uri, source_uri, _etags(s3, src_bucket, prefix))
     bucket, key = s3uri.split(uri)
     if s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0):
         return uri
-    src_bucket, prefix = s3uri.split(source_uri.rstrip("/") + "/")
     files = {f: s3.get_object(Bucket=src_bucket, Key=prefix + f)["Body"].read() for f in ADAPTER_FILES}
     s3.put_object(Bucket=bucket, Key=key, Body=tar_gz(files), ContentType="application/gzip")
     return uri

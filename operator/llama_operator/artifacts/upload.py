@@ -27,6 +27,11 @@ def put_missing(s3, prefix_uri: str, files: Mapping[str, bytes], *, content_type
     return uploaded
 
 
+def is_missing(exc) -> bool:
+    """Whether an S3 ClientError says the object is not there (HeadObject answers a bare 404)."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 def copy_missing(s3, copies: list[tuple[str, str]]) -> int:
     """Server-side copies (source, destination object URIs) of the objects not yet at their
     destination with the source's size; the number copied. A missing source raises
@@ -40,7 +45,7 @@ def copy_missing(s3, copies: list[tuple[str, str]]) -> int:
         try:
             size = s3.head_object(Bucket=sb, Key=sk)["ContentLength"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing(exc):
                 raise FileNotFoundError(src) from None
             raise
         listed = s3.list_objects_v2(Bucket=db, Prefix=dk, MaxKeys=1).get("Contents", [])

@@ -141,20 +141,23 @@ def adapter_slots(base_adapters: dict[str, str]) -> int:
     return len(base_adapters) + MAX_ADAPTERS
 
 
+def adapter_specification(base: str, artifact_url: str) -> dict:
+    # no ModelName, compute or copy count: the base's copies load the adapter
+    return {"BaseInferenceComponentName": base, "Container": {"ArtifactUrl": artifact_url}}
+
+
 def adapter_create_request(*, component: str, endpoint: str, base: str, artifact_url: str, tags: list) -> dict:
     return {
         "InferenceComponentName": component,
         "EndpointName": endpoint,
         "VariantName": VARIANT,
-        # no ModelName, compute or copy count: the base's copies load the adapter
-        "Specification": {"BaseInferenceComponentName": base, "Container": {"ArtifactUrl": artifact_url}},
+        "Specification": adapter_specification(base, artifact_url),
         "Tags": tags,
     }
 
 
 def adapter_update_request(*, component: str, base: str, artifact_url: str) -> dict:
-    return {"InferenceComponentName": component,
-            "Specification": {"BaseInferenceComponentName": base, "Container": {"ArtifactUrl": artifact_url}}}
+    return {"InferenceComponentName": component, "Specification": adapter_specification(base, artifact_url)}
 
 
 def adapter_artifact(describe: dict | None) -> str | None:

@@ -50,7 +50,6 @@ def inference_component_name(namespace: str, name: str, uid: str) -> str:
     return _name(namespace, name, "ic" + _digest("component", namespace, name, uid, length=8))
 
 
-
 def adapter_component_name(namespace: str, name: str, uid: str, adapter: str) -> str:
     """A LoRA adapter of model.adapters as an adapter inference component on the resource's
     component: requests name it (InferenceComponentName) to run with the adapter. The adapter's
